@@ -1,0 +1,134 @@
+"""KVCache: the keys and values every layer has computed so far, for step-by-step decoding.
+
+Preallocated once per generation. Global layers keep every token (up to ``max_len``); sliding-window
+layers keep a ring of ``sliding_window`` slots, since a query never looks further back than that.
+Each slot also remembers the absolute position of its token and whether it is a real token or
+left padding, so the attention mask is computed from positions, whatever the slot order.
+
+The model calls ``update`` from inside attention; generation code creates the cache and reads
+``length``. Imports: torch and the config only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gemma_lab.config import GemmaConfig
+
+
+@dataclass
+class LayerKV:
+    """What attention may look at on one layer: keys/values ``[batch, kv_head, k_pos, d_head]``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor  # [batch, k_pos] absolute position of each key
+    valid: torch.Tensor  # [batch, k_pos] False for left padding and empty slots
+
+
+class KVCache:
+    """Per-layer key/value buffers of one batch of sequences, sliding-window aware."""
+
+    def __init__(self, config: GemmaConfig, batch_size: int, max_len: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        if max_len < 1 or batch_size < 1:
+            raise ValueError(f"KVCache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+        self.config = config
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.length = 0  # tokens (padding included) written so far, per row
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far, per row
+        shape = (batch_size, config.n_kv_heads, 0, config.d_head)
+        self.capacity: list[int] = []
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+        self.valid: list[torch.Tensor] = []
+        for layer in range(config.n_layers):
+            capacity = min(max_len, config.sliding_window) if config.is_local(layer) else max_len
+            self.capacity.append(capacity)
+            self.keys.append(torch.zeros(shape[:2] + (capacity, shape[3]), dtype=dtype, device=device))
+            self.values.append(torch.zeros_like(self.keys[-1]))
+            self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=device))
+            self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=device))
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> "KVCache":
+        """A cache matching the model's config, dtype and device."""
+        weight = model.embed.weight
+        return cls(model.cfg, batch_size, max_len, dtype=weight.dtype, device=weight.device)
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+               valid: torch.Tensor) -> LayerKV:
+        """Store the new tokens' keys/values ``[batch, kv_head, pos, d_head]``; return what to attend to.
+
+        Called once per layer per forward pass; ``advance`` is called by the model afterwards.
+        """
+        n_new = keys.shape[2]
+        if self.length + n_new > self.max_len:
+            raise ValueError(
+                f"KVCache is full: {self.length} + {n_new} tokens exceed max_len={self.max_len}; "
+                "create the cache with a larger max_len"
+            )
+        capacity = self.capacity[layer]
+        if not self.config.is_local(layer):
+            span = slice(self.length, self.length + n_new)
+            self._write(layer, span, keys, values, positions, valid)
+            end = self.length + n_new
+            return LayerKV(self.keys[layer][:, :, :end], self.values[layer][:, :, :end],
+                           self.positions[layer][:, :end], self.valid[layer][:, :end])
+        # Sliding-window layer: a ring of `window` slots. One new token can be written first and
+        # attend to the whole ring (it holds exactly the keys the window allows). A longer chunk
+        # attends to the old ring plus itself, then its last `capacity` tokens are written.
+        if n_new == 1:
+            slot = self.length % capacity
+            self._write(layer, slice(slot, slot + 1), keys, values, positions, valid)
+            return LayerKV(self.keys[layer], self.values[layer], self.positions[layer], self.valid[layer])
+        seen = LayerKV(
+            torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2),
+            torch.cat([self.positions[layer], positions], dim=1), torch.cat([self.valid[layer], valid], dim=1),
+        )
+        keep = min(n_new, capacity)
+        for i in range(n_new - keep, n_new):
+            slot = (self.length + i) % capacity
+            self._write(layer, slice(slot, slot + 1), keys[:, :, i : i + 1], values[:, :, i : i + 1],
+                        positions[:, i : i + 1], valid[:, i : i + 1])
+        return seen
+
+    def _write(self, layer: int, span: slice, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+               valid: torch.Tensor) -> None:
+        self.keys[layer][:, :, span] = keys
+        self.values[layer][:, :, span] = values
+        self.positions[layer][:, span] = positions
+        self.valid[layer][:, span] = valid
+
+    def advance(self, valid: torch.Tensor) -> None:
+        """Count the tokens of the forward pass that just wrote to every layer."""
+        self.length += valid.shape[1]
+        self.seen += valid.sum(dim=1)
+
+    def next_positions(self) -> torch.Tensor:
+        """``[batch]`` position the next real token of each row will have."""
+        return self.seen.clone()
+
+    def layer_kv(self, layer: int) -> LayerKV:
+        """The stored keys/values of ``layer`` in the order they were written (oldest first)."""
+        capacity = self.capacity[layer]
+        stored = min(self.length, capacity)
+        if self.config.is_local(layer) and self.length > capacity:
+            order = [(self.length + i) % capacity for i in range(capacity)]
+        else:
+            order = list(range(stored))
+        index = torch.tensor(order, dtype=torch.long, device=self.keys[layer].device)
+        return LayerKV(self.keys[layer][:, :, index], self.values[layer][:, :, index],
+                       self.positions[layer][:, index], self.valid[layer][:, index])
+
+    def nbytes(self) -> int:
+        """Memory held by the key/value buffers."""
+        return sum(k.numel() * k.element_size() * 2 for k in self.keys)
+
+    def __repr__(self) -> str:
+        return (f"KVCache(batch={self.batch_size}, length={self.length}/{self.max_len}, "
+                f"layers={self.config.n_layers}, {self.nbytes() / 2**20:.1f} MiB)")

@@ -1,0 +1,378 @@
+"""load_pretrained: real Gemma checkpoints into the from-scratch model, strictly and memory-mapped.
+
+Formats:
+  * transformers folders: ``config.json`` + ``model.safetensors`` or shards listed in
+    ``model.safetensors.index.json`` (GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and
+    the text tower of Gemma3ForConditionalGeneration);
+  * Google's gemma_pytorch ``*.ckpt`` files (``model_state_dict``, fused ``qkv_proj``), read with
+    ``torch.load(weights_only=True)``: nothing else is ever unpickled.
+
+The model is built on the ``meta`` device and each tensor is read from the memory-mapped file
+straight into its parameter, so weights are copied once (a dtype change is that one copy).
+Every tensor is accounted for: a missing, unexpected or mis-shaped one raises an error naming it.
+
+The checkpoint's tensor names appear in this file only (``_hf_name_table``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from gemma_lab.bundled import is_tiny_name, tiny_model_dir
+from gemma_lab.config import PRESETS, GemmaConfig
+from gemma_lab.model import Gemma
+
+# A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
+_PROGRESS_MIN_BYTES = 256 * 2**20
+# Prefixes in front of the text model's names, by checkpoint kind.
+_TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+# Multimodal Gemma 3 files also hold the vision tower and projector; the text model skips them.
+_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and tensor at fault."""
+
+
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                    *, config: GemmaConfig | str | None = None, progress: bool | None = None) -> Gemma:
+    """A ready ``Gemma`` in eval mode from a checkpoint folder or file (or ``"tiny"``, the bundled model).
+
+    dtype: e.g. ``torch.bfloat16`` or ``"float32"``; default: the checkpoint's own dtype.
+    config: only for gemma_pytorch files without a config.json beside them: a preset name or a
+        GemmaConfig (by default the preset whose tensor shapes match is used).
+    progress: show a progress bar (default: for checkpoints above 256 MiB).
+    """
+    if is_tiny_name(path):
+        path = tiny_model_dir()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    dtype = _parse_dtype(dtype)
+    source = _find_checkpoint(path)
+    if isinstance(config, str):
+        config = GemmaConfig.from_preset(config)
+    if config is None:
+        config = source.config()
+    total_bytes = source.total_bytes()
+    show = progress if progress is not None else total_bytes >= _PROGRESS_MIN_BYTES
+
+    with torch.device("meta"):
+        model = Gemma(config)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    loaded: dict[str, torch.Tensor] = {}
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
+    try:
+        for our_name, tensor, origin in source.tensors(config):
+            if our_name is None:
+                continue
+            if our_name not in expected:
+                raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
+            if tuple(tensor.shape) != expected[our_name]:
+                raise CheckpointError(
+                    f"{origin}: shape {tuple(tensor.shape)} does not match the config's {expected[our_name]} "
+                    f"for {our_name}"
+                )
+            if our_name in loaded:
+                raise CheckpointError(f"{origin}: {our_name} appears twice in the checkpoint")
+            target_dtype = dtype or tensor.dtype
+            if not target_dtype.is_floating_point:
+                raise CheckpointError(f"{origin}: dtype {tensor.dtype} is not supported (quantized weights?)")
+            loaded[our_name] = tensor.to(device=device, dtype=target_dtype)
+            bar.update(tensor.numel() * tensor.element_size())
+    finally:
+        bar.close()
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{source.describe()}: missing tensors {', '.join(missing[:5])}{more}")
+    dtypes = {t.dtype for t in loaded.values()}
+    if len(dtypes) > 1:  # mixed-precision files: settle on the embedding's dtype
+        loaded = {k: v.to(loaded["embed.weight"].dtype) for k, v in loaded.items()}
+    model.load_state_dict(loaded, strict=True, assign=True)
+    model.eval()
+    model.requires_grad_(False)
+    model.checkpoint_path = path
+    return model
+
+
+def _describe(config: GemmaConfig) -> str:
+    return f"Gemma {config.family} ({config.n_layers} layers, d_model {config.d_model})"
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+# ---- tensor name tables ------------------------------------------------------------------------------
+
+def _hf_name_table(config: GemmaConfig) -> dict[str, str]:
+    """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
+    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
+    # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
+    norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
+    if config.sandwich_norms:
+        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
+                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
+    for layer in range(config.n_layers):
+        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
+        for hf_norm, our_norm in norms.items():
+            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            table[f"{theirs}self_attn.{proj}.weight"] = f"{ours}attn.{proj}.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
+        if config.qk_norm:
+            table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
+            table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
+    return table
+
+
+def _strip_text_prefix(name: str) -> str | None:
+    for prefix in _TEXT_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
+
+
+# ---- checkpoint sources ----------------------------------------------------------------------------
+
+class _Source:
+    """One checkpoint on disk: its config and its tensors under our names."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def config(self) -> GemmaConfig:
+        raise NotImplementedError
+
+    def total_bytes(self) -> int:
+        raise NotImplementedError
+
+    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        """(our name or None to skip, tensor, 'file: checkpoint name') for every tensor in the files."""
+        raise NotImplementedError
+
+
+class _SafetensorsFolder(_Source):
+    def __init__(self, folder: Path, files: list[Path], config_path: Path) -> None:
+        self.folder, self.files, self.config_path = folder, files, config_path
+
+    def describe(self) -> str:
+        return str(self.folder)
+
+    def config(self) -> GemmaConfig:
+        return GemmaConfig.from_hf(self.config_path)
+
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        from safetensors import SafetensorError, safe_open
+
+        table = _hf_name_table(config)
+        embed: torch.Tensor | None = None
+        lm_head: tuple[torch.Tensor, str] | None = None
+        for file in self.files:
+            _check_safetensors_header(file)
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in handle.keys():
+                        origin = f"{file}: tensor {name!r}"
+                        if _NON_TEXT.match(name):
+                            continue
+                        tensor = handle.get_tensor(name)
+                        if name.endswith("lm_head.weight"):
+                            lm_head = (tensor, origin)
+                            continue
+                        stripped = _strip_text_prefix(name)
+                        ours = table.get(stripped) if stripped is not None else None
+                        if ours is None:
+                            raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
+                        if ours == "embed.weight":
+                            embed = tensor
+                        yield ours, tensor, origin
+            except SafetensorError as exc:
+                raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
+        if lm_head is not None:  # Gemma ties the unembedding to the embedding: a separate copy must agree
+            tensor, origin = lm_head
+            if embed is None or tensor.shape != embed.shape or not torch.equal(tensor, embed):
+                raise CheckpointError(f"{origin}: lm_head differs from embed_tokens; Gemma's unembedding is tied")
+
+
+def _check_safetensors_header(file: Path) -> None:
+    """Catch truncated or corrupt files before safetensors does, with a message naming the file."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{file}: truncated safetensors file ({size} bytes, no header)")
+        header_len = int.from_bytes(head, "little")
+        if header_len > size - 8 or header_len > 100 * 2**20:
+            raise CheckpointError(f"{file}: corrupt safetensors header (claims {header_len} bytes, file has {size})")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{file}: corrupt safetensors header (not JSON)") from None
+    data_end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+        raise CheckpointError(
+            f"{file}: truncated safetensors file: tensors need {8 + header_len + data_end} bytes, file has {size}"
+        )
+
+
+class _GemmaPytorchCheckpoint(_Source):
+    """Google's gemma_pytorch format: one pickle-free-loadable state dict, q/k/v fused."""
+
+    def __init__(self, files: list[Path], config_path: Path | None) -> None:
+        self.files, self.config_path = files, config_path
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def describe(self) -> str:
+        return str(self.files[0]) if len(self.files) == 1 else str(self.files[0].parent)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if self._state is None:
+            self._state = {}
+            for file in self.files:
+                try:
+                    loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as exc:  # torch raises many kinds; all mean "not a safe, valid checkpoint"
+                    raise CheckpointError(f"{file}: not a readable gemma_pytorch checkpoint ({exc})") from None
+                state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else None
+                if not isinstance(state, dict):
+                    raise CheckpointError(f"{file}: expected a dict with 'model_state_dict'")
+                self._state.update(state)
+        return self._state
+
+    def config(self) -> GemmaConfig:
+        if self.config_path is not None:
+            return GemmaConfig.from_hf(self.config_path)
+        return _config_from_shapes(self.state(), self.describe())
+
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        table = _hf_name_table(config)
+        q_rows = config.n_heads * config.d_head
+        kv_rows = config.n_kv_heads * config.d_head
+        renames = {"embedder.weight": "embed_tokens.weight", "text_token_embedder.weight": "embed_tokens.weight",
+                   "query_norm": "q_norm", "key_norm": "k_norm"}
+        for name, tensor in self.state().items():
+            origin = f"{self.describe()}: tensor {name!r}"
+            if name.endswith("freqs_cis"):  # precomputed rotary tables: we compute our own
+                continue
+            if name.startswith(("siglip_vision_model.", "mm_soft_embedding_norm", "mm_input_projection")):
+                continue  # gemma_pytorch's multimodal Gemma 3: not part of the text model
+            if name.endswith("weight_scaler"):
+                raise CheckpointError(f"{origin}: int8-quantized checkpoints are not supported; use the bf16 one")
+            hf_name = renames.get(name, name)
+            hf_name = hf_name.replace("self_attn.query_norm", "self_attn.q_norm").replace("self_attn.key_norm", "self_attn.k_norm")
+            stripped = _strip_text_prefix(hf_name) if hf_name.startswith("model.") else hf_name
+            if stripped is not None and stripped.endswith("self_attn.qkv_proj.weight"):
+                if tensor.shape[0] != q_rows + 2 * kv_rows:
+                    raise CheckpointError(
+                        f"{origin}: fused qkv_proj has {tensor.shape[0]} rows; the config needs "
+                        f"{q_rows} + 2 x {kv_rows} = {q_rows + 2 * kv_rows}"
+                    )
+                q, k, v = tensor.split([q_rows, kv_rows, kv_rows], dim=0)  # row blocks [q | k | v]
+                layer_prefix = stripped[: -len("qkv_proj.weight")]
+                for part, piece in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+                    yield table.get(f"{layer_prefix}{part}.weight"), piece, f"{origin} ({part})"
+                continue
+            ours = table.get(stripped) if stripped is not None else None
+            if ours is None:
+                raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
+            yield ours, tensor, origin
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor], where: str) -> GemmaConfig:
+    """The preset whose shapes match a gemma_pytorch state dict (these files carry no config)."""
+    embed = state.get("embedder.weight", state.get("text_token_embedder.weight"))
+    if embed is None:
+        raise CheckpointError(f"{where}: no embedder.weight: not a gemma_pytorch checkpoint")
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    qkv = state.get("model.layers.0.self_attn.qkv_proj.weight")
+    for preset in PRESETS.values():
+        if (preset.d_model == embed.shape[1] and preset.n_layers == len(layers) and qkv is not None
+                and qkv.shape[0] == (preset.n_heads + 2 * preset.n_kv_heads) * preset.d_head
+                and preset.vocab_size in (embed.shape[0], embed.shape[0] + 64)):
+            return preset.replace(vocab_size=int(embed.shape[0]))
+    raise CheckpointError(
+        f"{where}: no preset matches its shapes (vocab {embed.shape[0]}, d_model {embed.shape[1]}, "
+        f"{len(layers)} layers); pass config='<preset>' or put a config.json beside it"
+    )
+
+
+def _find_checkpoint(path: Path) -> _Source:
+    if path.is_file():
+        if path.suffix in (".ckpt", ".bin", ".pt", ".pth"):
+            config = path.parent / "config.json"
+            return _GemmaPytorchCheckpoint([path], config if config.is_file() else None)
+        if path.suffix == ".safetensors":
+            return _safetensors_folder(path.parent, [path])
+        raise CheckpointError(f"{path}: unknown checkpoint file type (expected .safetensors or a gemma_pytorch .ckpt)")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return _safetensors_folder(path, _files_from_index(index))
+    single = path / "model.safetensors"
+    if single.is_file():
+        return _safetensors_folder(path, [single])
+    shards = sorted(path.glob("*.safetensors"))
+    if shards:
+        return _safetensors_folder(path, shards)
+    torch_index = path / "pytorch_model.bin.index.json"
+    if torch_index.is_file():
+        config = path / "config.json"
+        return _GemmaPytorchCheckpoint(_files_from_index(torch_index), config if config.is_file() else None)
+    ckpts = sorted(path.glob("*.ckpt"))
+    if len(ckpts) == 1:
+        config = path / "config.json"
+        return _GemmaPytorchCheckpoint(ckpts, config if config.is_file() else None)
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+    raise FileNotFoundError(
+        f"{path}: no checkpoint found (looked for model.safetensors, model.safetensors.index.json, "
+        f"*.safetensors, a gemma_pytorch *.ckpt); the folder holds: {found}"
+    )
+
+
+def _safetensors_folder(folder: Path, files: list[Path]) -> _SafetensorsFolder:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{folder}: config.json is missing next to the safetensors weights")
+    return _SafetensorsFolder(folder, files, config)
+
+
+def _files_from_index(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a valid index file ({exc!r})") from None
+    files = [index.parent / name for name in dict.fromkeys(weight_map.values())]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{index}: lists shard {file.name}, which is missing")
+    return files
+
+
+def checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files a checkpoint path refers to (for ``gemma-lab info``)."""
+    if is_tiny_name(path):
+        path = tiny_model_dir()
+    source = _find_checkpoint(Path(path))
+    return list(getattr(source, "files", []))
+

@@ -1,0 +1,71 @@
+"""Random-weight checkpoints written by transformers itself: the format users download.
+
+Norm weights are perturbed away from zero (Gemma stores gains as offsets from 1, so zeros would
+hide a missing "+1"), and weights are scaled so logits are well spread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+HF_CLASSES = {
+    1: (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+    2: (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+    3: (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+}
+
+SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+
+
+def hf_config(family: int, **overrides):
+    config_class, _ = HF_CLASSES[family]
+    kwargs = dict(SMALL)
+    if family >= 2:
+        kwargs.update(query_pre_attn_scalar=16, sliding_window=8)
+    kwargs.update(overrides)
+    return config_class(**kwargs)
+
+
+def perturb(model: torch.nn.Module, seed: int = 0, weight_std: float = 0.08) -> torch.nn.Module:
+    """Random matrices and non-zero norm offsets, deterministic from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * weight_std)
+    return model
+
+
+def hf_model(family: int, seed: int = 0, attn_implementation: str = "eager", **overrides):
+    _, model_class = HF_CLASSES[family]
+    config = hf_config(family, **overrides)
+    torch.manual_seed(seed)
+    model = model_class._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return perturb(model, seed).eval()
+
+
+def write_checkpoint(folder: Path, family: int, seed: int = 0, max_shard_size: str | None = None,
+                     **overrides) -> Path:
+    """Save a random model with ``save_pretrained`` (sharded when ``max_shard_size`` is given)."""
+    model = hf_model(family, seed, **overrides)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def load_hf(folder: Path, dtype=torch.float32, attn_implementation: str = "eager"):
+    _, model_class = next((c for f, c in HF_CLASSES.items()
+                           if c[1].__name__ in _architectures(folder)), HF_CLASSES[1])
+    return model_class.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation).eval()
+
+
+def _architectures(folder: Path) -> list[str]:
+    import json
+
+    return json.loads((Path(folder) / "config.json").read_text()).get("architectures", [])
