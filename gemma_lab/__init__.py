@@ -16,6 +16,8 @@ from gemma_lab.hooks import HookPoint
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.loading import CheckpointError, load_pretrained
 from gemma_lab.model import Gemma, init_weights
+from gemma_lab.sampling import SamplingParams, logits_to_probs, sample
+from gemma_lab.tokenizer import GemmaTokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -23,11 +25,16 @@ __all__ = [
     "ActivationCache",
     "CheckpointError",
     "Gemma",
+    "GemmaTokenizer",
     "GemmaConfig",
     "HookPoint",
     "KVCache",
     "PRESETS",
+    "SamplingParams",
     "act_name",
     "init_weights",
     "load_pretrained",
+    "load_tokenizer",
+    "logits_to_probs",
+    "sample",
 ]
