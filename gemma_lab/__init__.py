@@ -12,6 +12,7 @@ Importing the package loads the model code only; plotting and widgets load when 
 
 from gemma_lab.cache import ActivationCache, act_name
 from gemma_lab.config import PRESETS, GemmaConfig
+from gemma_lab.generation import GenerationResult, StepRecord, decode_step, generate, prefill, stream
 from gemma_lab.hooks import HookPoint
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.loading import CheckpointError, load_pretrained
@@ -27,14 +28,20 @@ __all__ = [
     "Gemma",
     "GemmaTokenizer",
     "GemmaConfig",
+    "GenerationResult",
     "HookPoint",
     "KVCache",
     "PRESETS",
     "SamplingParams",
+    "StepRecord",
     "act_name",
+    "decode_step",
+    "generate",
     "init_weights",
     "load_pretrained",
     "load_tokenizer",
     "logits_to_probs",
+    "prefill",
     "sample",
+    "stream",
 ]

@@ -79,16 +79,20 @@ class KVCache:
             end = self.length + n_new
             return LayerKV(self.keys[layer][:, :, :end], self.values[layer][:, :, :end],
                            self.positions[layer][:, :end], self.valid[layer][:, :end])
-        # Sliding-window layer: a ring of `window` slots. One new token can be written first and
-        # attend to the whole ring (it holds exactly the keys the window allows). A longer chunk
-        # attends to the old ring plus itself, then its last `capacity` tokens are written.
+        # Sliding-window layer: a ring of `window` slots. One new token is written first and then
+        # attends to the ring (it holds exactly the keys the window allows). A longer chunk attends
+        # to the old ring plus itself, then its last `capacity` tokens are written. Either way the
+        # keys are handed over oldest first, empty slots left out, so k_pos is in position order
+        # (as attention patterns are drawn) and a prefill into a fresh cache attends to exactly
+        # the keys of a forward pass without a cache.
         if n_new == 1:
             slot = self.length % capacity
             self._write(layer, slice(slot, slot + 1), keys, values, positions, valid)
-            return LayerKV(self.keys[layer], self.values[layer], self.positions[layer], self.valid[layer])
+            return self._ring_in_order(layer, self.length + 1)
+        old = self._ring_in_order(layer, self.length)
         seen = LayerKV(
-            torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2),
-            torch.cat([self.positions[layer], positions], dim=1), torch.cat([self.valid[layer], valid], dim=1),
+            torch.cat([old.keys, keys], dim=2), torch.cat([old.values, values], dim=2),
+            torch.cat([old.positions, positions], dim=1), torch.cat([old.valid, valid], dim=1),
         )
         keep = min(n_new, capacity)
         for i in range(n_new - keep, n_new):
@@ -96,6 +100,22 @@ class KVCache:
             self._write(layer, slice(slot, slot + 1), keys[:, :, i : i + 1], values[:, :, i : i + 1],
                         positions[:, i : i + 1], valid[:, i : i + 1])
         return seen
+
+    def _ring_in_order(self, layer: int, written: int) -> LayerKV:
+        """The filled slots of a sliding-window ring, oldest first, after ``written`` tokens.
+
+        Until the ring wraps these are views of its first slots; after that, the two halves
+        (oldest from the next slot to overwrite onwards, then the newest) are joined in a copy.
+        """
+        capacity = self.capacity[layer]
+        buffers = (self.keys[layer], self.values[layer], self.positions[layer], self.valid[layer])
+        if written <= capacity:
+            k, v, p, ok = (b[:, :, :written] if b.ndim == 4 else b[:, :written] for b in buffers)
+            return LayerKV(k, v, p, ok)
+        start = written % capacity
+        k, v = (torch.cat([b[:, :, start:], b[:, :, :start]], dim=2) for b in buffers[:2])
+        p, ok = (torch.cat([b[:, start:], b[:, :start]], dim=1) for b in buffers[2:])
+        return LayerKV(k, v, p, ok)
 
     def _write(self, layer: int, span: slice, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                valid: torch.Tensor) -> None:
@@ -114,16 +134,15 @@ class KVCache:
         return self.seen.clone()
 
     def layer_kv(self, layer: int) -> LayerKV:
-        """The stored keys/values of ``layer`` in the order they were written (oldest first)."""
-        capacity = self.capacity[layer]
-        stored = min(self.length, capacity)
-        if self.config.is_local(layer) and self.length > capacity:
-            order = [(self.length + i) % capacity for i in range(capacity)]
-        else:
-            order = list(range(stored))
-        index = torch.tensor(order, dtype=torch.long, device=self.keys[layer].device)
-        return LayerKV(self.keys[layer][:, :, index], self.values[layer][:, :, index],
-                       self.positions[layer][:, index], self.valid[layer][:, index])
+        """The stored keys/values of ``layer`` in the order they were written (oldest first).
+
+        Often views into the cache's buffers: clone before editing them.
+        """
+        if self.config.is_local(layer):
+            return self._ring_in_order(layer, self.length)
+        end = self.length
+        return LayerKV(self.keys[layer][:, :, :end], self.values[layer][:, :, :end],
+                       self.positions[layer][:, :end], self.valid[layer][:, :end])
 
     def nbytes(self) -> int:
         """Memory held by the key/value buffers."""
