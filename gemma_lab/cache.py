@@ -1,19 +1,38 @@
-"""ActivationCache: the activations one forward pass stored, looked up by hook name or shorthand.
+"""ActivationCache: the activations one forward pass stored, looked up by hook name or shorthand,
+with the residual-stream bookkeeping that logit attribution needs.
 
-``cache["blocks.3.attn.hook_pattern"]`` and ``cache["pattern", 3]`` are the same tensor; the
-shorthand follows TransformerLens's ``get_act_name`` so its tutorials read unchanged.
+``cache["blocks.3.attn.hook_pattern"]`` and ``cache["pattern", 3]`` are the same tensor
+(``cache["pattern", -1]`` is the last layer); the shorthand follows TransformerLens's
+``get_act_name``, and the analysis methods follow its ``ActivationCache`` (same names, same
+arguments), so its tutorials read unchanged. Two things differ because Gemma is not GPT-2:
 
-Imports: torch only (the model is passed in, never imported).
+* Gemma's norms are RMSNorms with a gain ``1 + w`` that is not folded into other weights, so
+  ``apply_ln_to_stack`` scales by the cached ``hook_inv_rms`` *and* the gain: the components of a
+  residual stack then sum to the norm's actual output, ``hook_normalized``.
+* Gemma 2/3 normalise the attention output again (``ln1_post``) before adding it to the stream.
+  That norm is not linear, so ``stack_head_results`` linearises it around this run: each head's
+  ``z @ W_O`` is scaled by the cached ``ln1_post.hook_inv_rms`` and gain. The heads then sum to
+  ``hook_attn_out`` exactly (up to float rounding), and each head's share is proportional to
+  what it wrote before the norm.
+* Gemma 2's final logit softcap is not linear either: ``logit_attrs`` attributes the logits
+  *before* the softcap (for Gemma 1/3 these are the logits).
+
+Helpers that do arithmetic (``apply_ln_to_stack``, ``stack_head_results``, ``logit_attrs``) work
+in float32 and return float32; stacking helpers return the cached dtype.
+
+Imports: torch and einops only. The model is passed in, never imported; no plotting, widgets
+or tokenizer here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
 
 import torch
+from einops import einsum, rearrange
 
 if TYPE_CHECKING:
-    from gemma_lab.hooks import HookedModule
+    from gemma_lab.model import Gemma
 
 # Shorthand -> where the hook point sits: "block" (blocks.{i}.hook_X), "attn", "mlp", or a norm.
 _BLOCK_LEVEL = {"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"}
@@ -21,6 +40,9 @@ _ATTN_LEVEL = {"q", "k", "v", "rot_q", "rot_k", "attn_scores", "attn_scores_pre_
                "result"}
 _MLP_LEVEL = {"pre", "pre_linear", "post"}
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "scores": "attn_scores", "neurons": "post"}
+
+# Which positions a residual stack covers: an int (the axis is dropped), a slice, or a list of positions.
+PosSlice = Union[int, slice, Sequence[int], torch.Tensor, None]
 
 
 def act_name(name: str, layer: int | None = None, sublayer: str | None = None) -> str:
@@ -53,16 +75,31 @@ def act_name(name: str, layer: int | None = None, sublayer: str | None = None) -
     raise KeyError(f"unknown activation shorthand {name!r}")
 
 
+def slice_pos(tensor: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tensor:
+    """``tensor`` restricted to the positions ``pos_slice`` along axis ``dim`` (None: unchanged)."""
+    if pos_slice is None:
+        return tensor
+    index: list = [slice(None)] * tensor.ndim
+    index[dim] = pos_slice if isinstance(pos_slice, (int, slice)) else torch.as_tensor(pos_slice)
+    return tensor[tuple(index)]
+
+
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Activations from one run, keyed by hook name; ``cache["pattern", 3]`` shorthand works too."""
 
-    def __init__(self, store: dict[str, torch.Tensor], model: "HookedModule | None" = None) -> None:
+    def __init__(self, store: dict[str, torch.Tensor], model: "Gemma | None" = None,
+                 has_batch_dim: bool = True) -> None:
         self._store = store
         self.model = model
+        self.has_batch_dim = has_batch_dim
 
+    # ---- lookup ------------------------------------------------------------------------------
     def _key(self, key: str | tuple) -> str:
         if isinstance(key, tuple):
-            return act_name(*key)
+            name, layer, *rest = key + (None,) * (2 - len(key))
+            if isinstance(layer, int) and layer < 0 and self.model is not None:
+                layer += self.model.cfg.n_layers  # cache["pattern", -1]: the last layer
+            return act_name(name, layer, *rest)
         return key if key in self._store else act_name(key)
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:
@@ -88,7 +125,192 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return len(self._store)
 
     def __repr__(self) -> str:
-        return f"ActivationCache({len(self._store)} activations: {', '.join(list(self._store)[:4])}, ...)"
+        names = list(self._store)
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        return f"ActivationCache({len(names)} activations: {shown})"
 
     def to(self, device: torch.device | str) -> "ActivationCache":
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model)
+        moved = {name: value.to(device) for name, value in self._store.items()}
+        return ActivationCache(moved, self.model, self.has_batch_dim)
+
+    def remove_batch_dim(self) -> "ActivationCache":
+        """The same activations without the batch axis (for a batch of one)."""
+        if not self.has_batch_dim:
+            return self
+        for name, value in self._store.items():
+            if value.shape[0] != 1:
+                raise ValueError(f"remove_batch_dim needs a batch of one; {name} is {tuple(value.shape)}")
+        return ActivationCache({k: v[0] for k, v in self._store.items()}, self.model, has_batch_dim=False)
+
+    # ---- stacks over layers ------------------------------------------------------------------
+    def _model(self) -> "Gemma":
+        if self.model is None:
+            raise ValueError("this cache has no model; use the one run_with_cache returns")
+        return self.model
+
+    def _layers_before(self, layer: int | None) -> int:
+        """TransformerLens's layer argument: 'everything before layer'; None, -1 and n_layers mean all."""
+        n_layers = self._model().cfg.n_layers
+        if layer is None or layer == -1:
+            return n_layers
+        if not 0 <= layer <= n_layers:
+            raise ValueError(f"layer must be in [0, {n_layers}] (or None / -1 for all layers), got {layer}")
+        return layer
+
+    def stack_activation(self, activation_name: str, layer: int = -1,
+                         sublayer_type: str | None = None) -> torch.Tensor:
+        """``[layer, ...]``: the activation of every layer before ``layer`` (-1: all), stacked.
+
+        ``cache.stack_activation("pattern")`` is ``[layer, batch, head, q_pos, k_pos]``.
+        """
+        n = self._layers_before(layer)
+        return torch.stack([self[act_name(activation_name, l, sublayer_type)] for l in range(n)])
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          pos_slice: PosSlice = None, mlp_input: bool = False,
+                          return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+        """``[component, batch, pos, d_model]``: the residual stream as it stood before each layer.
+
+        Rows are ``resid_pre`` of layers ``0 .. layer`` (labels ``"0_pre"``, ...; with ``incl_mid``
+        also ``"{l}_mid"``), and for ``layer=None`` the final ``resid_post`` (``"final_post"``).
+        ``mlp_input`` adds ``resid_mid`` of ``layer`` (the input of its MLP). ``apply_ln`` scales
+        every row by the norm that reads the stream at ``layer`` (see ``apply_ln_to_stack``).
+        """
+        n_layers = self._model().cfg.n_layers
+        upto = self._layers_before(layer)
+        rows, labels = [], []
+        for l in range(upto + 1):
+            if l == n_layers:
+                rows.append(self["resid_post", n_layers - 1])
+                labels.append("final_post")
+                continue
+            rows.append(self["resid_pre", l])
+            labels.append(f"{l}_pre")
+            if (incl_mid and l < upto) or (mlp_input and l == upto):
+                rows.append(self["resid_mid", l])
+                labels.append(f"{l}_mid")
+        stack = slice_pos(torch.stack(rows), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, upto, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
+                        apply_ln: bool = False, pos_slice: PosSlice = None, incl_embeds: bool = True,
+                        return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+        """``[component, batch, pos, d_model]``: what each part wrote into the stream before ``layer``.
+
+        Rows: ``"embed"``, then ``"{l}_attn_out"`` and ``"{l}_mlp_out"`` for each earlier layer
+        (``mode="attn"`` or ``"mlp"`` keeps one kind). They sum to ``resid_pre`` of ``layer``
+        (``layer=None``: the final ``resid_post``); ``mlp_input`` adds ``layer``'s own attention.
+        """
+        if mode not in ("all", "attn", "mlp"):
+            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+        n_layers = self._model().cfg.n_layers
+        upto = self._layers_before(layer)
+        if mlp_input and upto == n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers (whose MLP input it is)")
+        rows, labels = [], []
+        if incl_embeds:
+            rows.append(self["embed"])
+            labels.append("embed")
+        for l in range(upto + (1 if mlp_input else 0)):
+            if mode in ("all", "attn"):
+                rows.append(self["attn_out", l])
+                labels.append(f"{l}_attn_out")
+            if mode in ("all", "mlp") and l < upto:
+                rows.append(self["mlp_out", l])
+                labels.append(f"{l}_mlp_out")
+        stack = slice_pos(torch.stack(rows), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, upto, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(self, layer: int = -1, return_labels: bool = False, incl_remainder: bool = False,
+                           pos_slice: PosSlice = None,
+                           apply_ln: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+        """``[layer * head, batch, pos, d_model]``: each head's contribution to the residual stream.
+
+        Computed from the cached ``hook_z`` as ``z[head] @ W_O[head]`` for every layer before
+        ``layer`` (-1: all); labels ``"L{l}H{h}"``. For Gemma 2/3 the post-attention norm is
+        linearised with its cached ``inv_rms`` (see the module docstring), so the heads of a layer
+        sum to its ``hook_attn_out``. ``incl_remainder`` appends the rest of the stream
+        (``"remainder"``: embed and MLPs). Needs ``hook_z`` and, for Gemma 2/3,
+        ``ln1_post.hook_inv_rms`` in the cache.
+        """
+        model = self._model()
+        upto = self._layers_before(layer)
+        per_layer = []
+        for l in range(upto):
+            block = model.blocks[l]
+            z = slice_pos(self["z", l], pos_slice, dim=-3).float()
+            w_o = rearrange(block.attn.o_proj.weight.float(), "d_model (head d_head) -> head d_head d_model",
+                            head=model.cfg.n_heads)
+            result = einsum(z, w_o, "... head d_head, head d_head d_model -> head ... d_model")
+            if block.ln1_post is not None:  # linearise the post-attention RMSNorm around this run
+                inv_rms = slice_pos(self[f"blocks.{l}.ln1_post.hook_inv_rms"], pos_slice).float()
+                result = result * inv_rms * (1.0 + block.ln1_post.weight.float())
+            per_layer.append(result)
+        heads = rearrange(torch.stack(per_layer), "layer head ... -> (layer head) ...")
+        labels = [f"L{l}H{h}" for l in range(upto) for h in range(model.cfg.n_heads)]
+        if incl_remainder:
+            total = self["resid_post", upto - 1] if upto == model.cfg.n_layers else self["resid_pre", upto]
+            remainder = slice_pos(total, pos_slice).float() - heads.sum(dim=0)
+            heads = torch.cat([heads, remainder[None]])
+            labels.append("remainder")
+        if apply_ln:
+            heads = self.apply_ln_to_stack(heads, upto, pos_slice=pos_slice)
+        return (heads, labels) if return_labels else heads
+
+    # ---- norms and logits ----------------------------------------------------------------------
+    def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None,
+                          mlp_input: bool = False, pos_slice: PosSlice = None) -> torch.Tensor:
+        """Scale each component of a residual stack the way the norm reading the stream at ``layer``
+        scaled the whole stream in this run: ``component * inv_rms * (1 + w)``.
+
+        ``layer=None`` (or -1, or n_layers) means the final norm ``ln_final``; otherwise ``ln1`` of
+        ``layer`` (``ln2`` with ``mlp_input``). ``inv_rms`` is the cached one of the *full* stream,
+        so the scaled components sum to the norm's output (``hook_normalized``). ``pos_slice`` says
+        which positions ``residual_stack`` covers. Shape ``[..., batch, pos, d_model]`` in and out.
+        """
+        model = self._model()
+        if layer is None or layer in (-1, model.cfg.n_layers):
+            norm, name = model.ln_final, "ln_final"
+        else:
+            norm_name = "ln2" if mlp_input else "ln1"
+            norm, name = getattr(model.blocks[layer], norm_name), f"blocks.{layer}.{norm_name}"
+        inv_rms = slice_pos(self[f"{name}.hook_inv_rms"], pos_slice).float()
+        return residual_stack.float() * inv_rms * (1.0 + norm.weight.float())
+
+    def logit_attrs(self, residual_stack: torch.Tensor, tokens: int | torch.Tensor,
+                    incorrect_tokens: int | torch.Tensor | None = None,
+                    pos_slice: PosSlice = None) -> torch.Tensor:
+        """Direct logit attribution: how much each component of ``residual_stack`` adds to the logit
+        of ``tokens`` (minus that of ``incorrect_tokens``, if given).
+
+        ``residual_stack``: ``[component, batch, pos, d_model]`` of raw (un-normalised) stream
+        contributions, covering the positions ``pos_slice`` (an int drops the pos axis), e.g.
+        ``cache.decompose_resid(pos_slice=-1)``. The final norm is applied with the cached
+        ``inv_rms`` (``apply_ln_to_stack``), then each row is dotted with the token's unembedding
+        row. ``tokens``: an id, ``[batch]`` (one per sequence) or ``[batch, pos]`` (one per
+        position). Returns ``[component, batch, pos]`` (or ``[component, batch]``). A full
+        decomposition sums to the logit (difference) before Gemma 2's final softcap.
+        """
+        model = self._model()
+        directions = self._unembed_directions(tokens, residual_stack, pos_slice)
+        if incorrect_tokens is not None:
+            directions = directions - self._unembed_directions(incorrect_tokens, residual_stack, pos_slice)
+        scaled = self.apply_ln_to_stack(residual_stack, model.cfg.n_layers, pos_slice=pos_slice)
+        return (scaled * directions).sum(dim=-1)
+
+    def _unembed_directions(self, tokens: int | torch.Tensor, residual_stack: torch.Tensor,
+                            pos_slice: PosSlice) -> torch.Tensor:
+        """Rows of the (tied) unembedding for ``tokens``, shaped to broadcast against the stack."""
+        if isinstance(tokens, str):
+            raise TypeError("logit_attrs takes token ids (the model holds no tokenizer: use tokenizer.encode)")
+        tokens = torch.as_tensor(tokens, device=residual_stack.device)
+        directions = self._model().embed.weight.detach()[tokens].float()  # tokens.shape + [d_model]
+        if tokens.ndim == 2:  # one token per (batch, pos): restrict to the stack's positions
+            directions = slice_pos(directions, pos_slice)
+        elif tokens.ndim == 1 and self.has_batch_dim and residual_stack.ndim == 4:
+            directions = directions[:, None, :]  # one token per sequence, the same at every position
+        return directions

@@ -1,14 +1,20 @@
 """Hook points: named identities at every activation, where functions can read or replace it.
 
-The vocabulary follows TransformerLens (``blocks.3.attn.hook_pattern``, ``run_with_cache``,
-``cache["pattern", 3]``) so that courses and sparse-autoencoder tooling carry over. A hook is
-``fn(activation, hook)``; it may return a replacement. ``hook`` is the ``HookPoint`` itself and
-tells the name, the layer and, during generation, the absolute positions and the decode step.
+The vocabulary follows TransformerLens (``blocks.3.attn.hook_pattern``, ``run_with_hooks``,
+``run_with_cache``, ``cache["pattern", 3]``) so that courses and sparse-autoencoder tooling carry
+over. A hook is ``fn(activation, hook)``; it may return a replacement of the same shape. ``hook``
+is the ``HookPoint`` itself and tells the name, the layer and, during generation, the absolute
+positions of the tokens in this pass and the decode step (``hook.positions``, ``hook.step``).
 
 Hooks are only ever attached inside ``HookedModule.hooks(...)``, a context manager that removes
-them again on exit, also when the body raises, so no hook can leak into a later forward pass.
+exactly what it attached on exit, also when the body raises, so no hook leaks into a later
+forward pass. Backward hooks are registered on the tensors of the forward passes run while they
+are attached: they fire when ``backward`` reaches those tensors, inside the block or after it
+(``run_with_hooks(..., bwd_hooks=...)`` followed by ``loss.backward()`` works), and never touch a
+forward pass run after the block.
 
-Imports: torch only. The model builds on this module; nothing here knows about Gemma.
+Imports: torch only. The model builds on this module; nothing here knows about Gemma, and nothing
+here imports plotting, widgets or a tokenizer.
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 
 @dataclass
 class RunContext:
-    """What a hook may want to know about the current forward pass beyond its activation."""
+    """What a hook may want to know about the current forward pass beyond its activation.
+
+    One instance is shared by every HookPoint of a model (``model.run_context``). The model sets
+    ``positions`` at the start of each forward pass; generation code sets ``step``.
+    """
 
     positions: torch.Tensor | None = None  # [batch, pos] absolute positions of the tokens being run
     step: int | None = None  # decode step during generation (0 = the prompt); None outside generation
@@ -48,7 +58,6 @@ class HookPoint(nn.Module):
         self.context = RunContext()
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
-        self._grad_handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
     def has_hooks(self) -> bool:
@@ -61,37 +70,65 @@ class HookPoint(nn.Module):
 
     @property
     def step(self) -> int | None:
-        """Generation step (0 = prompt), or None outside generation."""
+        """Generation step (0 = the prompt), or None outside generation."""
         return self.context.step
 
+    def add_hook(self, fn: HookFn, dir: str = "fwd") -> None:
+        """Attach ``fn``; prefer ``model.hooks(...)``, which also removes it again."""
+        self._fns(dir).append(fn)
+
+    def remove_hook(self, fn: HookFn, dir: str = "fwd") -> None:
+        """Detach one attachment of ``fn`` (others, e.g. from an enclosing ``hooks()`` block, stay)."""
+        fns = self._fns(dir)
+        for i, attached in enumerate(fns):
+            if attached is fn:
+                del fns[i]
+                return
+
+    def remove_hooks(self, dir: str = "both") -> None:
+        """Detach every hook in direction ``dir`` ("fwd", "bwd" or "both")."""
+        if dir in ("fwd", "both"):
+            self.fwd_fns.clear()
+        if dir in ("bwd", "both"):
+            self.bwd_fns.clear()
+
+    def _fns(self, dir: str) -> list[HookFn]:
+        if dir == "fwd":
+            return self.fwd_fns
+        if dir == "bwd":
+            return self.bwd_fns
+        raise ValueError(f"hook direction must be 'fwd' or 'bwd', got {dir!r}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for fn in self.fwd_fns:
+        if not (self.fwd_fns or self.bwd_fns):  # the usual case: nobody is looking
+            return x
+        for fn in list(self.fwd_fns):
             replacement = fn(x, self)
             if replacement is not None:
                 if not isinstance(replacement, torch.Tensor) or replacement.shape != x.shape:
                     got = tuple(replacement.shape) if isinstance(replacement, torch.Tensor) else type(replacement)
-                    raise ValueError(f"hook on {self.name} returned {got}; expected a tensor of shape {tuple(x.shape)}")
+                    raise ValueError(f"hook on {self.name} returned {got}; "
+                                     f"expected a tensor of shape {tuple(x.shape)}")
                 x = replacement
         if self.bwd_fns and x.requires_grad:
-            for fn in self.bwd_fns:
-                self._grad_handles.append(x.register_hook(self._gradient_hook(fn)))
+            # The gradient hook belongs to this pass's graph: it is gone once the graph is.
+            for fn in list(self.bwd_fns):
+                x.register_hook(_GradientHook(fn, self))
         return x
-
-    def _gradient_hook(self, fn: HookFn) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        def call(grad: torch.Tensor) -> torch.Tensor | None:
-            return fn(grad, self)
-
-        return call
-
-    def remove_hooks(self) -> None:
-        self.fwd_fns.clear()
-        self.bwd_fns.clear()
-        for handle in self._grad_handles:
-            handle.remove()
-        self._grad_handles.clear()
 
     def extra_repr(self) -> str:
         return self.name
+
+
+class _GradientHook:
+    """``fn(grad, hook)`` in the form ``Tensor.register_hook`` wants (a plain class, not a closure)."""
+
+    def __init__(self, fn: HookFn, hook: HookPoint) -> None:
+        self.fn = fn
+        self.hook = hook
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor | None:
+        return self.fn(grad, self.hook)
 
 
 class HookedModule(nn.Module):
@@ -113,14 +150,15 @@ class HookedModule(nn.Module):
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
+        """Every hook point by name (a copy: adding to it changes nothing)."""
         return dict(self._hook_points)
 
     def hook_names(self) -> list[str]:
-        """Every hook point name, in the order activations are computed."""
+        """Every hook point name, in the order the activations are computed."""
         return list(self._hook_points)
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
-        """A name, a list of names, or a predicate -> the matching hook point names."""
+        """A name, a list of names, or a predicate ``fn(name) -> bool`` -> the matching hook point names."""
         if names is None:
             return self.hook_names()
         if callable(names):
@@ -135,20 +173,27 @@ class HookedModule(nn.Module):
         return list(names)
 
     @contextmanager
-    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = ()) -> Iterator["HookedModule"]:
-        """Attach hooks for the duration of the block; they are removed on exit, also on error."""
-        attached: list[HookPoint] = []
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
+              reset_hooks_end: bool = True) -> Iterator["HookedModule"]:
+        """Attach hooks for the duration of the block; on exit (also on error) remove what was attached.
+
+        Each spec is ``(name_or_predicate, fn)``. Hooks attached by an enclosing block stay.
+        ``reset_hooks_end=False`` keeps them attached afterwards (TransformerLens's escape hatch;
+        call ``model.reset_hooks()`` yourself).
+        """
+        attached: list[tuple[HookPoint, HookFn, str]] = []
         try:
             for specs, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
                 for name_or_predicate, fn in specs:
                     for name in self.resolve_hook_names(name_or_predicate):
                         point = self._hook_points[name]
-                        (point.fwd_fns if direction == "fwd" else point.bwd_fns).append(fn)
-                        attached.append(point)
+                        point.add_hook(fn, direction)
+                        attached.append((point, fn, direction))
             yield self
         finally:
-            for point in attached:
-                point.remove_hooks()
+            if reset_hooks_end:
+                for point, fn, direction in reversed(attached):
+                    point.remove_hook(fn, direction)
 
     def reset_hooks(self) -> None:
         """Remove every hook (a safety net; hooks attached with ``hooks()`` never outlive it)."""
@@ -156,44 +201,56 @@ class HookedModule(nn.Module):
             point.remove_hooks()
 
     def run_with_hooks(self, *args, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
-                       **kwargs) -> torch.Tensor:
-        """One forward pass with the given hooks attached (removed afterwards)."""
-        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
+                       reset_hooks_end: bool = True, **kwargs) -> torch.Tensor:
+        """One forward pass with the given hooks attached (removed afterwards).
+
+        Backward hooks fire when you later call ``backward`` on something computed from the result.
+        """
+        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end):
             return self(*args, **kwargs)
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
-                       incl_bwd: bool = False, **kwargs) -> tuple[torch.Tensor, "ActivationCache"]:
+                       incl_bwd: bool = False, remove_batch_dim: bool = False,
+                       **kwargs) -> tuple[torch.Tensor, "ActivationCache"]:
         """Forward pass that also returns the activations at the requested hook points.
 
-        ``names_filter``: a name, a list of names, or a predicate on names (default: every point).
-        Only the requested activations are stored (detached, moved to ``device`` if given). With
-        ``incl_bwd=True`` the gradients arriving at those points are stored as ``name + "_grad"``
-        once the caller runs ``backward`` on something computed from the returned logits.
+        names_filter: a name, a list of names, or a predicate on names (default: every point).
+            Only the requested activations are stored (detached, moved to ``device`` if given).
+        incl_bwd: also store the gradient arriving at each of those points, as ``name + "_grad"``,
+            once you call ``backward`` on something computed from the returned logits (the model
+            returns logits, not a loss, so the choice of what to differentiate is yours).
+        remove_batch_dim: for a batch of one, store ``[pos, ...]`` instead of ``[1, pos, ...]``.
         """
         from gemma_lab.cache import ActivationCache
 
         names = self.resolve_hook_names(names_filter)
         store: dict[str, torch.Tensor] = {}
+        saver = _Saver(store, device, remove_batch_dim)
+        fwd = [(name, saver.save) for name in names]
+        bwd = [(name, saver.save_grad) for name in names] if incl_bwd else []
+        logits = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
+        return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
-        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
-            tensor = tensor.detach()
-            store[hook.name] = tensor.to(device) if device is not None else tensor
 
-        def save_grad(grad: torch.Tensor, hook: HookPoint) -> None:
-            grad = grad.detach()
-            store[hook.name + "_grad"] = grad.to(device) if device is not None else grad
+class _Saver:
+    """The hook functions ``run_with_cache`` attaches: copy each activation (or gradient) into a dict."""
 
-        fwd = [(name, save) for name in names]
-        if incl_bwd:
-            # Gradient hooks live on the tensors of this pass; keep them attached for backward().
-            for name in names:
-                self._hook_points[name].bwd_fns.append(save_grad)
-            try:
-                logits = self.run_with_hooks(*args, fwd_hooks=fwd, **kwargs)
-            finally:
-                for name in names:
-                    point = self._hook_points[name]
-                    point.bwd_fns.remove(save_grad)
-            return logits, ActivationCache(store, self)
-        logits = self.run_with_hooks(*args, fwd_hooks=fwd, **kwargs)
-        return logits, ActivationCache(store, self)
+    def __init__(self, store: dict[str, torch.Tensor], device: torch.device | str | None,
+                 remove_batch_dim: bool) -> None:
+        self.store = store
+        self.device = device
+        self.remove_batch_dim = remove_batch_dim
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if self.remove_batch_dim:
+            if tensor.shape[0] != 1:
+                raise ValueError(f"remove_batch_dim=True needs a batch of one, got {tuple(tensor.shape)}")
+            tensor = tensor[0]
+        return tensor.to(self.device) if self.device is not None else tensor
+
+    def save(self, tensor: torch.Tensor, hook: HookPoint) -> None:
+        self.store[hook.name] = self._keep(tensor)
+
+    def save_grad(self, grad: torch.Tensor, hook: HookPoint) -> None:
+        self.store[hook.name + "_grad"] = self._keep(grad)

@@ -105,12 +105,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=False)
-        # Gemma 3 normalises each query and key head before rotating it (replacing Gemma 2's softcap).
-        self.q_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
+        # Hook points are declared in the order they fire, so hook_names() lists them that way.
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        # Gemma 3 normalises each query and key head before rotating it (replacing Gemma 2's softcap).
+        self.q_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
         self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head] after RoPE
         self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head] after RoPE
         self.hook_attn_scores_pre_softcap = HookPoint()  # [batch, head, q_pos, k_pos] scaled q.k
@@ -145,11 +146,13 @@ class Attention(nn.Module):
             z = self._fused_attention(q, k, v, allowed)
         z = self.hook_z(z)
 
-        if self.hook_result.has_hooks:  # per-head contributions, summed: only when someone asks
+        out = self.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+        if self.hook_result.has_hooks:  # per-head contributions (they sum to out): only when someone asks
             w_o = rearrange(self.o_proj.weight, "d_model (head d_head) -> head d_head d_model", head=cfg.n_heads)
-            result = self.hook_result(einsum(z, w_o, "batch pos head d_head, head d_head d_model -> batch pos head d_model"))
-            return result.sum(dim=2)
-        return self.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+            result = einsum(z, w_o, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+            # Add only what the hooks changed: an identity hook then leaves out bit-identical.
+            out = out + (self.hook_result(result.clone()) - result).sum(dim=2)
+        return out
 
     def _wants_explicit_scores(self) -> bool:
         # The fused kernel cannot softcap and never materialises scores or patterns.
@@ -212,15 +215,16 @@ class Block(nn.Module):
     def __init__(self, cfg: GemmaConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
+        # Submodules and hook points in the order they run, so hook_names() lists them that way.
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)  # pre-attention norm
         self.attn = Attention(cfg, layer)
         self.ln1_post = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else None  # post-attention
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model] what attention adds to the stream
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)  # pre-MLP norm
         self.mlp = MLP(cfg)
         self.ln2_post = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else None  # post-MLP
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model] what attention adds to the stream
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model] what the MLP adds to the stream
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 

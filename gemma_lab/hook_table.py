@@ -1,0 +1,172 @@
+"""The table of hook points in ``docs/hooks.md``, generated from the model itself.
+
+    python -m gemma_lab.hook_table                          # print the table (markdown)
+    python -m gemma_lab.hook_table --update docs/hooks.md   # rewrite the table between its markers
+
+``HOOKS`` describes every hook point once, by its name with the layer written ``{layer}``: its
+shape in the package's axis vocabulary and what it is. Which families have it is read off small
+models of each family, so the table cannot drift from the model; ``tests/test_hooks.py`` checks
+that every name has an entry and that every shape matches real activations of Gemma 1, 2 and 3.
+
+Imports: the config and the model (on the meta device: no weights are made); no plotting,
+widgets or tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from gemma_lab.config import GemmaConfig
+from gemma_lab.model import Gemma
+
+# A small model of each family: the same hook points as the published sizes.
+FAMILY_PRESETS = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3"}
+
+# Markers around the generated table in docs/hooks.md.
+BEGIN, END = "<!-- hook-table:begin (python -m gemma_lab.hook_table --update docs/hooks.md) -->", "<!-- hook-table:end -->"
+
+_EXPLICIT = " Explicit attention path only: hooking it switches attention from the fused kernel to the einsum path."
+
+# name with {layer} -> (shape, what it is). Shapes use the axis vocabulary of model.py.
+HOOKS: dict[str, tuple[str, str]] = {
+    "hook_embed": (
+        "[batch, pos, d_model]",
+        "Token embeddings times sqrt(d_model) (rounded to the weight dtype): the stream's starting point. "
+        "TL: `hook_embed` (TL bakes the scale into `W_E`)."),
+    "blocks.{layer}.hook_resid_pre": (
+        "[batch, pos, d_model]", "Residual stream entering the block. TL: same name."),
+    "blocks.{layer}.ln1.hook_inv_rms": (
+        "[batch, pos, 1]",
+        "1 / root-mean-square of `resid_pre`, in fp32: the pre-attention norm's scale factor. "
+        "TL's `ln1.hook_scale` is its reciprocal."),
+    "blocks.{layer}.ln1.hook_normalized": (
+        "[batch, pos, d_model]",
+        "Attention input: `resid_pre * inv_rms * (1 + w)`. TL's `hook_normalized` is before the gain."),
+    "blocks.{layer}.attn.hook_q": ("[batch, pos, head, d_head]", "Queries, before q_norm and RoPE. TL: same name."),
+    "blocks.{layer}.attn.hook_k": (
+        "[batch, pos, kv_head, d_head]", "Keys, before k_norm and RoPE; one per kv_head. TL: same name."),
+    "blocks.{layer}.attn.hook_v": ("[batch, pos, kv_head, d_head]", "Values; one per kv_head. TL: same name."),
+    "blocks.{layer}.attn.q_norm.hook_inv_rms": ("[batch, pos, head, 1]", "Gemma 3 query norm: 1 / rms of each query head."),
+    "blocks.{layer}.attn.q_norm.hook_normalized": ("[batch, pos, head, d_head]", "Gemma 3: queries after q_norm, before RoPE."),
+    "blocks.{layer}.attn.k_norm.hook_inv_rms": ("[batch, pos, kv_head, 1]", "Gemma 3 key norm: 1 / rms of each key head."),
+    "blocks.{layer}.attn.k_norm.hook_normalized": ("[batch, pos, kv_head, d_head]", "Gemma 3: keys after k_norm, before RoPE."),
+    "blocks.{layer}.attn.hook_rot_q": ("[batch, pos, head, d_head]", "Queries after RoPE. TL: same name."),
+    "blocks.{layer}.attn.hook_rot_k": ("[batch, pos, kv_head, d_head]", "Keys after RoPE (what the KV cache stores). TL: same name."),
+    "blocks.{layer}.attn.hook_attn_scores_pre_softcap": (
+        "[batch, head, q_pos, k_pos]",
+        "`q . k * attn_scale`, before Gemma 2's softcap and before the mask." + _EXPLICIT),
+    "blocks.{layer}.attn.hook_attn_scores": (
+        "[batch, head, q_pos, k_pos]",
+        "Scores after the softcap (Gemma 2) and the causal / sliding-window mask; masked entries hold "
+        "the dtype's lowest value. TL: same name (TL masks with -inf)." + _EXPLICIT),
+    "blocks.{layer}.attn.hook_pattern": (
+        "[batch, head, q_pos, k_pos]",
+        "Attention weights (softmax of the scores, in fp32, cast back); rows sum to 1. Equals transformers' "
+        "`output_attentions`. TL: same name." + _EXPLICIT),
+    "blocks.{layer}.attn.hook_z": (
+        "[batch, pos, head, d_head]",
+        "Each query head's pattern-weighted values (GQA: a head reads its kv_head's values). TL: same name."),
+    "blocks.{layer}.attn.hook_result": (
+        "[batch, pos, head, d_model]",
+        "Each head's output `z @ W_O[head]` (before Gemma 2/3's post-attention norm); the heads sum to the "
+        "attention output. Opt-in: computed only when hooked. TL: same name (`use_attn_result`)."),
+    "blocks.{layer}.ln1_post.hook_inv_rms": (
+        "[batch, pos, 1]", "Gemma 2/3 post-attention norm: 1 / rms of the attention output."),
+    "blocks.{layer}.ln1_post.hook_normalized": (
+        "[batch, pos, d_model]", "Gemma 2/3: the normalised attention output (the same tensor as `hook_attn_out`)."),
+    "blocks.{layer}.hook_attn_out": (
+        "[batch, pos, d_model]",
+        "What attention adds to the stream (Gemma 2/3: after `ln1_post`). TL: same name."),
+    "blocks.{layer}.hook_resid_mid": (
+        "[batch, pos, d_model]", "Residual stream between attention and MLP. TL: same name."),
+    "blocks.{layer}.ln2.hook_inv_rms": ("[batch, pos, 1]", "Pre-MLP norm: 1 / rms of `resid_mid`."),
+    "blocks.{layer}.ln2.hook_normalized": ("[batch, pos, d_model]", "MLP input: `resid_mid * inv_rms * (1 + w)`."),
+    "blocks.{layer}.mlp.hook_pre": ("[batch, pos, d_mlp]", "Gate branch `x @ W_gate`, before GELU. TL: same name."),
+    "blocks.{layer}.mlp.hook_pre_linear": ("[batch, pos, d_mlp]", "Up branch `x @ W_up`. TL: same name."),
+    "blocks.{layer}.mlp.hook_post": (
+        "[batch, pos, d_mlp]", "The neurons: `gelu_tanh(gate) * up`, the input of `down_proj`. TL: same name."),
+    "blocks.{layer}.ln2_post.hook_inv_rms": ("[batch, pos, 1]", "Gemma 2/3 post-MLP norm: 1 / rms of the MLP output."),
+    "blocks.{layer}.ln2_post.hook_normalized": (
+        "[batch, pos, d_model]", "Gemma 2/3: the normalised MLP output (the same tensor as `hook_mlp_out`)."),
+    "blocks.{layer}.hook_mlp_out": (
+        "[batch, pos, d_model]", "What the MLP adds to the stream (Gemma 2/3: after `ln2_post`). TL: same name."),
+    "blocks.{layer}.hook_resid_post": (
+        "[batch, pos, d_model]", "Residual stream leaving the block (= next block's `resid_pre`). TL: same name."),
+    "ln_final.hook_inv_rms": ("[batch, pos, 1]", "Final norm: 1 / rms of the last `resid_post`. TL's `ln_final.hook_scale` is its reciprocal."),
+    "ln_final.hook_normalized": (
+        "[batch, pos, d_model]",
+        "Normalised final stream, the unembedding's input; equals transformers' last `hidden_states` entry."),
+    "hook_logits": (
+        "[batch, pos, vocab]", "Logits, after Gemma 2's final softcap; the model's return value."),
+}
+
+
+def generic_name(name: str) -> str:
+    """``blocks.3.attn.hook_z`` -> ``blocks.{layer}.attn.hook_z``."""
+    return re.sub(r"^blocks\.\d+\.", "blocks.{layer}.", name)
+
+
+def family_hook_names(family: int) -> list[str]:
+    """The hook names of a Gemma ``family`` model, layer written ``{layer}``, in the order they fire."""
+    with torch.device("meta"):
+        model = Gemma(GemmaConfig.from_preset(FAMILY_PRESETS[family]))
+    return list(dict.fromkeys(generic_name(name) for name in model.hook_names()))
+
+
+def axis_sizes(cfg: GemmaConfig, batch: int, pos: int) -> dict[str, int]:
+    """Length of every axis name for a run of ``tokens [batch, pos]`` without a KV cache."""
+    return dict(batch=batch, pos=pos, q_pos=pos, k_pos=pos, d_model=cfg.d_model, head=cfg.n_heads,
+                kv_head=cfg.n_kv_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp, vocab=cfg.vocab_size)
+
+
+def expected_shape(shape: str, sizes: dict[str, int]) -> tuple[int, ...]:
+    """``"[batch, pos, 1]"`` -> ``(batch, pos, 1)`` with the lengths of ``sizes``."""
+    return tuple(int(axis) if axis.isdigit() else sizes[axis] for axis in shape.strip("[]").split(", "))
+
+
+def markdown_table() -> str:
+    """The table: name, shape, families that have it, what it is."""
+    by_family = {family: set(family_hook_names(family)) for family in FAMILY_PRESETS}
+    order = list(dict.fromkeys(name for family in (3, 2, 1) for name in family_hook_names(family)))
+    missing = [name for name in order if name not in HOOKS]
+    if missing:
+        raise KeyError(f"hook points without an entry in hook_table.HOOKS: {missing}")
+    lines = ["| name | shape | Gemma | what it is |", "|---|---|---|---|"]
+    for name in order:
+        shape, what = HOOKS[name]
+        families = " ".join(str(f) for f in FAMILY_PRESETS if name in by_family[f])
+        lines.append(f"| `{name}` | `{shape}` | {families} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+def update(path: Path) -> bool:
+    """Replace the table between the markers in ``path``; True when the file changed."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path} has no table markers; add the lines\n{BEGIN}\n{END}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{markdown_table()}{END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print (or update in a markdown file) the table of hook points.")
+    parser.add_argument("--update", type=Path, metavar="FILE", help="rewrite the table between its markers in FILE")
+    args = parser.parse_args(argv)
+    if args.update is None:
+        sys.stdout.write(markdown_table())
+    else:
+        print(f"{args.update}: {'updated' if update(args.update) else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,481 @@
+"""Interpretability tools built on hooks: each function runs the model and returns tensors ready to plot.
+
+    logit_lens                what the stream would predict after each layer       [layer, pos, k]
+    direct_logit_attribution  what each head / MLP writes towards a logit          [layer, head], [layer]
+    ablate_heads, ablate_neurons
+                              zero- or mean-ablation (context managers; hook factories too)
+    patch_by_layer_pos, patch_by_layer, patch_by_head
+                              activation patching with your metric     [layer, pos], [layer], [layer, head]
+    steer                     add a direction to the residual stream (also around generation)
+    repeated_tokens, head_scores, in_context_loss
+                              previous-token, induction and duplicate-token heads on repeated random tokens
+
+Conventions. ``tokens`` are ``[batch, pos]`` token ids (a 1-D tensor is one sequence). A
+``metric`` is ``fn(logits) -> scalar`` (a float or a 0-d tensor). Functions that loop over many
+forward passes show a ``tqdm.auto`` progress bar (``progress=False`` hides it). Everything runs
+under ``torch.no_grad()``. Worked examples: ``docs/interp.md``.
+
+References: logit lens (nostalgebraist, 2020); direct logit attribution and induction heads
+(Elhage et al., 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al., 2022);
+activation patching (Meng et al., 2022; Heimersheim & Nanda, 2024, "How to use and interpret
+activation patching"); steering by activation addition (Turner et al., 2023). Names and
+arguments follow TransformerLens where it has an equivalent.
+
+Imports: torch, einops and tqdm; the model is passed in. No plotting, widgets or tokenizer here:
+``gemma_lab.viz`` draws what these functions return.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gemma_lab.cache import ActivationCache, act_name
+from gemma_lab.hooks import HookFn, HookPoint
+
+if TYPE_CHECKING:
+    from gemma_lab.model import Gemma
+
+Metric = Callable[[torch.Tensor], Union[float, torch.Tensor]]
+
+
+def _batched(tokens: torch.Tensor) -> torch.Tensor:
+    return tokens[None] if tokens.ndim == 1 else tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit lens
+# ---------------------------------------------------------------------------------------------
+
+
+def unembed(model: "Gemma", resid: torch.Tensor) -> torch.Tensor:
+    """Logits ``[..., vocab]`` that a residual-stream state ``[..., d_model]`` would give if it were
+    the last layer's output: the model's own final RMSNorm, tied unembedding and (Gemma 2) softcap.
+
+    For the final ``resid_post`` this is exactly the model's output. It runs ``model.ln_final``,
+    so hooks attached to ``ln_final`` see these calls too.
+    """
+    logits = F.linear(model.ln_final(resid), model.embed.weight)
+    if model.cfg.final_softcap is not None:  # as in Gemma.forward: Gemma 2 bounds logits to (-30, 30)
+        logits = model.cfg.final_softcap * torch.tanh(logits / model.cfg.final_softcap)
+    return logits
+
+
+@dataclass
+class LogitLens:
+    """What the residual stream predicts after each layer, for one sequence."""
+
+    labels: list[str]  # one per row: "embed", then "0", "1", ... (the stream after that layer)
+    top_tokens: torch.Tensor  # [layer, pos, k] ids of the k most likely next tokens, most likely first
+    top_probs: torch.Tensor  # [layer, pos, k] their probabilities
+    target_tokens: torch.Tensor  # [pos] the token tracked in target_probs
+    target_probs: torch.Tensor  # [layer, pos] probability of target_tokens[pos] at each row
+
+
+def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: torch.Tensor | None = None,
+               incl_mid: bool = False, cache: ActivationCache | None = None) -> LogitLens:
+    """Read the residual stream after every layer through the model's own final norm and unembedding.
+
+    tokens: one sequence ``[pos]`` (or ``[1, pos]``).
+    targets: ``[pos]`` token ids to follow through the layers; by default the model's own final
+        prediction at each position (so the last row of ``target_probs`` is its top probability).
+    incl_mid: also read the stream between attention and MLP (rows ``"{l}_mid"``).
+    cache: a cache of this sequence with ``resid_pre``/``resid_mid``/``resid_post`` (run if not given).
+
+    Row 0 (``"embed"``) is the embedding alone; the last row is exactly the model's output.
+    For a heatmap: ``viz.logit_lens_heatmap(lens.top_probs[..., 0], <decoded lens.top_tokens[..., 0]>, ...)``.
+    """
+    tokens = _batched(tokens)
+    if tokens.shape[0] != 1:
+        raise ValueError(f"logit_lens reads one sequence; got a batch of {tokens.shape[0]}")
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=lambda n: ".hook_resid_" in n)
+    rows, labels = [cache["resid_pre", 0]], ["embed"]
+    for layer in range(model.cfg.n_layers):
+        if incl_mid:
+            rows.append(cache["resid_mid", layer])
+            labels.append(f"{layer}_mid")
+        rows.append(cache["resid_post", layer])
+        labels.append(str(layer))
+
+    top_probs, top_tokens, all_probs = [], [], []
+    with torch.no_grad():
+        for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
+            probs = torch.softmax(unembed(model, resid).float(), dim=-1)[0]
+            values, ids = probs.topk(k, dim=-1)
+            top_probs.append(values)
+            top_tokens.append(ids)
+            all_probs.append(probs)
+        if targets is None:
+            targets = top_tokens[-1][:, 0]
+        targets = torch.as_tensor(targets, device=all_probs[0].device).reshape(-1)
+        target_probs = torch.stack([p.gather(-1, targets[:, None])[:, 0] for p in all_probs])
+    return LogitLens(labels, torch.stack(top_tokens), torch.stack(top_probs), targets, target_probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct logit attribution
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogitAttribution:
+    """Direct contributions to one logit (difference), averaged over the batch."""
+
+    embed: torch.Tensor  # [] the token embedding's contribution
+    heads: torch.Tensor  # [layer, head] each attention head's
+    mlps: torch.Tensor  # [layer] each MLP's
+    total: torch.Tensor  # [] the logit (difference) itself, before Gemma 2's final softcap
+
+
+def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int | torch.Tensor, *,
+                             incorrect: int | torch.Tensor | None = None, pos: int = -1,
+                             cache: ActivationCache | None = None) -> LogitAttribution:
+    """How much each head and each MLP writes directly towards ``target``'s logit at position ``pos``.
+
+    target, incorrect: a token id or ``[batch]`` ids; with ``incorrect`` the attribution is to the
+        logit difference ``target - incorrect`` (e.g. " Mary" - " John").
+    The final norm is linearised with this run's ``inv_rms`` (and Gemma 2/3's post-attention
+    norm likewise, see ``ActivationCache.stack_head_results``), so ``embed + heads.sum() +
+    mlps.sum()`` equals ``total`` up to float rounding. Gemma 2's final softcap is not linear:
+    ``total`` is the logit before it.
+    """
+    tokens = _batched(tokens)
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=_dla_names)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    with torch.no_grad():
+        heads = cache.stack_head_results(pos_slice=pos)  # [layer*head, batch, d_model]
+        mlps = torch.stack([cache["mlp_out", layer][:, pos] for layer in range(n_layers)])
+        embed = cache["embed"][None, :, pos]
+        attrs = [cache.logit_attrs(stack, target, incorrect, pos_slice=pos).mean(dim=-1)
+                 for stack in (embed, heads, mlps)]
+        direction = model.embed.weight[torch.as_tensor(target)].float()
+        if incorrect is not None:
+            direction = direction - model.embed.weight[torch.as_tensor(incorrect)].float()
+        total = (cache["ln_final.hook_normalized"][:, pos].float() * direction).sum(dim=-1).mean()
+    return LogitAttribution(attrs[0][0], attrs[1].reshape(n_layers, n_heads), attrs[2], total)
+
+
+def _dla_names(name: str) -> bool:
+    return (name in ("hook_embed", "ln_final.hook_inv_rms", "ln_final.hook_normalized")
+            or name.endswith(("attn.hook_z", "ln1_post.hook_inv_rms", "hook_mlp_out")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation
+# ---------------------------------------------------------------------------------------------
+
+
+def head_ablation_hook(heads: int | Sequence[int], value: float | torch.Tensor = 0.0) -> HookFn:
+    """A hook for ``attn.hook_z`` that sets the given heads' output to ``value``.
+
+    value: 0 (zero-ablation), or a tensor broadcastable to ``[len(heads), d_head]`` such as the
+    heads' mean ``z`` over a reference batch (mean-ablation).
+    """
+    index = [heads] if isinstance(heads, int) else list(heads)
+
+    def ablate_z(z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, index] = torch.as_tensor(value, dtype=z.dtype, device=z.device)
+        return z
+
+    return ablate_z
+
+
+def neuron_ablation_hook(neurons: int | Sequence[int], value: float | torch.Tensor = 0.0) -> HookFn:
+    """A hook for ``mlp.hook_post`` that sets the given neurons to ``value`` (0, or e.g. their mean)."""
+    index = [neurons] if isinstance(neurons, int) else list(neurons)
+
+    def ablate_post(post: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        post = post.clone()
+        post[..., index] = torch.as_tensor(value, dtype=post.dtype, device=post.device)
+        return post
+
+    return ablate_post
+
+
+def mean_activation(model: "Gemma", tokens: torch.Tensor, name: str, *, attention_mask=None) -> torch.Tensor:
+    """The activation at hook ``name`` averaged over batch and positions of ``tokens``.
+
+    ``[head, d_head]`` for ``hook_z``, ``[d_mlp]`` for ``hook_post``, ``[d_model]`` for the stream.
+    With ``attention_mask``, padding positions are left out of the mean.
+    """
+    tokens = _batched(tokens)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=name, attention_mask=attention_mask)
+    act = cache[name].float()
+    if attention_mask is None:
+        return act.mean(dim=(0, 1)).to(cache[name].dtype)
+    weights = _batched(attention_mask).to(act.dtype).reshape(*act.shape[:2], *([1] * (act.ndim - 2)))
+    return ((act * weights).sum(dim=(0, 1)) / weights.sum()).to(cache[name].dtype)
+
+
+@contextmanager
+def ablate_heads(model: "Gemma", heads: Iterable[tuple[int, int]], *, mode: str = "zero",
+                 reference_tokens: torch.Tensor | None = None) -> Iterator["Gemma"]:
+    """Within the block, attention heads ``[(layer, head), ...]`` write nothing (``mode="zero"``) or
+    their mean output over ``reference_tokens`` (``mode="mean"``), through ``hook_z``.
+
+    Zeroing a head's ``z`` is exactly zeroing its columns of ``o_proj`` (and, for Gemma 2/3, the
+    post-attention norm then rescales what the other heads wrote). Means are computed when the
+    block is entered, by a forward pass over ``reference_tokens`` with the hooks active then.
+    """
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    hooks = []
+    for layer, layer_heads in by_layer.items():
+        name = act_name("z", layer)
+        value = _ablation_value(model, name, mode, reference_tokens)
+        value = value if isinstance(value, float) else value[layer_heads]
+        hooks.append((name, head_ablation_hook(layer_heads, value)))
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+@contextmanager
+def ablate_neurons(model: "Gemma", neurons: Iterable[tuple[int, int]], *, mode: str = "zero",
+                   reference_tokens: torch.Tensor | None = None) -> Iterator["Gemma"]:
+    """Within the block, MLP neurons ``[(layer, neuron), ...]`` are set to 0 or their mean over
+    ``reference_tokens``, at ``mlp.hook_post`` (the input of ``down_proj``)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, neuron in neurons:
+        by_layer.setdefault(layer, []).append(neuron)
+    hooks = []
+    for layer, layer_neurons in by_layer.items():
+        name = act_name("post", layer)
+        value = _ablation_value(model, name, mode, reference_tokens)
+        value = value if isinstance(value, float) else value[layer_neurons]
+        hooks.append((name, neuron_ablation_hook(layer_neurons, value)))
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def _ablation_value(model: "Gemma", name: str, mode: str,
+                    reference_tokens: torch.Tensor | None) -> float | torch.Tensor:
+    if mode == "zero":
+        return 0.0
+    if mode != "mean":
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    if reference_tokens is None:
+        raise ValueError("mode='mean' needs reference_tokens: the batch whose mean replaces the activation")
+    return mean_activation(model, reference_tokens, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation patching
+# ---------------------------------------------------------------------------------------------
+
+_HEAD_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "rot_q": 2, "rot_k": 2, "result": 2,
+              "pattern": 1, "attn_scores": 1, "attn_scores_pre_softcap": 1}
+
+
+def _patched_metric(model: "Gemma", corrupted_tokens: torch.Tensor, name: str, hook: HookFn,
+                    metric: Metric) -> float:
+    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+    return float(metric(logits))
+
+
+def _clean(clean_cache: ActivationCache, name: str, corrupted_tokens: torch.Tensor) -> torch.Tensor:
+    try:
+        clean = clean_cache[name]
+    except KeyError:
+        raise KeyError(f"the clean cache has no {name!r}; run the clean tokens with run_with_cache "
+                       f"and a names_filter that includes it") from None
+    if clean.shape[:1] != corrupted_tokens.shape[:1]:
+        raise ValueError(f"clean {name} has batch {clean.shape[0]}; corrupted tokens {corrupted_tokens.shape[0]}")
+    return clean
+
+
+class _Patch:
+    """A hook that copies ``clean[index]`` into the activation (index over all axes)."""
+
+    def __init__(self, clean: torch.Tensor, index: tuple) -> None:
+        self.clean = clean
+        self.index = index
+
+    def __call__(self, activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if activation.shape != self.clean.shape:
+            raise ValueError(f"{hook.name}: clean activation has shape {tuple(self.clean.shape)}, "
+                             f"corrupted {tuple(activation.shape)}; patching needs the same shapes")
+        patched = activation.clone()
+        patched[self.index] = self.clean[self.index].to(activation.device, activation.dtype)
+        return patched
+
+
+def patch_by_layer_pos(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cache: ActivationCache,
+                       metric: Metric, *, activation: str = "resid_pre",
+                       progress: bool = True) -> torch.Tensor:
+    """``[layer, pos]``: ``metric`` of the corrupted run with one (layer, position) of ``activation``
+    replaced by its value in the clean run.
+
+    activation: a stream-sized activation, ``"resid_pre"`` (default), ``"resid_mid"``,
+    ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``. ``clean_cache`` must hold it for every layer.
+    """
+    corrupted_tokens = _batched(corrupted_tokens)
+    n_layers, n_pos = model.cfg.n_layers, corrupted_tokens.shape[1]
+    results = torch.zeros(n_layers, n_pos)
+    bar = tqdm(total=n_layers * n_pos, desc=f"patching {activation}", disable=not progress)
+    with torch.no_grad(), bar:
+        for layer in range(n_layers):
+            name = act_name(activation, layer)
+            clean = _clean(clean_cache, name, corrupted_tokens)
+            for pos in range(n_pos):
+                results[layer, pos] = _patched_metric(model, corrupted_tokens, name,
+                                                      _Patch(clean, (slice(None), pos)), metric)
+                bar.update()
+    return results
+
+
+def patch_by_layer(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cache: ActivationCache,
+                   metric: Metric, *, activation: str = "attn_out", progress: bool = True) -> torch.Tensor:
+    """``[layer]``: ``metric`` of the corrupted run with ``activation`` of one layer (all positions)
+    replaced by its clean value. Typical: ``"attn_out"``, ``"mlp_out"``, ``"resid_pre"``."""
+    corrupted_tokens = _batched(corrupted_tokens)
+    results = torch.zeros(model.cfg.n_layers)
+    with torch.no_grad():
+        for layer in tqdm(range(model.cfg.n_layers), desc=f"patching {activation}", disable=not progress):
+            name = act_name(activation, layer)
+            clean = _clean(clean_cache, name, corrupted_tokens)
+            results[layer] = _patched_metric(model, corrupted_tokens, name, _Patch(clean, (...,)), metric)
+    return results
+
+
+def patch_by_head(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cache: ActivationCache,
+                  metric: Metric, *, activation: str = "z", progress: bool = True) -> torch.Tensor:
+    """``[layer, head]``: ``metric`` of the corrupted run with one head's ``activation`` (all
+    positions) replaced by its clean value.
+
+    activation: ``"z"`` (the head's output, default), ``"pattern"`` (where it attends; this
+    switches attention to the explicit path), or ``"q"``/``"rot_q"``/``"result"``; ``"k"``/``"v"``
+    give ``[layer, kv_head]``.
+    """
+    if activation not in _HEAD_AXIS:
+        raise ValueError(f"activation must be one of {sorted(_HEAD_AXIS)}, got {activation!r}")
+    corrupted_tokens = _batched(corrupted_tokens)
+    axis = _HEAD_AXIS[activation]
+    n_layers = model.cfg.n_layers
+    first = _clean(clean_cache, act_name(activation, 0), corrupted_tokens)
+    n_heads = first.shape[axis]
+    results = torch.zeros(n_layers, n_heads)
+    bar = tqdm(total=n_layers * n_heads, desc=f"patching {activation}", disable=not progress)
+    with torch.no_grad(), bar:
+        for layer in range(n_layers):
+            name = act_name(activation, layer)
+            clean = _clean(clean_cache, name, corrupted_tokens)
+            for head in range(n_heads):
+                index = (slice(None),) * axis + (head,)
+                patch = _Patch(clean, index)
+                results[layer, head] = _patched_metric(model, corrupted_tokens, name, patch, metric)
+                bar.update()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Steering
+# ---------------------------------------------------------------------------------------------
+
+
+def steering_hook(direction: torch.Tensor, coeff: float = 1.0,
+                  positions: Iterable[int] | None = None) -> HookFn:
+    """A hook for a stream-sized activation that adds ``coeff * direction`` (``[d_model]``).
+
+    positions: absolute positions to steer (``hook.positions``, so it also holds during
+    generation with a KV cache); None steers every position.
+    """
+    wanted = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+
+    def add_direction(resid: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        shift = coeff * direction.to(resid.device, resid.dtype)
+        if wanted is None:
+            return resid + shift
+        selected = torch.isin(hook.positions, wanted.to(hook.positions.device))  # [batch, pos]
+        return torch.where(selected[..., None], resid + shift, resid)
+
+    return add_direction
+
+
+@contextmanager
+def steer(model: "Gemma", direction: torch.Tensor, layer: int, *, coeff: float = 1.0,
+          activation: str = "resid_pre", positions: Iterable[int] | None = None) -> Iterator["Gemma"]:
+    """Within the block, every forward pass adds ``coeff * direction`` to the residual stream of
+    ``layer`` (``activation``: ``"resid_pre"``, ``"resid_mid"`` or ``"resid_post"``).
+
+    Wrap ``generate(...)`` in it to steer generation. See ``steering_hook`` for ``positions``.
+    """
+    if direction.shape != (model.cfg.d_model,):
+        raise ValueError(f"direction must have shape [d_model] = ({model.cfg.d_model},), "
+                         f"got {tuple(direction.shape)}")
+    with model.hooks(fwd_hooks=[(act_name(activation, layer), steering_hook(direction, coeff, positions))]):
+        yield model
+
+
+# ---------------------------------------------------------------------------------------------
+# Induction: repeated random tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def repeated_tokens(vocab_size: int, seq_len: int, batch: int = 1, *, seed: int = 0, bos: int | None = 2,
+                    low: int = 3) -> torch.Tensor:
+    """``[batch, 1 + 2 * seq_len]``: ``<bos>``, then ``seq_len`` random tokens, then the same again.
+
+    Tokens are drawn uniformly from ``[low, vocab_size)`` (by default after ``<pad>``, ``<eos>``,
+    ``<bos>``), reproducibly from ``seed``. ``bos=None`` leaves out the ``<bos>``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.randint(low, vocab_size, (batch, seq_len), generator=generator)
+    parts = [half, half] if bos is None else [torch.full((batch, 1), bos), half, half]
+    return torch.cat(parts, dim=1)
+
+
+def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
+                bos: int | None = 2) -> dict[str, torch.Tensor]:
+    """``{"previous_token", "induction", "duplicate_token"}`` -> ``[layer, head]`` scores on repeated
+    random tokens (``repeated_tokens``): the mean attention, over the batch and every query ``i``
+    in the second copy, to ``i - 1`` (previous token), to ``i - seq_len + 1`` (the token after
+    ``i``'s earlier occurrence: induction), and to ``i - seq_len`` (that occurrence: duplicate token).
+
+    A score of 1 means the head does only that. On sliding-window layers a head cannot reach
+    further back than the window, so keep ``seq_len`` below it to see induction there.
+    """
+    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    patterns = cache.stack_activation("pattern").float()  # [layer, batch, head, q_pos, k_pos]
+    second = (0 if bos is None else 1) + seq_len  # first query position of the second copy
+    offsets = {"previous_token": 1, "induction": seq_len - 1, "duplicate_token": seq_len}
+    scores = {}
+    for kind, offset in offsets.items():
+        # diagonal j holds pattern[q = j + offset, k = j]; keep the queries in the second copy.
+        diagonal = patterns.diagonal(offset=-offset, dim1=-2, dim2=-1)[..., second - offset:]
+        scores[kind] = diagonal.mean(dim=(1, 3))
+    return scores
+
+
+def in_context_loss(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
+                    bos: int | None = 2) -> dict[str, torch.Tensor]:
+    """Next-token loss on repeated random tokens: high on the first copy (random), low on the second
+    if the model has induction heads.
+
+    Returns ``"per_position"``: ``[pos - 1]`` loss of predicting token ``t + 1`` from position ``t``
+    (mean over the batch), and ``"first_copy"``/``"second_copy"``: the mean over each copy's
+    tokens after its first (a copy's first token cannot be predicted from context).
+    """
+    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    with torch.no_grad():
+        logits = model(tokens).float()
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    loss = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0].mean(dim=0)  # [pos - 1]; index t predicts t + 1
+    start = 0 if bos is None else 1  # position of the first copy's first token
+    # Targets start + 1 .. start + seq_len - 1 (first copy) are predicted from index target - 1.
+    first = loss[start: start + seq_len - 1]
+    second = loss[start + seq_len: start + 2 * seq_len - 1]
+    return {"per_position": loss, "first_copy": first.mean(), "second_copy": second.mean()}
