@@ -179,11 +179,9 @@ def _load(args):
     tokenizer_path = args.tokenizer or args.model
     if not args.tokenizer and Path(args.model).is_file():
         tokenizer_path = Path(args.model).parent
-    tokenizer = load_tokenizer(tokenizer_path)
-    if tokenizer.vocab_size > model.cfg.vocab_size:
-        raise CLIError(f"the tokenizer ({tokenizer.vocab_size} pieces) does not fit the model's vocabulary "
-                       f"({model.cfg.vocab_size}); pass the matching --tokenizer")
-    return model, tokenizer
+    # No vocabulary-size check: Gemma 3's tokenizer.json has one more entry than the 1B model's
+    # embedding (<image_soft_token>); an id the model lacks is reported when it is used.
+    return model, load_tokenizer(tokenizer_path)
 
 
 def _sampling(args, model, tokenizer) -> dict:

@@ -41,6 +41,7 @@ from gemma_lab.cache import ActivationCache
 from gemma_lab.hooks import HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.sampling import SamplingParams, filter_logits, logits_to_probs, make_generator, sample
+from gemma_lab.tokenizer import readable_piece
 
 # What a prompt may be: text, token ids, or a batch of either.
 Prompt = Union[str, Sequence[int], torch.Tensor, Sequence[Union[str, Sequence[int]]]]
@@ -201,6 +202,12 @@ def stream(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64, t
     if run.batched and len(run.rows) != 1:
         raise ValueError(f"stream takes one prompt, got a batch of {len(run.rows)}; use generate for batches")
     names = model.resolve_hook_names(names_filter) if names_filter is not None else []
+    # Arguments are checked above, when stream() is called; the records come from a generator.
+    return _records(run, names, top_k_candidates)
+
+
+def _records(run: "_Run", names: list[str], top_k_candidates: int) -> Iterator[StepRecord]:
+    model, prompt_len = run.model, len(run.rows[0])
     captured: dict[str, torch.Tensor] = {}
     pass_positions: list[torch.Tensor] = []
 
@@ -211,15 +218,14 @@ def stream(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64, t
 
     with model.hooks(fwd_hooks=[(name, capture) for name in names]):
         for step, logits in run.steps():
-            token_id = run.generated[0][-1]
             record = StepRecord(
-                step=step, token_id=token_id, position=len(run.rows[0]) + step, text=run.new_text(0),
+                step=step, token_id=run.generated[0][-1], position=prompt_len + step, text=run.new_text(0),
                 candidates=run.candidates(logits[0], 0, top_k_candidates), stop_reason=run.stop_reasons[0],
             )
             if names:
                 record.activations = ActivationCache(dict(captured), model)
                 record.positions = pass_positions[0] if pass_positions else None
-                record.key_positions = _key_positions(run.cache, step, len(run.rows[0]))
+                record.key_positions = _key_positions(run.cache, step, prompt_len)
             captured.clear()
             pass_positions.clear()
             yield record
@@ -361,8 +367,6 @@ class _Run:
     def _piece(self, token_id: int) -> str | None:
         if self.tokenizer is None:
             return None
-        from gemma_lab.tokenizer import readable_piece
-
         return readable_piece(self.tokenizer.id_to_piece(token_id))
 
     def result(self) -> GenerationResult:

@@ -84,10 +84,11 @@ def test_show_top_k_prints_candidates_per_step(capsys, checkpoint, loaded):
     lines = out.splitlines()
     assert lines[0].startswith("step") and "top 3" in lines[0]
     records = list(gemma_lab.stream(model, "Mary", tokenizer=tokenizer, max_new_tokens=5, top_k_candidates=3))
-    for line, record in zip(lines[1:], records):
+    assert len(records) == 5
+    for line, record in zip(lines[1:6], records, strict=True):
         assert line.split()[0] == str(record.step) and f"({record.token_id})" in line
         assert line.count(f"{record.candidates[0].model_prob:.3f}") >= 1 and line.count(", ") >= 2
-    assert lines[-1] == "".join(r.text for r in records)
+    assert out.endswith("\n\n" + "".join(r.text for r in records) + "\n")
 
 
 def test_chat_reads_piped_stdin_until_exit(capsys, monkeypatch, checkpoint, loaded):

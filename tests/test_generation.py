@@ -396,9 +396,16 @@ def test_leaving_a_stream_early_removes_its_hooks_and_step():
     assert model.run_context.step is None and not model.hook_dict["hook_embed"].has_hooks
 
 
-def test_stream_rejects_batches():
+def test_stream_checks_its_arguments_when_called():
+    model = random_model(1)
     with pytest.raises(ValueError, match="stream takes one prompt"):
-        next(gemma_lab.stream(random_model(1), [[2, 3], [2, 4]]))
+        gemma_lab.stream(model, [[2, 3], [2, 4]])
+    with pytest.raises(ValueError, match="empty"):
+        gemma_lab.stream(model, [])
+    with pytest.raises(ValueError, match="top_k_candidates"):
+        gemma_lab.stream(model, [2], top_k_candidates=-1)
+    with pytest.raises(KeyError, match="no hook point named"):
+        gemma_lab.stream(model, [2], names_filter=["blocks.0.hook_nothing"])
 
 
 # ---- text, with a tokenizer trained here ----------------------------------------------------------
