@@ -115,7 +115,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def __contains__(self, key: object) -> bool:
         try:
             return self._key(key) in self._store  # type: ignore[arg-type]
-        except KeyError:
+        except (KeyError, TypeError):
             return False
 
     def __iter__(self) -> Iterator[str]:

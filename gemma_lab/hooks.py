@@ -223,6 +223,8 @@ class HookedModule(nn.Module):
         """
         from gemma_lab.cache import ActivationCache
 
+        if incl_bwd and not torch.is_grad_enabled():
+            raise RuntimeError("incl_bwd=True needs gradients; call run_with_cache outside torch.no_grad()")
         names = self.resolve_hook_names(names_filter)
         store: dict[str, torch.Tensor] = {}
         saver = _Saver(store, device, remove_batch_dim)

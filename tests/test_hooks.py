@@ -311,6 +311,8 @@ def test_backward_hooks_and_incl_bwd_receive_the_true_gradient(family):
     logits[:, -1, 7].sum().backward()
     assert torch.equal(cache[name + "_grad"], kept["activation"].grad)
     assert cache["hook_embed_grad"].shape == cache["hook_embed"].shape
+    with torch.no_grad(), pytest.raises(RuntimeError, match="outside torch.no_grad"):
+        model.run_with_cache(ids, incl_bwd=True)
     # A backward hook may replace the gradient: zero it at the stream after layer 0 and nothing
     # reaches the embedding.
     grads = {}
