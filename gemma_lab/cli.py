@@ -393,6 +393,8 @@ def run_lab(args, extra: list[str]) -> int:
     if args.model:
         env["GEMMA_LAB_MODEL"] = args.model
     command = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebooks}", *extra]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        command.append("--allow-root")  # containers and workshop VMs often run as root; Jupyter refuses otherwise
     if lessons:
         command.append(str(lessons[0]))
     return subprocess.call(command, env=env)
