@@ -1,0 +1,575 @@
+"""Train the bundled tiny Gemma from scratch, reproducibly, and write it as a transformers checkpoint.
+
+    python -m gemma_lab.train_tiny [--out data/tiny-gemma] [--steps N | --minutes M] [--seed 0]
+
+Steps, in order:
+
+1. Train a Gemma-style SentencePiece tokenizer on the first documents of the synthetic corpus
+   (``gemma_lab.corpus``) and write ``tokenizer.model``.
+2. Train ``gemma_lab.Gemma`` (the package's own model code) with AdamW, linear warm-up then cosine
+   decay, on 256-token rows packed from corpus documents (``<bos>`` text ``<eos>``) plus spans of
+   random token ids written twice, which teach previous-token and induction heads on any token.
+   The data order is a function of the seed alone; a held-out split is scored periodically.
+3. Write the checkpoint in transformers' layout (``config.json`` of a ``Gemma3ForCausalLM``,
+   ``model.safetensors`` under transformers' tensor names), ``loss_curve.png``, ``train_log.json``,
+   then evaluate it (``gemma_lab.tiny_eval``) and write the model card ``README.md``.
+
+``--minutes M`` sizes the run: it times the warm-up steps (whose learning rates do not depend on the
+total) and then fixes the step count that fits; the count is recorded, so ``--steps N`` replays the run. This module is a script: it may
+import matplotlib (only to draw the loss curve, with the Agg backend) but nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gemma_lab import corpus
+from gemma_lab.config import LOCAL, GemmaConfig
+from gemma_lab.model import Gemma, init_weights
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "tiny-gemma"
+#: One document in this many is a span of random token ids written twice instead of corpus text.
+RANDOM_SPAN_EVERY = 20
+#: Lengths of those random spans: up to 110 so that induction works across most of the context.
+RANDOM_SPAN_LENGTHS = (8, 110)
+#: Corpus kinds always trained on (IOI and repeated spans pay for the circuits the notebooks study);
+#: the others (stories, facts, sequences, chat) are kept with probability KEEP_OTHERS.
+KEEP_ALWAYS = ("ioi", "repeat")
+KEEP_OTHERS = 0.5
+
+
+# ---- the architecture ------------------------------------------------------------------------------
+
+def tiny_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2,
+                d_mlp: int | None = None, seq_len: int = 256, sliding_window: int = 128) -> GemmaConfig:
+    """A small Gemma 3: q/k norms, sandwich norms, two RoPE bases, local and global layers alternating.
+
+    Gemma 3's own 5:1 local:global pattern would leave a 4-layer model without a global layer, so
+    the layers alternate local, global, ... explicitly (``layer_types``).
+    """
+    d_head = d_model // n_heads
+    return GemmaConfig(
+        family=3, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=n_kv_heads, d_head=d_head, d_mlp=d_mlp or 4 * d_model, max_seq_len=seq_len,
+        sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=float(d_head),
+        sliding_window=sliding_window, layer_types=tuple(("local", "global")[i % 2] for i in range(n_layers)),
+        rope_theta=1_000_000.0, rope_theta_local=10_000.0, rope_scale=1.0, name="tiny-gemma",
+    )
+
+
+def hf_config_dict(cfg: GemmaConfig, tokenizer) -> dict:
+    """``config.json`` as transformers writes it for a ``Gemma3ForCausalLM`` (model_type gemma3_text)."""
+    layer_names = {LOCAL: "sliding_attention", "global": "full_attention"}
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "query_pre_attn_scalar": int(cfg.query_pre_attn_scalar),  # transformers insists on an int
+        "sliding_window": cfg.sliding_window,
+        "layer_types": [layer_names[t] for t in cfg.layer_types],
+        "rope_parameters": {
+            "full_attention": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+            "sliding_attention": {"rope_theta": cfg.rope_theta_local, "rope_type": "default"},
+        },
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_bidirectional_attention": False,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "pad_token_id": tokenizer.pad_id,
+        "eos_token_id": tokenizer.eos_id,
+        "bos_token_id": tokenizer.bos_id,
+        "dtype": "float32",
+    }
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTHERS):
+    """Endless token ids: ``<bos> document <eos>`` after each other, some documents random spans x2.
+
+    Documents of the kinds in ``KEEP_ALWAYS`` are all kept; the others with probability
+    ``KEEP_OTHERS``, which shifts the training mix toward the lessons the tests measure.
+    """
+    choose = random.Random(f"gemma_lab.train_tiny/{split}/{seed}")
+    low = len(corpus.SPECIAL_PIECES)
+    documents = corpus.iter_tagged_documents(seed, split)
+    for index in itertools.count():
+        if choose.randrange(RANDOM_SPAN_EVERY) == 0:
+            span = choose.randint(*RANDOM_SPAN_LENGTHS)
+            body = corpus.repeated_random_tokens(seed * 1_000_003 + (split == "heldout"), index, low,
+                                                 tokenizer.vocab_size, span)
+            yield [tokenizer.bos_id, *body, tokenizer.eos_id]
+            continue
+        kind, text = next(documents)
+        if kind in KEEP_ALWAYS or choose.random() < keep_others:
+            yield tokenizer.encode(text) + [tokenizer.eos_id]
+
+
+def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS):
+    """Endless ``[batch, seq_len + 1]`` rows cut from the packed stream (inputs and shifted targets)."""
+    buffer: list[int] = []
+    row = seq_len + 1
+    for ids in token_stream(tokenizer, seed, split, keep_others):
+        buffer.extend(ids)
+        while len(buffer) >= row * batch_size:
+            chunk, buffer = buffer[: row * batch_size], buffer[row * batch_size :]
+            yield torch.tensor(chunk).view(batch_size, row)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``floor * peak`` at the last step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def lm_loss(model: Gemma, rows: torch.Tensor) -> torch.Tensor:
+    logits = model(rows[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten())
+
+
+# ---- training ----------------------------------------------------------------------------------------------
+
+def make_optimizer(model: Gemma, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; matrices decay, norm gains (1-D offsets from 1) do not."""
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    gains = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": gains, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+@torch.no_grad()
+def heldout_loss(model: Gemma, rows: list[torch.Tensor]) -> float:
+    model.eval()
+    loss = sum(lm_loss(model, r).item() for r in rows) / len(rows)
+    model.train()
+    return loss
+
+
+def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
+    from tqdm.auto import tqdm
+
+    from gemma_lab.tiny_eval import ioi_accuracy
+
+    torch.manual_seed(args.seed)
+    cfg = tiny_config(tokenizer.vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+                      n_kv_heads=args.n_kv_heads, d_mlp=args.d_mlp, seq_len=args.seq_len,
+                      sliding_window=args.sliding_window)
+    model = init_weights(Gemma(cfg), seed=args.seed, std=0.02)
+    model.train()
+    train_rows = batches(tokenizer, args.seed, "train", args.batch_size, args.seq_len, args.keep_others)
+    eval_rows = list(itertools.islice(batches(tokenizer, args.seed, "heldout", args.batch_size, args.seq_len),
+                                      args.eval_batches))
+
+    # With --minutes, the step count is fixed after the warm-up: the warm-up's learning rates do not
+    # depend on the total, so those steps are timed for real and `--steps N` replays the same run.
+    steps = args.steps
+    warmup = args.warmup if steps is None or steps >= 2 * args.warmup else max(1, steps // 10)
+    deadline = time.perf_counter() + args.minutes * 60 * args.hard_stop if args.minutes else None
+
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    history = {"step": [], "tokens": [], "train_loss": [], "lr": []}
+    evals = {"step": [], "tokens": [], "heldout_loss": [], "ioi_accuracy": []}
+    tokens_per_step = args.batch_size * args.seq_len
+    start = time.perf_counter()
+    stopped_early = False
+    probe_s = None
+    bar = tqdm(total=steps or warmup, desc="train tiny-gemma", unit="step")
+    step = 0
+    while steps is None or step < steps:
+        if steps is None and step == warmup:
+            probe_s = (time.perf_counter() - start) / warmup
+            # 85 % of the budget for steps: evaluation and writing the files take the rest.
+            steps = max(warmup + 1, int(args.minutes * 60 * 0.85 / probe_s))
+            bar.total = steps
+            bar.write(f"warm-up: {probe_s:.2f} s/step -> {steps} steps for {args.minutes} min "
+                      f"(reproduce with --steps {steps})")
+        lr = lr_at(step, steps or warmup, args.lr, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = lm_loss(model, next(train_rows))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        history["step"].append(step + 1)
+        history["tokens"].append((step + 1) * tokens_per_step)
+        history["train_loss"].append(loss.item())
+        history["lr"].append(lr)
+        last = steps is not None and step + 1 == steps
+        if (step + 1) % args.eval_every == 0 or last:
+            held = heldout_loss(model, eval_rows)
+            model.eval()
+            ioi = ioi_accuracy(model, tokenizer, n=args.ioi_prompts)["accuracy"]
+            model.train()
+            for key, value in (("step", step + 1), ("tokens", (step + 1) * tokens_per_step),
+                               ("heldout_loss", held), ("ioi_accuracy", ioi)):
+                evals[key].append(value)
+            bar.write(f"step {step + 1}: train {loss.item():.3f}  heldout {held:.3f}  IOI {ioi:.2f}  "
+                      f"{time.perf_counter() - start:.0f}s")
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+        bar.update(1)
+        step += 1
+        if deadline is not None and time.perf_counter() > deadline and not last:
+            bar.write(f"wall-clock limit reached after {step} of {steps} steps; stopping")
+            stopped_early = True
+            if not evals["step"] or evals["step"][-1] != step:
+                held = heldout_loss(model, eval_rows)
+                model.eval()
+                ioi = ioi_accuracy(model, tokenizer, n=args.ioi_prompts)["accuracy"]
+                model.train()
+                for key, value in (("step", step), ("tokens", step * tokens_per_step),
+                                   ("heldout_loss", held), ("ioi_accuracy", ioi)):
+                    evals[key].append(value)
+            break
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - start
+    log = {
+        "config": cfg.to_dict(),
+        "n_params": model.n_params(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "steps_planned": steps,
+        "steps_done": history["step"][-1],
+        "stopped_early": stopped_early,
+        "warmup_steps": warmup,
+        "probe_seconds_per_step": probe_s,
+        "tokens_per_step": tokens_per_step,
+        "train_tokens": history["step"][-1] * tokens_per_step,
+        "train_seconds": seconds,
+        "tokens_per_second": history["step"][-1] * tokens_per_step / seconds,
+        "history": history,
+        "evals": evals,
+    }
+    return model, log
+
+
+# ---- writing the checkpoint ----------------------------------------------------------------------------
+
+def save_checkpoint(model: Gemma, tokenizer, out: Path) -> None:
+    """``config.json`` + ``model.safetensors`` under transformers' names (tied embedding stored once)."""
+    from safetensors.torch import save_file
+
+    from gemma_lab.loading import _hf_name_table
+
+    ours = model.state_dict()
+    tensors = {f"model.{theirs}": ours[mine].detach().contiguous().clone()
+               for theirs, mine in _hf_name_table(model.cfg).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config_dict(model.cfg, tokenizer), indent=2) + "\n")
+
+
+def plot_loss_curve(log: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist, evals = log["history"], log["evals"]
+    train = torch.tensor(hist["train_loss"])
+    window = max(1, len(train) // 50)
+    smooth = train.unfold(0, window, 1).mean(-1) if len(train) >= window else train
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(hist["tokens"], hist["train_loss"], color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
+    ax.plot(hist["tokens"][window - 1 :], smooth.tolist(), color="tab:blue", label=f"train (mean of {window})")
+    ax.plot(evals["tokens"], evals["heldout_loss"], "o-", color="tab:orange", label="held-out")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title("tiny-gemma: training and held-out loss")
+    ax.grid(alpha=0.3)
+    ioi_ax = ax.twinx()
+    ioi_ax.plot(evals["tokens"], evals["ioi_accuracy"], "s--", color="tab:green", ms=3,
+                label="held-out IOI accuracy")
+    ioi_ax.set_ylim(0, 1.05)
+    ioi_ax.set_ylabel("IOI accuracy")
+    lines = ax.get_legend_handles_labels()
+    more = ioi_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- the model card ------------------------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
+
+
+def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
+    """README.md from the training log, the corpus statistics and the measured evaluation."""
+    cfg = log["config"]
+    s = log["settings"]
+    ev = log["evals"]
+    best = figures["best_heads"]
+    copying = figures["copying"]
+    ioi, ioi_train, facts = figures["ioi"], figures["ioi_train_distribution"], figures["facts"]
+    out_arg = "" if Path(out).resolve() == DEFAULT_OUT.resolve() else f" --out {out}"
+    repro = (f"python -m gemma_lab.train_tiny --steps {log['steps_planned']} --threads {s['threads']} --seed {s['seed']}{out_arg}")
+    head_rows = []
+    for kind in ("induction", "previous_token"):
+        for layer, row in enumerate(figures["head_scores"][kind]):
+            head_rows.append(f"| {kind} | {layer} ({cfg['layer_types'][layer]}) | "
+                             + " | ".join(f"{v:.3f}" for v in row) + " |")
+    heads_header = "| score | layer | " + " | ".join(f"head {h}" for h in range(cfg["n_heads"])) + " |"
+    heads_rule = "|---|---|" + "---|" * cfg["n_heads"]
+    kinds = "\n".join(f"| {k} | {n} | {_pct(stats['kind_fractions'][k])} |" for k, n in stats["kinds"].items())
+    samples = "\n".join(f"| `{x['prompt']}` | `{x['completion']}` |" for x in figures["samples"])
+    topics = ", ".join(f"{t} {_pct(a)}" for t, a in facts["by_topic"].items())
+    minutes = log["train_seconds"] / 60
+    text = f"""# tiny-gemma
+
+A {log['n_params'] / 1e6:.2f} M-parameter Gemma 3 trained from scratch in this repository, in
+{minutes:.1f} minutes on a 2-core CPU, on a synthetic corpus built so that the circuits the notebooks
+study (previous-token heads, induction heads, indirect-object identification, factual recall) have
+something to form on. It is a teaching model: it knows a few hundred names, places and facts and
+nothing else.
+
+It loads exactly like a real checkpoint, with gemma_lab and with transformers:
+
+```python
+import gemma_lab
+from gemma_lab.tokenizer import load_tokenizer
+model = gemma_lab.load_pretrained("tiny")        # this folder
+tokenizer = load_tokenizer("tiny")
+
+from transformers import Gemma3ForCausalLM      # the same files
+hf_model = Gemma3ForCausalLM.from_pretrained("data/tiny-gemma")
+```
+
+Files: `config.json` (a transformers `Gemma3ForCausalLM` config), `model.safetensors` (fp32,
+transformers' tensor names, tied embedding stored once), `tokenizer.model` (SentencePiece),
+`loss_curve.png`, `train_log.json` (every step's loss, the periodic held-out figures, all settings).
+
+## Reproduce
+
+| figure | command |
+|---|---|
+| the whole folder (tokenizer, weights, curve, this card) | `{repro}` |
+| every evaluation figure below | `python -m gemma_lab.tiny_eval --model tiny` (add `--json` for raw numbers) |
+| the tests that hold the model to them | `pytest tests/test_tiny_model.py` |
+
+Training is deterministic in its data order and initialisation (seed {s['seed']}); bit-identical
+weights also need the same torch build and thread count ({s['threads']} threads). The shipped run
+was sized with `--minutes {s['minutes']}`, which timed the {log['warmup_steps']} warm-up steps
+({log['probe_seconds_per_step'] or 0:.2f} s/step) and chose {log['steps_planned']} steps; `--steps {log['steps_planned']}` replays it.
+
+## Corpus
+
+`gemma_lab.corpus` generates documents deterministically from `(seed, split, index)`; nothing is
+downloaded. Each kind of document pays for one lesson:
+
+| kind | documents (of the first {stats['documents']}) | share |
+|---|---|---|
+{kinds}
+
+Statistics of those {stats['documents']} documents (the tokenizer's training text):
+{stats['characters']:,} characters, {stats['tokens']:,} tokens (mean {stats['mean_tokens']}, max
+{stats['max_tokens']} per document), {stats['unique_words']} distinct words, {stats['unique_names']}
+distinct first names mentioned {stats['name_mentions']:,} times.
+
+The training loop keeps every {' and '.join(KEEP_ALWAYS)} document but only {s.get('keep_others', KEEP_OTHERS):.0%} of the others (so the
+training mix leans further toward the circuits the notebooks study), packs `<bos> document <eos>` into
+rows of {s['seq_len']} tokens and, in one document in {RANDOM_SPAN_EVERY}, writes instead a span of {RANDOM_SPAN_LENGTHS[0]}-{RANDOM_SPAN_LENGTHS[1]} uniformly
+random token ids twice: text alone never shows most of the vocabulary in random order, and that is
+exactly where induction is measured. The **held-out split** (`split="heldout"`) uses name pairs that
+never share a training document (about one pair in five, chosen by a hash) and, for half of its IOI
+prompts, sentence frames never used in training; held-out loss and IOI accuracy are measured on it.
+
+The tokenizer is a SentencePiece BPE model of {cfg['vocab_size']} pieces laid out like Gemma's
+(`<pad>`=0, `<eos>`=1, `<bos>`=2, `<unk>`=3, `<mask>`=4, `<start_of_turn>`, `<end_of_turn>`, `\\n`,
+then 256 byte pieces; byte fallback, digits split, no dummy prefix), trained on those
+{stats['documents']} documents.
+
+## Architecture
+
+| field | value | why |
+|---|---|---|
+| family | Gemma 3 (`gemma3_text`) | q/k RMSNorm, sandwich norms and two RoPE bases: the newest Gemma's numerics, and no softcap, so training uses the fused attention kernel |
+| layers | {cfg['n_layers']}, `layer_types` = {', '.join(cfg['layer_types'])} | Gemma 3's 5:1 local:global pattern would leave a 4-layer model with no global layer; alternating keeps both kinds and lets an induction circuit (previous-token head, then induction head) span a local and a global layer |
+| d_model | {cfg['d_model']} | the widest that trains enough tokens in the time budget on 2 CPU cores |
+| heads | {cfg['n_heads']} query heads, {cfg['n_kv_heads']} key/value heads, d_head {cfg['d_head']} | grouped-query attention (group of {cfg['n_heads'] // cfg['n_kv_heads']}), as in Gemma 3, so the notebooks exercise the grouped path |
+| d_mlp | {cfg['d_mlp']} (GeGLU, tanh GELU) | {cfg['d_mlp'] / cfg['d_model']:g} x d_model: GeGLU has three matrices per layer, so 3 x d_model already holds more weights than a plain 4 x MLP; CPU time was the binding constraint |
+| context | {cfg['max_seq_len']} tokens, sliding window {cfg['sliding_window']} | documents are under ~110 tokens; the window still cuts off on long inputs so local and global layers differ |
+| RoPE | base {cfg['rope_theta']:,.0f} global, {cfg['rope_theta_local']:,.0f} local | Gemma 3's two bases |
+| query_pre_attn_scalar | {cfg['query_pre_attn_scalar']} | = d_head |
+| vocabulary | {cfg['vocab_size']} | every name, place, object and most capitals are one token |
+| parameters | {log['n_params']:,} (tied embedding counted once) | {log['n_params'] * 4 / 2**20:.1f} MiB in fp32 |
+
+## Training
+
+AdamW (betas 0.9/0.95, weight decay {s['weight_decay']} on matrices, none on norm gains), peak learning
+rate {s['lr']}, {log['warmup_steps']} warm-up steps then cosine decay to 10 %, gradient clipping at
+{s['grad_clip']}, batch {s['batch_size']} x {s['seq_len']} tokens, {log['steps_done']} steps = {log['train_tokens']:,}
+tokens in {minutes:.1f} min ({log['tokens_per_second']:.0f} tokens/s on a shared 2-core CPU, fp32,
+`torch.set_num_threads({s['threads']})`){' - stopped early by the wall-clock limit' if log['stopped_early'] else ''}.
+Held-out loss every {s['eval_every']} steps on {s['eval_batches']} x {s['batch_size']} held-out rows.
+
+Final held-out loss: **{ev['heldout_loss'][-1]:.3f}** nats/token (train loss, mean of the last 20 steps:
+{sum(log['history']['train_loss'][-20:]) / len(log['history']['train_loss'][-20:]):.3f}).
+
+![loss curve](loss_curve.png)
+
+## Evaluation
+
+All figures from `python -m gemma_lab.tiny_eval --model tiny`.
+
+**Heads on repeated random tokens** (`<bos>` + 50 random ids + the same 50 again, 8 sequences).
+Induction score: mean attention from a second-copy token to the token after its first occurrence;
+previous-token score: mean attention to the token just before. Best induction head: layer
+{best['induction']['layer']} head {best['induction']['head']} ({best['induction']['score']:.3f}); best previous-token
+head: layer {best['previous_token']['layer']} head {best['previous_token']['head']} ({best['previous_token']['score']:.3f}).
+
+{heads_header}
+{heads_rule}
+{chr(10).join(head_rows)}
+
+**In-context copying**: loss on the first copy {copying['first_copy']:.3f}, on the second copy
+{copying['second_copy']:.3f} nats/token (ratio {copying['ratio']:.3f}).
+
+**Indirect-object identification** ({ioi['n']} held-out prompts such as "When Mary and John went to the
+store, John gave a drink to"; name pairs never seen together, half in unseen frames): the indirect
+object's logit beats the subject's in **{_pct(ioi['accuracy'])}** (seen frames {_pct(ioi['accuracy_seen_templates'])},
+unseen frames {_pct(ioi['accuracy_new_templates'])}); the IO name is the top-1 token in {_pct(ioi['top1_is_io'])};
+mean logit difference {ioi['mean_logit_diff']:.2f}. On training-distribution prompts: {_pct(ioi_train['accuracy'])}.
+
+**Factual recall** (greedy top-1 on the first answer token, {facts['n']} prompts such as "The capital
+of France is" -> " Paris"): **{_pct(facts['accuracy'])}** ({topics}).
+
+**Greedy samples**
+
+| prompt | continuation |
+|---|---|
+{samples}
+
+## Limits
+
+Trained for minutes on a narrow synthetic corpus: it has no general English, no world knowledge
+beyond the corpus's fact tables, and its chat turns are templates. Use it to learn how a Gemma
+works, not to generate text.
+"""
+    (out / "README.md").write_text(text)
+
+
+# ---- entry point --------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gemma_lab.train_tiny", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: data/tiny-gemma)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: sized by --minutes)")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget (default 15 without --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-kv-heads", type=int, default=2)
+    p.add_argument("--d-mlp", type=int, default=384, help="width of one GeGLU branch")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--sliding-window", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=corpus.DEFAULT_VOCAB_SIZE)
+    p.add_argument("--tokenizer-docs", type=int, default=20_000, help="documents the tokenizer is trained on")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--keep-others", type=float, default=KEEP_OTHERS,
+                   help="share of story/fact/sequence/chat documents kept (IOI and repeats are always kept)")
+    p.add_argument("--warmup", type=int, default=40)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--ioi-prompts", type=int, default=100, help="held-out IOI prompts checked at each eval")
+    p.add_argument("--final-ioi-prompts", type=int, default=200, help="held-out IOI prompts in the final evaluation")
+    p.add_argument("--sample-tokens", type=int, default=20, help="tokens per greedy sample in the model card")
+    p.add_argument("--card-only", action="store_true",
+                   help="re-evaluate the model already in --out and rewrite README.md and loss_curve.png only")
+    p.add_argument("--hard-stop", type=float, default=1.4,
+                   help="with --minutes: stop at this multiple of the budget even if steps remain")
+    args = p.parse_args(argv)
+    if args.steps is None and args.minutes is None:
+        args.minutes = 15.0
+    return args
+
+
+def main(argv=None) -> int:
+    from gemma_lab.tiny_eval import evaluate
+    from gemma_lab.tokenizer import load_tokenizer
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.card_only:
+        return rewrite_card(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    texts = corpus.generate_corpus(args.seed, args.tokenizer_docs, with_kinds=True)
+    corpus.train_tokenizer([text for _, text in texts], out, args.vocab_size)
+    tokenizer = load_tokenizer(out / "tokenizer.model")
+    stats = corpus.corpus_statistics(texts, tokenizer=_NoBos(tokenizer))
+
+    model, log = train(args, tokenizer, out)
+    save_checkpoint(model, tokenizer, out)
+    plot_loss_curve(log, out / "loss_curve.png")
+    log["corpus_statistics"] = stats
+    figures = evaluate(model, tokenizer, ioi_n=args.final_ioi_prompts, sample_tokens=args.sample_tokens)
+    log["evaluation"] = figures
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    write_model_card(out, log, figures, stats)
+    print(f"wrote {out}: held-out loss {log['evals']['heldout_loss'][-1]:.3f}, "
+          f"IOI {figures['ioi']['accuracy']:.3f}, induction {figures['best_heads']['induction']['score']:.3f}, "
+          f"previous-token {figures['best_heads']['previous_token']['score']:.3f}")
+    return 0
+
+
+def rewrite_card(out: Path) -> int:
+    """Evaluate the checkpoint in ``out`` again and rewrite its card and curve from ``train_log.json``."""
+    from gemma_lab.loading import load_pretrained
+    from gemma_lab.tiny_eval import evaluate
+    from gemma_lab.tokenizer import load_tokenizer
+
+    log = json.loads((out / "train_log.json").read_text())
+    torch.manual_seed(0)
+    figures = evaluate(load_pretrained(out, dtype=torch.float32), load_tokenizer(out / "tokenizer.model"))
+    log["evaluation"] = figures
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    plot_loss_curve(log, out / "loss_curve.png")
+    write_model_card(out, log, figures, log["corpus_statistics"])
+    print(f"rewrote {out / 'README.md'}")
+    return 0
+
+
+class _NoBos:
+    """The tokenizer as ``corpus_statistics`` wants it: ``encode(text)`` without ``<bos>``."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
