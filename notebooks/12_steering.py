@@ -1,0 +1,219 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/12_steering.ipynb)
+#
+# # 12 · Steering with a direction in the residual stream
+#
+# **Time:** about 35 minutes. **Before this:** notebooks 08 (hooks) and 11 (patching).
+#
+# Patching copies a whole activation from another run. Steering is gentler: it *adds* one vector to
+# the residual stream, in every forward pass, while the model generates. If the vector points along
+# a concept the model uses ("cat rather than dog"), the text drifts towards it. The simplest recipe
+# for such a vector is the difference between the mean activations on two contrasting sets of
+# prompts (activation addition: Turner et al., 2023, "Steering Language Models With Activation
+# Engineering").
+#
+# **Learning goals.** By the end you can
+#
+# 1. build a steering vector `[d_model]` from contrasting prompts at one layer;
+# 2. add it during generation with `interp.steer`, and see the text change;
+# 3. measure the effect as a function of the coefficient and the layer, and say when steering breaks
+#    the model instead of steering it.
+
+# %%
+# Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "gemma_lab[lab] @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+
+# %%
+# Configuration: which model this lesson runs on.
+# "" keeps the default: the bundled tiny Gemma, or the checkpoint folder in $GEMMA_LAB_MODEL.
+# Real weights: a folder such as "/models/gemma-2-2b" (see notebook 14 for where to get one).
+import os
+
+MODEL = ""
+if MODEL:
+    os.environ["GEMMA_LAB_MODEL"] = MODEL
+
+# %%
+import html
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import HTML
+
+import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
+from gemma_lab import interp, viz
+from gemma_lab.exercises import check, get_exercise, solution  # noqa: F401
+from gemma_lab.generation import generate
+from gemma_lab.notebook import describe, load_lesson_model
+
+torch.set_grad_enabled(False)
+model, tokenizer = load_lesson_model()
+print(describe(model))
+
+# %% [markdown]
+# ## 1. Two sets of contrasting prompts
+#
+# The two sets say the same things about two different animals. What differs between their
+# activations, on average, is "cat versus dog"; what they share (grammar, "animal", "pet") cancels.
+
+# %%
+TEMPLATES = ["I have a {}", "The {} is sleeping", "My {} likes to play", "Look at the little {}",
+             "She gave food to the {}", "There is a {} in the garden"]
+concept_a, concept_b = "cat", "dog"
+prompts_a = [template.format(concept_a) for template in TEMPLATES]
+prompts_b = [template.format(concept_b) for template in TEMPLATES]
+layer = model.cfg.n_layers // 2  # a middle layer: concepts are formed, output not yet decided
+
+
+def mean_resid(prompts):
+    """resid_pre of every layer, averaged over each prompt's tokens after <bos>: [layer, prompt, d_model]."""
+    rows = []
+    for prompt in prompts:
+        tokens = torch.tensor([tokenizer.encode(prompt)])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_pre"))
+        rows.append(torch.stack([cache["resid_pre", i][0, 1:].float().mean(dim=0)
+                                 for i in range(model.cfg.n_layers)]))
+    return torch.stack(rows, dim=1)
+
+
+all_acts_a, all_acts_b = mean_resid(prompts_a), mean_resid(prompts_b)  # [layer, prompt, d_model]
+acts_a, acts_b = all_acts_a[layer], all_acts_b[layer]
+print("acts_a:", tuple(acts_a.shape), "= [prompt, d_model]")
+
+# %% [markdown]
+# ## 2. Exercise: the steering vector
+#
+# Write `steering_vector(acts_a, acts_b)`: from `[n_a, d_model]` and `[n_b, d_model]`, the
+# difference of the means over prompts, `mean(acts_a) - mean(acts_b)`, `[d_model]`. Adding it moves
+# an activation from "typical of B" to "typical of A".
+
+# %% exercise="steering_vector" tags=["exercise"]
+def steering_vector(acts_a, acts_b):
+    """[n_a, d_model], [n_b, d_model] -> [d_model]: mean(acts_a) - mean(acts_b) over prompts."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+result = check("steering_vector", steering_vector)
+result
+
+# %%
+# From here on: your function if it passed, otherwise the reference implementation.
+if not result.passed:
+    steering_vector = get_exercise("steering_vector").reference
+
+direction = steering_vector(acts_a, acts_b).to(model.dtype)  # [d_model]
+typical = acts_b.norm(dim=-1).mean()
+print(f"|direction| = {direction.float().norm():.2f}; a typical resid_pre of layer {layer} has norm {typical:.2f}")
+
+# %% [markdown]
+# ## 3. Steering generation
+#
+# `interp.steer(model, direction, layer, coeff=c)` is a context manager: inside it, every forward
+# pass adds `c * direction` to `blocks.{layer}.hook_resid_pre` at every position, including the
+# passes that generate new tokens one by one. Coefficient 0 is the model as it is; negative
+# coefficients steer towards B.
+
+# %%
+neutral = "My favourite animal is the"
+coefficients = [-4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
+rows = []
+for coeff in coefficients:
+    with interp.steer(model, direction, layer, coeff=coeff):
+        text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=12).text
+    rows.append(f"<tr><td style='text-align:right'>{coeff:+g}</td><td style='text-align:left'>"
+                f"{html.escape(neutral)}<b>{html.escape(text)}</b></td></tr>")
+HTML("<table><tr><th>coeff</th><th style='text-align:left'>greedy continuation</th></tr>" + "".join(rows) + "</table>")
+
+# %% [markdown]
+# ## 4. Measuring the effect
+#
+# Text is a noisy readout. A number: the logit difference `logit(" cat") - logit(" dog")` for the
+# next token after the neutral prompt, as we vary the coefficient. A steering vector works if this
+# rises smoothly with the coefficient; very large coefficients push the stream somewhere the
+# model has never been, and the text degrades into repetition or nonsense.
+
+# %%
+id_a = tokenizer.encode(" " + concept_a, add_bos=False)[0]
+id_b = tokenizer.encode(" " + concept_b, add_bos=False)[0]
+neutral_tokens = torch.tensor([tokenizer.encode(neutral)])
+
+
+def preference(logits):
+    """logit(A) - logit(B) for the next token: [batch, pos, vocab] -> float."""
+    return float(logits[0, -1, id_a].float() - logits[0, -1, id_b].float())
+
+
+sweep = torch.linspace(-8, 8, 17)
+effect = []
+for coeff in sweep:
+    with interp.steer(model, direction, layer, coeff=float(coeff)):
+        effect.append(preference(model(neutral_tokens)))
+
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+plt.close(fig)
+ax.plot(sweep, effect, marker="o")
+ax.axhline(0, color="0.6", linewidth=0.8)
+ax.set(xlabel="steering coefficient", ylabel=f"logit(' {concept_a}') - logit(' {concept_b}')",
+       title=f"steering at resid_pre of layer {layer}")
+fig
+
+# %% [markdown]
+# ## 5. Which layer?
+#
+# Each layer gets its own vector (the difference of means *at that layer*). Early layers mostly
+# carry the token itself; late layers have little computation left to use the nudge. The heatmap
+# shows, for each layer and coefficient, the change of the logit difference from the unsteered model.
+
+# %%
+coeffs = [-4.0, -2.0, -1.0, 1.0, 2.0, 4.0]
+baseline = preference(model(neutral_tokens))
+by_layer = torch.zeros(model.cfg.n_layers, len(coeffs))  # [layer, coeff]
+for each_layer in range(model.cfg.n_layers):
+    layer_direction = steering_vector(all_acts_a[each_layer], all_acts_b[each_layer])
+    for column, coeff in enumerate(coeffs):
+        with interp.steer(model, layer_direction.to(model.dtype), each_layer, coeff=coeff):
+            by_layer[each_layer, column] = preference(model(neutral_tokens)) - baseline
+
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(by_layer, [f"{c:+g}" for c in coeffs], value_label="change in logit difference",
+                     title="steering effect by layer and coefficient", ax=ax)
+ax.set_xlabel("steering coefficient")
+fig
+
+# %% [markdown]
+# ## Summary
+#
+# * A steering vector is a difference of mean activations, `[d_model]`, at one layer.
+# * `with interp.steer(model, direction, layer, coeff=c):` adds `c * direction` in every forward
+#   pass, generation included.
+# * Check the effect with a number (a logit difference), across coefficients and layers; too large a
+#   coefficient breaks the model rather than steering it.
+#
+# **Next:** notebook 13 looks at what changed in the architecture from Gemma 1 to Gemma 2 and 3.
