@@ -17,7 +17,7 @@
 #
 # # 08 · Hooks and caching
 #
-# **Time:** about 40 minutes. **Before this:** notebooks 03 to 05 (one forward pass, attention, the MLP).
+# **Time:** about 40 minutes. **Before this:** notebooks 04 to 06 (attention, the MLP and the block, the full forward pass).
 #
 # Every intermediate tensor of `gemma_lab`'s Gemma passes through a *hook point*: a named identity
 # function where you can read the tensor, store it, or replace it. Everything in the rest of the

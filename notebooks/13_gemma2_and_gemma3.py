@@ -17,7 +17,7 @@
 #
 # # 13 · Gemma 2 and Gemma 3: what changed and why
 #
-# **Time:** about 45 minutes. **Before this:** notebooks 03 to 05 (the Gemma 1 forward pass).
+# **Time:** about 45 minutes. **Before this:** notebooks 04 to 06 (attention, the block, the full forward pass).
 #
 # Gemma 1 (February 2024) is a plain pre-norm decoder. Gemma 2 (June 2024) and Gemma 3 (March
 # 2025) keep its skeleton and change a handful of things, each to make a bigger model train
