@@ -1,0 +1,198 @@
+"""What every widget shares: the default model, one forward pass cached, and one way to redraw.
+
+Role: the bottom of the widget layer. It resolves ``model=None, tokenizer=None`` to the lesson model
+(the bundled tiny Gemma unless ``$GEMMA_LAB_MODEL`` names a checkpoint), runs a prompt through
+``run_with_cache`` once, names each activation's axes in the package vocabulary, and shows figures in
+an ``Output`` the one way that displays each picture once (made with interactive mode off,
+``clear_output(wait=True)``, ``display``, ``plt.close``).
+
+Imports the model side (cache, hooks through the model, tokenizer, notebook defaults) and plotting;
+the model side never imports this.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import HTML, display
+from matplotlib.figure import Figure
+
+from gemma_lab import viz
+
+#: Widgets refuse prompts longer than this many tokens: every picture is per position.
+MAX_PROMPT_TOKENS = 128
+
+_lesson_model = None  # (model, tokenizer), loaded once per kernel and shared by every widget
+
+
+def resolve_model(model=None, tokenizer=None):
+    """``(model, tokenizer)``: both as given, or the lesson model when neither is given.
+
+    The lesson model is the bundled tiny Gemma, or the checkpoint ``$GEMMA_LAB_MODEL`` names
+    (``gemma_lab.notebook.load_lesson_model``); it is loaded once and shared. A model without its
+    tokenizer (or the reverse) is refused: ids only mean something in the vocabulary they came from.
+    """
+    global _lesson_model
+    if model is None and tokenizer is None:
+        if _lesson_model is None:
+            from gemma_lab.notebook import load_lesson_model
+
+            _lesson_model = load_lesson_model()
+        return _lesson_model
+    if model is None or tokenizer is None:
+        missing = "model" if model is None else "tokenizer"
+        raise ValueError(f"pass both model and tokenizer (the {missing} is missing), or neither for the "
+                         "bundled tiny Gemma")
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{model.cfg.vocab_size} embedding rows: they do not belong together")
+    return model, tokenizer
+
+
+def cached_names(name: str) -> bool:
+    """Every hook point except ``hook_result``.
+
+    Hooking ``hook_result`` makes attention sum per-head outputs instead of running ``o_proj``, a
+    different (if equal up to rounding) computation; the widgets show the model's usual one.
+    """
+    return not name.endswith("hook_result")
+
+
+def encode(tokenizer, text: str, device) -> torch.Tensor:
+    """``[batch=1, pos]`` token ids of ``text`` with ``<bos>``; ValueError when too long to draw."""
+    ids = tokenizer.encode(text)
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise ValueError(f"the text is {len(ids)} tokens long; the widgets draw at most {MAX_PROMPT_TOKENS}")
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def run_prompt(model, tokens: torch.Tensor, names_filter=cached_names, **kwargs):
+    """``(logits, cache)`` of one forward pass, by default with every activation (see ``cached_names``)."""
+    with torch.inference_mode():
+        return model.run_with_cache(tokens, names_filter=names_filter, **kwargs)
+
+
+def str_tokens(tokenizer, ids) -> list[str]:
+    """One display string per token id."""
+    return tokenizer.to_str_tokens(ids.tolist() if hasattr(ids, "tolist") else list(ids))
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    return viz.readable_token(tokenizer.to_str_tokens([int(token_id)])[0])
+
+
+#: Axis names of each kind of activation, by the end of its hook name (see model.py's vocabulary).
+_AXES = {
+    "hook_embed": ("batch", "pos", "d_model"),
+    "hook_resid_pre": ("batch", "pos", "d_model"),
+    "hook_resid_mid": ("batch", "pos", "d_model"),
+    "hook_resid_post": ("batch", "pos", "d_model"),
+    "hook_attn_out": ("batch", "pos", "d_model"),
+    "hook_mlp_out": ("batch", "pos", "d_model"),
+    "attn.hook_q": ("batch", "pos", "head", "d_head"),
+    "attn.hook_rot_q": ("batch", "pos", "head", "d_head"),
+    "attn.hook_z": ("batch", "pos", "head", "d_head"),
+    "attn.hook_k": ("batch", "pos", "kv_head", "d_head"),
+    "attn.hook_rot_k": ("batch", "pos", "kv_head", "d_head"),
+    "attn.hook_v": ("batch", "pos", "kv_head", "d_head"),
+    "attn.hook_attn_scores_pre_softcap": ("batch", "head", "q_pos", "k_pos"),
+    "attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
+    "attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
+    "q_norm.hook_normalized": ("batch", "pos", "head", "d_head"),
+    "k_norm.hook_normalized": ("batch", "pos", "kv_head", "d_head"),
+    "mlp.hook_pre": ("batch", "pos", "d_mlp"),
+    "mlp.hook_pre_linear": ("batch", "pos", "d_mlp"),
+    "mlp.hook_post": ("batch", "pos", "d_mlp"),
+    "hook_normalized": ("batch", "pos", "d_model"),
+    "hook_logits": ("batch", "pos", "vocab"),
+}
+
+
+def hook_axes(name: str) -> tuple[str, ...]:
+    """Axis names of the activation at hook ``name``, e.g. ``("batch", "pos", "head", "d_head")``."""
+    for suffix in sorted(_AXES, key=len, reverse=True):
+        if name == suffix or name.endswith("." + suffix):
+            return _AXES[suffix]
+    raise KeyError(f"no axis names known for hook {name!r}")
+
+
+def shape_string(tensor: torch.Tensor, axes: Sequence[str]) -> str:
+    """``[batch=1, pos=7, d_model=64]``."""
+    return "[" + ", ".join(f"{a}={n}" for a, n in zip(axes, tensor.shape, strict=True)) + "]"
+
+
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(fig, axes)`` made with interactive mode off, so only ``display`` ever shows it."""
+    with plt.ioff():
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False, **kwargs)
+    return fig, axes
+
+
+def show(out: widgets.Output, figures: Iterable[Figure] = (), html_parts: Iterable[str] = ()) -> None:
+    """Replace what ``out`` shows by the HTML parts, then the figures (each closed once shown)."""
+    with out:
+        out.clear_output(wait=True)
+        for part in html_parts:
+            display(HTML(part))
+        for fig in figures:
+            display(fig)
+            plt.close(fig)
+
+
+def message_html(text: str, kind: str = "note") -> str:
+    colour = {"note": "#555", "error": "#b00020"}[kind]
+    return f'<div style="color:{colour};padding:4px 0">{html.escape(text)}</div>'
+
+
+def table_html(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A small HTML table; cells are escaped."""
+    head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='padding:0 8px;font-family:monospace'>{html.escape(str(c))}</td>"
+                         for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+class WidgetBase:
+    """Holds the root widget and the Output every redraw replaces; shows itself as a cell's value."""
+
+    widget: widgets.Box
+
+    def __init__(self) -> None:
+        self.out = widgets.Output()
+        self.figures: list[Figure] = []  # what the last redraw displayed
+        self.redraws = 0
+
+    @property
+    def figure(self) -> Figure | None:
+        """The first figure the last redraw displayed (None if it drew none)."""
+        return self.figures[0] if self.figures else None
+
+    def _root(self, children: Sequence[widgets.Widget]) -> widgets.VBox:
+        """The outer box, with a CSS class naming the widget (``gemma-lab-inferencestepper``) for browsers."""
+        box = widgets.VBox(list(children))
+        box.add_class(f"gemma-lab-{type(self).__name__.lower()}")
+        return box
+
+    def _show(self, figures: Sequence[Figure] = (), html_parts: Sequence[str] = ()) -> None:
+        self.figures = list(figures)
+        self.redraws += 1
+        show(self.out, self.figures, html_parts)
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)
+
+
+class ModelWidget(WidgetBase):
+    """A widget about a model: ``model``, ``tokenizer`` and ``cfg`` (see ``resolve_model``)."""
+
+    def __init__(self, model=None, tokenizer=None) -> None:
+        super().__init__()
+        self.model, self.tokenizer = resolve_model(model, tokenizer)
+        self.cfg = self.model.cfg
