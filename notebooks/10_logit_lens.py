@@ -177,8 +177,8 @@ LogitLensExplorer(model, tokenizer, text="When Mary and John went to the store, 
 #   Learned per-layer translators (the *tuned lens*, Belrose et al., 2023) read early layers better.
 # * Gemma's embedding and unembedding are the same matrix, so at the `embed` row the lens mostly
 #   predicts the input token itself.
-# * In Gemma 2 and 3 every block normalises what it adds (sandwich norms, notebook 13), so the stream
-#   grows slowly and the lens is often readable earlier than in models without them.
+# * The final RMSNorm divides by the stream's size, so the lens reads the *direction* of the residual
+#   stream, never its length: a small early component can still dominate the readout.
 #
 # ## Summary
 #

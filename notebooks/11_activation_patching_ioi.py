@@ -134,7 +134,7 @@ for clean, corrupted, (io, s) in zip(clean_text, corrupted_text, pairs):
 # Our measure of "the model does IOI" is the **logit difference** at the last position:
 # `logit(IO) - logit(S)`, averaged over the batch. Positive means the model prefers the right name.
 # It is better than a probability here because it is linear in the residual stream's final state
-# (up to the final norm), and it ignores every other token.
+# (up to the final norm, and Gemma 2's softcap), and it ignores every other token.
 #
 # Write `logit_difference(logits, io_ids, s_ids)`: `logits` `[batch, pos, vocab]`, `io_ids` and
 # `s_ids` `[batch]`; return a 0-d float32 tensor.

@@ -157,8 +157,8 @@ fig
 # ## 4. Sliding-window attention (Gemma 2 and 3)
 #
 # On a *local* layer a query sees only the last `sliding_window` positions, itself included:
-# key `k` is visible from query `q` when `k <= q` and `q - k < window`. Local layers cost
-# `O(pos x window)` instead of `O(pos²)` and their KV cache holds at most `window` tokens; the
+# key `k` is visible from query `q` when `k <= q` and `q - k < window`. A local layer can be computed
+# in `O(pos x window)` instead of `O(pos²)` and their KV cache holds at most `window` tokens; the
 # *global* layers in between still see everything, so information can travel any distance.
 #
 # **Exercise.** Write `sliding_window_mask(n_pos, window)`: a bool `[q_pos, k_pos]` tensor, True

@@ -18,9 +18,9 @@ Plus: each ``.ipynb`` has its paired percent ``.py`` with the same cells, and st
 A check reports on one line that starts with a marker (see ``gemma_lab.exercises``): ``✔`` passed,
 ``✘`` failed, ``○`` not attempted; the lines are counted in the executed notebook's outputs.
 
-One kernel per notebook and mode (the honest gate; see ``execute_notebook``). Notebooks are
-kept light so the whole set runs in a few minutes on two cores. Marked slow, still in the
-default suite.
+One kernel per notebook and mode (the honest gate; see ``execute_notebook``), two kernels at a
+time (``GEMMA_LAB_NOTEBOOK_WORKERS``). Notebooks are kept light so the whole set runs in a few
+minutes on two cores. Marked slow, still in the default suite.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -123,10 +125,61 @@ def check_results(nb) -> dict[str, int]:
     return counts
 
 
-def run(path: Path, env: dict) -> tuple[nbformat.NotebookNode, float]:
-    start = time.perf_counter()
-    nb = execute_notebook(path, env=env, timeout=300)
-    return nb, time.perf_counter() - start
+# --------------------------------------------------------------------------------------
+# Running notebooks, two at a time
+# --------------------------------------------------------------------------------------
+
+#: Kernels run side by side (each one is a process): on two cores this nearly halves the wall time.
+#: GEMMA_LAB_NOTEBOOK_WORKERS=1 runs them one after the other.
+WORKERS = int(os.environ.get("GEMMA_LAB_NOTEBOOK_WORKERS", "2"))
+
+#: Which test function runs a notebook in which mode.
+MODE_OF_TEST = {"test_runs_with_the_tiny_model": "tiny", "test_runs_with_solutions_filled_in": "solutions",
+                "test_runs_with_real_weights_mode": "real_weights"}
+
+
+@dataclass
+class Execution:
+    nb: nbformat.NotebookNode
+    seconds: float
+
+
+class NotebookRuns:
+    """Executions of (notebook, mode) on a small thread pool, each on a fresh kernel of its own.
+
+    The session fixture starts every execution the selected tests will ask for, in test order, so
+    that they overlap; each test then waits for its own. A failing notebook raises its
+    ``NotebookError`` in the test that asked for it.
+    """
+
+    def __init__(self, workers: int, folder: Path, checkpoint: Path | None) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="notebook")
+        self.folder = folder  # for notebooks with the solutions filled in
+        self.checkpoint = checkpoint  # the random-weight checkpoint of the real-weights mode
+        self.futures: dict[tuple[Path, str], Future] = {}
+
+    def start(self, notebook: Path, mode: str) -> None:
+        if (notebook, mode) not in self.futures:
+            self.futures[notebook, mode] = self.pool.submit(self._execute, notebook, mode)
+
+    def result(self, notebook: Path, mode: str) -> Execution:
+        self.start(notebook, mode)
+        return self.futures[notebook, mode].result()
+
+    def _execute(self, notebook: Path, mode: str) -> Execution:
+        path, model = notebook, ""
+        if mode == "solutions":
+            path = self.folder / notebook.name
+            nbformat.write(fill_in_solutions(notebook), path)
+        elif mode == "real_weights":
+            model = str(self.checkpoint)
+        start = time.perf_counter()
+        # Always run in the notebooks folder, as a student would (the filled-in copy lives elsewhere).
+        nb = execute_notebook(path, env=kernel_env(model), timeout=300, cwd=NOTEBOOK_DIR)
+        return Execution(nb, time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,6 +209,27 @@ def random_checkpoint(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def runs(request, tmp_path_factory):
+    """The notebook executions of this session, started up front for the selected tests."""
+    wanted = []
+    for item in request.session.items:
+        mode = MODE_OF_TEST.get(getattr(item, "originalname", ""))
+        if mode is None or Path(item.path) != Path(__file__):
+            continue
+        notebook = item.callspec.params["notebook"]
+        if mode == "solutions" and not exercise_cells(nbformat.read(notebook, as_version=4)):
+            continue  # that test skips
+        wanted.append((notebook, mode))
+    needs_checkpoint = any(mode == "real_weights" for _, mode in wanted)
+    checkpoint = request.getfixturevalue("random_checkpoint") if needs_checkpoint else None
+    runner = NotebookRuns(WORKERS, tmp_path_factory.mktemp("filled_in"), checkpoint)
+    for notebook, mode in wanted:
+        runner.start(notebook, mode)
+    yield runner
+    runner.close()
+
+
 # --------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------
@@ -178,39 +252,38 @@ def test_every_exercise_has_a_solution():
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_runs_with_the_tiny_model(notebook):
-    nb, seconds = run(notebook, kernel_env())
-    shown = count_displayed_widgets(nb) + figures_in(nb)
+def test_runs_with_the_tiny_model(notebook, runs):
+    run = runs.result(notebook, "tiny")
+    shown = count_displayed_widgets(run.nb) + figures_in(run.nb)
     assert shown >= 1, f"{notebook.name} shows no widget and no figure"
-    results = check_results(nb)
-    assert results[FAILED] == 0, f"{notebook.name}: an untouched exercise stub was reported as failed"
-    assert results[PASSED] == 0, f"{notebook.name}: an exercise stub passed its check (the stub gives it away)"
-    assert results[NOT_ATTEMPTED] == len(exercise_cells(nb)), (
-        f"{notebook.name}: {len(exercise_cells(nb))} exercises but {results[NOT_ATTEMPTED]} 'not attempted' reports"
-    )
-    print(f"{notebook.name}: tiny {seconds:.1f} s, {shown} widgets/figures")
+    assert_stubs_not_attempted(notebook, run.nb)
+    print(f"{notebook.name}: tiny model {run.seconds:.1f} s, {shown} widgets and figures")
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_runs_with_solutions_filled_in(notebook, tmp_path):
+def test_runs_with_solutions_filled_in(notebook, runs):
     exercises = exercise_cells(nbformat.read(notebook, as_version=4))
     if not exercises:
         pytest.skip(f"{notebook.name} has no exercises")
-    filled = tmp_path / notebook.name
-    nbformat.write(fill_in_solutions(notebook), filled)
-    # Run from the notebooks folder, as the student would, although the file is a temporary copy.
-    start = time.perf_counter()
-    nb = execute_notebook(filled, env=kernel_env(), timeout=300, cwd=NOTEBOOK_DIR)
-    seconds = time.perf_counter() - start
-    results = check_results(nb)
+    run = runs.result(notebook, "solutions")
+    results = check_results(run.nb)
     assert results[FAILED] == 0 and results[NOT_ATTEMPTED] == 0, f"{notebook.name}: {results}"
     assert results[PASSED] == len(exercises), f"{notebook.name}: {len(exercises)} exercises, {results}"
-    print(f"{notebook.name}: solutions {seconds:.1f} s, {results[PASSED]} checks passed")
+    print(f"{notebook.name}: solutions {run.seconds:.1f} s, {results[PASSED]} checks passed")
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_runs_with_real_weights_mode(notebook, random_checkpoint):
-    nb, seconds = run(notebook, kernel_env(str(random_checkpoint)))
-    assert count_displayed_widgets(nb) + figures_in(nb) >= 1
-    assert check_results(nb)[FAILED] == 0
-    print(f"{notebook.name}: real-weights mode {seconds:.1f} s")
+def test_runs_with_real_weights_mode(notebook, runs):
+    run = runs.result(notebook, "real_weights")
+    assert count_displayed_widgets(run.nb) + figures_in(run.nb) >= 1
+    assert_stubs_not_attempted(notebook, run.nb)
+    print(f"{notebook.name}: random-weight checkpoint {run.seconds:.1f} s")
+
+
+def assert_stubs_not_attempted(notebook: Path, nb) -> None:
+    """Untouched stubs: every check reports "not attempted", none failed, none passed."""
+    results, expected = check_results(nb), len(exercise_cells(nb))
+    assert results[FAILED] == 0, f"{notebook.name}: an untouched exercise stub was reported as failed"
+    assert results[PASSED] == 0, f"{notebook.name}: an exercise stub passed its check (the stub gives it away)"
+    assert results[NOT_ATTEMPTED] == expected, (
+        f"{notebook.name}: {expected} exercises but {results[NOT_ATTEMPTED]} 'not attempted' reports")
