@@ -59,6 +59,7 @@ if MODEL:
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
@@ -185,7 +186,7 @@ with plt.ioff():  # made here, shown once as the cell's value
 plt.close(fig)
 viz.top_k_bars(logits[0, -1].softmax(-1), tokenizer.decode, k=8, title="normal run", ax=left)
 viz.top_k_bars(ablated_logits[0, -1].softmax(-1), tokenizer.decode, k=8, title="block 0's MLP removed", ax=right)
-fig
+display(fig)
 
 # %% [markdown]
 # ## 5. Hooks are scoped

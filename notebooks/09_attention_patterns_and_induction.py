@@ -58,11 +58,13 @@ if MODEL:
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
 from gemma_lab.exercises import check, solution  # noqa: F401
 from gemma_lab.notebook import describe, load_lesson_model
+from gemma_lab.widgets import AttentionExplorer
 
 torch.set_grad_enabled(False)
 model, tokenizer = load_lesson_model()
@@ -90,8 +92,6 @@ viz.attention_heads_grid(cache["pattern", last_layer][0], str_tokens, layer=last
 # previous token, to the same token earlier, to names...).
 
 # %%
-from gemma_lab.widgets import AttentionExplorer  # noqa: E402
-
 AttentionExplorer(model, tokenizer, text=prompt, layer=last_layer)
 
 # %% [markdown]
@@ -123,7 +123,7 @@ ax.plot(range(1, len(loss["per_position"]) + 1), loss["per_position"], marker=".
 ax.axvline(seq_len + 1, color="0.5", linestyle="--", label="second copy starts")
 ax.set(xlabel="pos of the predicted token", ylabel="loss (nats)", title="next-token loss on repeated random tokens")
 ax.legend()
-fig
+display(fig)
 
 # %% [markdown]
 # A trained model's loss falls sharply on the second copy: it has learned to copy from context.
@@ -191,7 +191,7 @@ with plt.ioff():
 plt.close(fig)
 for ax, (kind, values) in zip(axes, scores.items()):
     viz.patching_heatmap(values, kind="layer x head", value_label="score", title=kind.replace("_", " "), ax=ax)
-fig
+display(fig)
 
 # %% [markdown]
 # Now look at the strongest induction head on the repeated sequence: its pattern is a stripe
@@ -215,7 +215,7 @@ for ax, kind in zip(axes, ("previous_token", "induction")):
     viz.attention_pattern(rep_patterns[layer, 0, head], rep_tokens, ax=ax,
                           title=f"strongest {kind.replace('_', ' ')} head: L{layer} H{head} "
                                 f"(score {scores[kind][layer, head]:.2f})")
-fig
+display(fig)
 
 # %% [markdown]
 # ## Summary

@@ -58,6 +58,7 @@ if MODEL:
 # %%
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
@@ -108,7 +109,7 @@ def logit_lens_for_position(model, resid_stack, pos):
 
 # %%
 result = check("logit_lens_for_position", logit_lens_for_position)
-result
+display(result)
 
 # %% [markdown]
 # The last row reads the stream after the last block, which is exactly what the model outputs.
@@ -157,7 +158,7 @@ plt.close(fig)
 ax.plot(tracked.labels, tracked.target_probs[:, -1], marker="o")
 ax.set(xlabel="read after layer", ylabel=f"p({tokenizer.decode([answer_id])!r})", ylim=(0, 1),
        title=f"logit lens at the last position of {prompt!r}")
-fig
+display(fig)
 
 # %% [markdown]
 # ## 5. Explore

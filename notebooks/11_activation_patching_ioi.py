@@ -58,6 +58,7 @@ if MODEL:
 
 # %%
 import torch
+from IPython.display import display
 
 import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
@@ -147,7 +148,7 @@ def logit_difference(logits, io_ids, s_ids):
 
 # %%
 result = check("logit_difference", logit_difference)
-result
+display(result)
 
 # %%
 # From here on: your function if it passed, otherwise the reference implementation.
@@ -183,7 +184,7 @@ def patch_residual(corrupted, clean, pos):
 
 # %%
 result = check("patch_residual", patch_residual)
-result
+display(result)
 
 # %% [markdown]
 # Used in a hook, one patch is one forward pass. Here we patch the position of the second S (the

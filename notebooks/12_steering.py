@@ -61,7 +61,7 @@ import html
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import HTML
+from IPython.display import HTML, display
 
 import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
@@ -118,7 +118,7 @@ def steering_vector(acts_a, acts_b):
 
 # %%
 result = check("steering_vector", steering_vector)
-result
+display(result)
 
 # %%
 # From here on: your function if it passed, otherwise the reference implementation.
@@ -180,7 +180,7 @@ ax.plot(sweep, effect, marker="o")
 ax.axhline(0, color="0.6", linewidth=0.8)
 ax.set(xlabel="steering coefficient", ylabel=f"logit(' {concept_a}') - logit(' {concept_b}')",
        title=f"steering at resid_pre of layer {layer}")
-fig
+display(fig)
 
 # %% [markdown]
 # ## 5. Which layer?
@@ -205,7 +205,7 @@ plt.close(fig)
 viz.patching_heatmap(by_layer, [f"{c:+g}" for c in coeffs], value_label="change in logit difference",
                      title="steering effect by layer and coefficient", ax=ax)
 ax.set_xlabel("steering coefficient")
-fig
+display(fig)
 
 # %% [markdown]
 # ## Summary

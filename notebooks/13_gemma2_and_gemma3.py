@@ -146,7 +146,7 @@ for cap, what in ((50.0, "attention scores, cap 50"), (30.0, "final logits, cap 
     ax.plot(x, cap * torch.tanh(x / cap), label=what)
 ax.set(xlim=(-150, 150), ylim=(-80, 80), xlabel="x", ylabel="cap · tanh(x / cap)", title="Gemma 2's softcaps")
 ax.legend()
-fig
+display(fig)
 
 # %% [markdown]
 # Softcapping the logits never changes which token is most likely (tanh is increasing), but it does
@@ -192,7 +192,7 @@ for ax, layer in zip(axes, (0, cfg3.n_layers - 1)):
     viz.attention_pattern(cache3["pattern", layer][0, 0], labels, mask=~allowed, ax=ax,
                           title=f"test-gemma3 layer {layer}: {cfg3.layer_types[layer]}"
                                 + (f", window {window}" if window else ""))
-fig
+display(fig)
 
 # %% [markdown]
 # ## 5. The layer pattern
@@ -216,7 +216,7 @@ ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=0, vmax=1, aspect="a
 ax.set_yticks(range(len(rows)), [name for name, _ in rows])
 ax.set_xlabel("layer")
 ax.set_title("layer types: red = local (sliding window), blue = global")
-fig
+display(fig)
 
 # %% [markdown]
 # ## 6. q/k norm (Gemma 3)
@@ -280,7 +280,7 @@ ax.bar(full_size, rest, bottom=embedding, label="everything else")
 ax.set(ylabel="parameters (billions)", title="full-size presets, counted on the meta device")
 ax.tick_params(axis="x", rotation=45)
 ax.legend()
-fig
+display(fig)
 
 # %% [markdown]
 # The small models are mostly embedding: Gemma's vocabulary is 256k (Gemma 3: 262k) tokens, so

@@ -117,7 +117,7 @@ def weight_memory_gib(cfg, dtype):
 
 # %%
 result = check("weight_memory_gib", weight_memory_gib)
-result
+display(result)
 
 # %% [markdown]
 # **Exercise.** Generation also keeps the keys and values of every token seen so far, per layer: the
@@ -134,7 +134,7 @@ def kv_cache_bytes(cfg, n_tokens, dtype):
 
 # %%
 kv_result = check("kv_cache_bytes", kv_cache_bytes)
-kv_result
+display(kv_result)
 
 # %%
 # From here on: your functions if they passed, otherwise the reference implementations.
@@ -162,7 +162,7 @@ for size, where in ((16, "16 GiB laptop"), (80, "80 GiB GPU")):
 ax.set_xticks(x, full_size, rotation=45)
 ax.set(ylabel="GiB for the weights", yscale="log", title="memory for the weights alone")
 ax.legend()
-fig
+display(fig)
 
 # %% [markdown]
 # Practical choices: on a laptop CPU with 16 GiB, `gemma3-270m`, `gemma3-1b`, `gemma-2b` and

@@ -3,8 +3,6 @@
 One function per exercise, named like it; the notebook tests paste each one into its exercise cell.
 """
 
-import torch
-
 
 def run_with_head_ablated(model, tokens, layer, head):
     """Logits [batch, pos, vocab] of `model` on `tokens` with head `head` of block `layer` zeroed."""

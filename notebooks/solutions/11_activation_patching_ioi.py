@@ -3,8 +3,6 @@
 One function per exercise, named like it; the notebook tests paste each one into its exercise cell.
 """
 
-import torch
-
 
 def logit_difference(logits, io_ids, s_ids):
     """[batch, pos, vocab], [batch], [batch] -> []: mean of logit(IO) - logit(S) at the last position."""
