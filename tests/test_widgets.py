@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import gemma_lab
-from gemma_lab import bundled, interp, sampling
+from gemma_lab import bundled, interp, sampling, viz
 from gemma_lab.widgets import (
     AttentionExplorer,
     InferenceStepper,
@@ -290,6 +290,11 @@ def test_attention_explorer_shows_what_a_chosen_token_attends_to(model, tokenize
     assert torch.equal(torch.as_tensor(image.data, dtype=torch.float32), pattern)
     token = html.escape(explorer.str_tokens[5].replace(" ", "␣"))
     assert token in explorer.details.value
+
+    labels = [label for label, _ in explorer.token_picker.options]
+    assert len(set(labels)) == len(labels)  # repeated tokens get distinct labels (the browser needs them)
+    shown = [label.replace("\u200b", "") for label in labels]
+    assert shown == [viz.readable_token(s) for s in explorer.str_tokens]
 
     explorer.all_heads.value = True
     assert len([ax for ax in explorer.figure.axes if ax.images]) == 4  # one panel per head

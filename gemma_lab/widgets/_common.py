@@ -150,12 +150,10 @@ def message_html(text: str, kind: str = "note") -> str:
 
 def table_html(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A small HTML table; cells are escaped."""
-    head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='padding:0 8px;font-family:monospace'>{html.escape(str(c))}</td>"
-                         for c in row) + "</tr>"
-        for row in rows
-    )
+    th = "<th style='text-align:left;padding:0 8px'>{}</th>"
+    td = "<td style='text-align:left;padding:0 8px;font-family:monospace'>{}</td>"
+    head = "".join(th.format(html.escape(str(h))) for h in header)
+    body = "".join("<tr>" + "".join(td.format(html.escape(str(c))) for c in row) + "</tr>" for row in rows)
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
 
 

@@ -73,6 +73,21 @@ class _PromptWidget(ModelWidget):
 # ---------------------------------------------------------------------------------------------
 
 
+def _distinct_labels(tokens: list[str]) -> list[str]:
+    """Readable token labels, made distinct with zero-width spaces.
+
+    ipywidgets' ToggleButtons front end finds the button to highlight by its label, so a repeated
+    token (" John" twice) would light up its first occurrence; the invisible suffix prevents that.
+    """
+    seen: dict[str, int] = {}
+    labels = []
+    for token in tokens:
+        label = viz.readable_token(token)
+        labels.append(label + "\u200b" * seen.get(label, 0))
+        seen[label] = seen.get(label, 0) + 1
+    return labels
+
+
 class AttentionExplorer(_PromptWidget):
     """One layer's attention: a head's pattern (or all heads), and for a chosen token its row and column.
 
@@ -117,9 +132,10 @@ class AttentionExplorer(_PromptWidget):
         _, self.cache = run_prompt(self.model, self.tokens)
         self._holding = True
         try:
-            labels = [(f"{viz.readable_token(s)}", pos) for pos, s in enumerate(self.str_tokens)]
-            self.token_picker.options = labels
-            self.token_picker.value = len(labels) - 1
+            positions = range(len(self.str_tokens))
+            self.token_picker.options = list(zip(_distinct_labels(self.str_tokens), positions))
+            self.token_picker.tooltips = [f"pos {pos}" for pos in positions]
+            self.token_picker.value = len(self.str_tokens) - 1
         finally:
             self._holding = False
         self.redraw()
@@ -137,9 +153,8 @@ class AttentionExplorer(_PromptWidget):
         self.shown_row = self.pattern[pos, :]
         self.shown_column = self.pattern[:, pos]
         token = viz.readable_token(self.str_tokens[pos])
-        if self.all_heads.value:
-            masked_all = masked.all(dim=0) if masked.shape[0] > 1 else masked[0]
-            figure = viz.attention_heads_grid(patterns, self.str_tokens, layer=layer, mask=masked_all.numpy())
+        if self.all_heads.value:  # the mask depends on positions only: the same for every head
+            figure = viz.attention_heads_grid(patterns, self.str_tokens, layer=layer, mask=masked[0].numpy())
         else:
             figure = viz.attention_pattern(self.pattern, self.str_tokens, mask=masked[head].numpy(),
                                            title=f"layer {layer} head {head}")
@@ -430,7 +445,8 @@ class TokenizerExplorer(WidgetBase):
         parts = [
             f"<b>{len(self.ids)} tokens</b> ({counts['text']} text, {counts['byte']} byte fallback, "
             f"{counts['special']} special; {len(text.encode('utf-8'))} UTF-8 bytes). Colours: alternating "
-            "text tokens, <span style='background:#decbe4'>byte fallback</span>, special.",
+            "text tokens, <span style='background:#decbe4'>byte fallback</span>, "
+            "<span style='background:#ffffcc'>special</span>.",
             self._tokens_html(self.ids),
             table_html(("pos", "id", "piece", "kind"),
                        ((n, i, p, k) for n, (i, p, k) in enumerate(zip(self.ids, self.pieces, self.kinds)))),
@@ -477,8 +493,8 @@ class PatchingExplorer(ModelWidget):
                 "style": {"description_width": "90px"}}
         self.clean_box = widgets.Text(value=clean, description="clean", **text)
         self.corrupted_box = widgets.Text(value=corrupted, description="corrupted", **text)
-        short = {"continuous_update": False, "layout": widgets.Layout(width="250px"),
-                 "style": {"description_width": "90px"}}
+        short = {"continuous_update": False, "layout": widgets.Layout(width="270px"),
+                 "style": {"description_width": "105px"}}
         self.answer_box = widgets.Text(value=answer, description="answer", **short)
         self.wrong_box = widgets.Text(value=wrong, description="wrong answer", **short)
         self.activation_select = widgets.Dropdown(options=["resid_pre", "resid_mid", "resid_post", "attn_out",

@@ -280,9 +280,9 @@ class InferenceStepper(ModelWidget):
         self.kv_cache, self.generated, self.error = None, [], None
         try:
             tokens = encode(self.tokenizer, text, self.model.device)
-        except ValueError as error:
+        except ValueError as error:  # shown in the caption until a usable text is entered
             self.error = str(error)
-            self.cache = None
+            self.cache = self.logits = self.chosen_token = None
             self._redraw()
             return
         self.tokens = tokens
