@@ -1,4 +1,4 @@
-"""Widgets: look inside Gemma interactively, in JupyterLab, Voila or VS Code.
+"""Widgets: look inside Gemma interactively, in JupyterLab or as a Voila dashboard.
 
     from gemma_lab.widgets import InferenceStepper
     InferenceStepper()                      # the bundled tiny Gemma; or InferenceStepper(model, tokenizer)
