@@ -211,7 +211,7 @@ print("one <bos>:", chat_ids.count(tokenizer.bos_id) == 1)
 #
 # `check` runs your function on random piece lists and compares it with the package's decoder.
 
-# %% tags=["exercise"] exercise="decode_pieces"
+# %% exercise="decode_pieces" tags=["exercise"]
 def decode_pieces(pieces: list[str]) -> str:
     """The text that a list of vocabulary pieces stands for, e.g. ["<bos>", "▁caf", "<0xC3>", "<0xA9>"] -> " café"."""
     raise NotImplementedError  # your code here

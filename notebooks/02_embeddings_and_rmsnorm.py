@@ -127,7 +127,7 @@ for d_model in sorted({preset.d_model for name, preset in PRESETS.items() if not
 # result has the weight's dtype and shape `[batch, pos, d_model]`. The check includes bfloat16
 # weights, where the rounding is visible, and compares bit for bit: there is exactly one right answer.
 
-# %% tags=["exercise"] exercise="embed"
+# %% exercise="embed" tags=["exercise"]
 def embed(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """weight[tokens] * sqrt(d_model), the scale rounded to weight.dtype: [batch, pos, d_model]."""
     raise NotImplementedError  # your code here
@@ -173,7 +173,7 @@ resid = cache["hook_embed"]  # [batch, pos, d_model]: where the residual stream 
 #
 # ### Exercise: rms_norm
 
-# %% tags=["exercise"] exercise="rms_norm"
+# %% exercise="rms_norm" tags=["exercise"]
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm of x [..., d_model] with gain offsets weight [d_model]; same shape and dtype as x."""
     raise NotImplementedError  # your code here

@@ -122,7 +122,7 @@ viz.rotary_illustration(d_head=cfg.d_head, theta=theta0)
 # that coordinate `i` and coordinate `i + d_head/2` share an angle. Return `(cos, sin)`, each
 # `[batch, pos, d_head]`, float32.
 
-# %% tags=["exercise"] exercise="rotary_cos_sin"
+# %% exercise="rotary_cos_sin" tags=["exercise"]
 def rotary_cos_sin(positions: torch.Tensor, d_head: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [batch, pos, d_head] (float32) of the angles position * theta ** (-2i / d_head), as two halves."""
     raise NotImplementedError  # your code here
@@ -149,7 +149,7 @@ check("rotary_cos_sin", rotary_cos_sin)
 # (`rearrange(cos, "batch pos d_head -> batch pos 1 d_head")`) and let broadcasting do the rest.
 # Return the shape and dtype of `x`.
 
-# %% tags=["exercise"] exercise="apply_rotary"
+# %% exercise="apply_rotary" tags=["exercise"]
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (i, i + d_head/2) of x [batch, pos, head, d_head] by its angle."""
     raise NotImplementedError  # your code here

@@ -147,7 +147,7 @@ for name in ("gemma-7b", "gemma2-9b", "gemma2-27b", "gemma3-27b"):
 # to the key. `window` is an int, or None on global layers. (Hint: give the positions axes of size 1
 # so they broadcast against each other.)
 
-# %% tags=["exercise"] exercise="attention_mask"
+# %% exercise="attention_mask" tags=["exercise"]
 def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None) -> torch.Tensor:
     """[batch, q_pos, k_pos] bool, True where the query may attend to the key (causal, and within window)."""
     raise NotImplementedError  # your code here
@@ -193,7 +193,7 @@ draw_mask(gemma_model.attention_mask(torch.tensor([[7]]), positions, everyone, 4
 # here; grouping comes next) and `allowed [batch, q_pos, k_pos]` from your mask: scores, scale,
 # softcap if one is given, mask, softmax. Return `[batch, head, q_pos, k_pos]` in `q`'s dtype.
 
-# %% tags=["exercise"] exercise="attention_pattern"
+# %% exercise="attention_pattern" tags=["exercise"]
 def attention_pattern(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor, query_pre_attn_scalar: float,
                       softcap: float | None = None) -> torch.Tensor:
     """Attention weights [batch, head, q_pos, k_pos]: softmax over k_pos of the scaled, capped, masked scores."""
@@ -245,7 +245,7 @@ for name in ("gemma-2b", "gemma-7b", "gemma2-2b", "gemma2-27b", "gemma3-1b", "ge
 # above, then scale, softcap, mask and softmax as before, then the pattern-weighted values. Return
 # `z [batch, q_pos, head, d_head]` with the heads back in the order `(kv_head group)`, in `v`'s dtype.
 
-# %% tags=["exercise"] exercise="grouped_attention"
+# %% exercise="grouped_attention" tags=["exercise"]
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                       query_pre_attn_scalar: float, softcap: float | None = None) -> torch.Tensor:
     """z [batch, q_pos, head, d_head]: each group of query heads attends with its own kv_head."""

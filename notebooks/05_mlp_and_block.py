@@ -126,7 +126,7 @@ plt.show()
 # Write `geglu(x, w_gate, w_up, w_down)` for `x [batch, pos, d_model]`, `w_gate, w_up [d_mlp, d_model]`
 # and `w_down [d_model, d_mlp]`. Return `[batch, pos, d_model]`.
 
-# %% tags=["exercise"] exercise="geglu"
+# %% exercise="geglu" tags=["exercise"]
 def geglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     """down(gelu_tanh(gate(x)) * up(x)) with nn.Linear weights ([out, in]): [batch, pos, d_model]."""
     raise NotImplementedError  # your code here
@@ -177,7 +177,7 @@ print(f"{quiet:.0%} of block 0's neuron activations on this prompt are under a t
 # Write one Gemma 2/3 block. `attn` and `mlp` are callables taking and returning `[batch, pos, d_model]`
 # (the attention here already knows its positions), and the four norms are callables too.
 
-# %% tags=["exercise"] exercise="transformer_block"
+# %% exercise="transformer_block" tags=["exercise"]
 def transformer_block(resid, attn, mlp, pre_attn_norm, post_attn_norm, pre_mlp_norm, post_mlp_norm):
     """One Gemma 2/3 block on resid [batch, pos, d_model]: returns the new residual stream."""
     raise NotImplementedError  # your code here

@@ -121,7 +121,7 @@ tokens = torch.tensor([tokenizer.encode(prompt)])  # [batch=1, pos]
 # `attn.window`, but not its `forward`. The angles from `rotary_cos_sin` are float32: cast them to
 # `x.dtype` before rotating. The check runs it on random Gemma 1, 2 and 3 layers, local and global.
 
-# %% tags=["exercise"] exercise="attention_layer"
+# %% exercise="attention_layer" tags=["exercise"]
 def attention_layer(attn, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The attention sublayer of `attn` on x [batch, pos, d_model] at positions [batch, pos]: [batch, pos, d_model]."""
     raise NotImplementedError  # your code here
@@ -142,7 +142,7 @@ check("attention_layer", attention_layer)
 # `gate_proj`, `up_proj` and `down_proj` weights), `model.ln_final` and `model.cfg`. The positions are
 # `0 .. pos - 1`, the same for every row. Only the weights: not `model(...)`, not a block's `forward`.
 
-# %% tags=["exercise"] exercise="gemma_forward"
+# %% exercise="gemma_forward" tags=["exercise"]
 def gemma_forward(model, tokens: torch.Tensor) -> torch.Tensor:
     """Logits [batch, pos, vocab] of a gemma_lab Gemma on tokens [batch, pos], from its weights alone."""
     raise NotImplementedError  # your code here

@@ -151,7 +151,7 @@ plt.show()
 # Write `top_k_filter(logits, k)` for `logits [..., vocab]` (any leading axes, such as `batch`):
 # return the filtered logits, same shape. (`torch.topk` or `torch.sort` along the last axis.)
 
-# %% tags=["exercise"] exercise="top_k_filter"
+# %% exercise="top_k_filter" tags=["exercise"]
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row (ties with the k-th included); set the others to -inf."""
     raise NotImplementedError  # your code here
@@ -176,7 +176,7 @@ check("top_k_filter", top_k_filter)
 # take the cumulative sum, decide which sorted tokens to remove, put that decision back in vocabulary
 # order (`scatter` with the sort's indices), and set the removed logits to `-inf`.
 
-# %% tags=["exercise"] exercise="top_p_filter"
+# %% exercise="top_p_filter" tags=["exercise"]
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens holding at least p of the probability; the rest -inf."""
     raise NotImplementedError  # your code here
