@@ -181,11 +181,11 @@ def zero_out(activation, hook):
 
 ablated_logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out", zero_out)])
 
-with plt.ioff():  # made here, shown once as the cell's value
+with plt.ioff():  # made with interactive mode off: shown once, by display() below
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
 plt.close(fig)
-viz.top_k_bars(logits[0, -1].softmax(-1), tokenizer.decode, k=8, title="normal run", ax=left)
-viz.top_k_bars(ablated_logits[0, -1].softmax(-1), tokenizer.decode, k=8, title="block 0's MLP removed", ax=right)
+viz.top_k_bars(logits[0, -1].softmax(-1), tokenizer.id_to_piece, k=8, title="normal run", ax=left)
+viz.top_k_bars(ablated_logits[0, -1].softmax(-1), tokenizer.id_to_piece, k=8, title="block 0's MLP removed", ax=right)
 display(fig)
 
 # %% [markdown]

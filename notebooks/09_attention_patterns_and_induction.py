@@ -114,7 +114,12 @@ print("tokens:", tuple(repeated.shape), "= [batch, 1 + 2 * seq_len]")
 print("first row:", tokenizer.to_str_tokens(repeated[0])[: seq_len + 4], "...")
 
 loss = interp.in_context_loss(model, seq_len, batch=4, seed=0, bos=tokenizer.bos_id)
-print(f"mean loss on the first copy: {loss['first_copy']:.2f}, on the second copy: {loss['second_copy']:.2f}")
+first, second = float(loss["first_copy"]), float(loss["second_copy"])
+print(f"mean loss on the first copy: {first:.2f} nats, on the second copy: {second:.2f} nats")
+if second < 0.5 * first:
+    print("-> the loss drops on the second copy: this model copies from its context.")
+else:
+    print("-> no clear drop: this model does not (yet) copy random tokens from its context.")
 
 with plt.ioff():
     fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
@@ -126,8 +131,11 @@ ax.legend()
 display(fig)
 
 # %% [markdown]
-# A trained model's loss falls sharply on the second copy: it has learned to copy from context.
-# (A model with random weights shows no drop.) Which heads do it?
+# A model with induction heads has a much lower loss on the second copy: it has learned to copy
+# from context, as every real Gemma does. A model with random weights shows no drop, and neither
+# does a model trained too briefly: induction heads appear suddenly during training, after a plateau
+# (Olsson et al. call it a *phase change*). Whatever your model does, the tools below show which
+# heads attend where.
 
 # %%
 _, rep_cache = model.run_with_cache(repeated, names_filter=lambda name: name.endswith("hook_pattern"))
@@ -194,11 +202,13 @@ for ax, (kind, values) in zip(axes, scores.items()):
 display(fig)
 
 # %% [markdown]
-# Now look at the strongest induction head on the repeated sequence: its pattern is a stripe
-# `seq_len - 1` positions below the diagonal, in the second copy. The strongest previous-token head
-# is the stripe just below the diagonal. In a trained model the previous-token head sits in an
-# *earlier* layer than the induction head: the induction head's keys carry "the token before me
-# was ...", written by the previous-token head, and its query matches that against its own token.
+# Now the patterns of the best-scoring heads on the repeated sequence. A real induction head draws
+# a stripe `seq_len - 1` positions below the diagonal, in the second copy; a previous-token head
+# draws the stripe just below the diagonal. (If all scores above are near zero, the "strongest" head
+# is only the least weak, and there is no stripe to see.) In a model that has both, the
+# previous-token head sits in an *earlier* layer than the induction head: the induction head's keys
+# carry "the token before me was ...", written by the previous-token head, and its query matches
+# that against its own token.
 
 # %%
 def strongest(values):

@@ -136,7 +136,7 @@ for label, probs in zip(["embed"] + list(range(model.cfg.n_layers)), lens_probs)
 
 # %%
 lens = interp.logit_lens(model, tokens, k=5)
-top_names = [[tokenizer.decode([t]) for t in row] for row in lens.top_tokens[..., 0].tolist()]
+top_names = [tokenizer.to_str_tokens(row) for row in lens.top_tokens[..., 0].tolist()]  # one label per [layer, pos]
 viz.logit_lens_heatmap(lens.top_probs[..., 0], top_names, str_tokens, layer_labels=lens.labels)
 
 # %% [markdown]

@@ -241,6 +241,9 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 by_head = interp.patch_by_head(model, corrupted_tokens, clean_cache, ioi_metric, activation="z",
                                progress=False)  # [layer, head]
 restored_by_head = (by_head - corrupted_diff) / gap if abs(gap) > 1e-6 else by_head - corrupted_diff
+best_layer, best_head = divmod(int(restored_by_head.argmax()), model.cfg.n_heads)
+print(f"the head whose clean output restores most: layer {best_layer}, head {best_head} "
+      f"({float(restored_by_head[best_layer, best_head]):.0%} of the gap)")
 viz.patching_heatmap(restored_by_head, kind="layer x head",
                      value_label="fraction of the logit difference restored", title="patching each head's z")
 

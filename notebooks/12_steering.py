@@ -21,7 +21,7 @@
 #
 # Patching copies a whole activation from another run. Steering is gentler: it *adds* one vector to
 # the residual stream, in every forward pass, while the model generates. If the vector points along
-# a concept the model uses ("cat rather than dog"), the text drifts towards it. The simplest recipe
+# a concept the model uses ("dog rather than cat"), what the model writes drifts towards it. The simplest recipe
 # for such a vector is the difference between the mean activations on two contrasting sets of
 # prompts (activation addition: Turner et al., 2023, "Steering Language Models With Activation
 # Engineering").
@@ -76,30 +76,30 @@ print(describe(model))
 # %% [markdown]
 # ## 1. Two sets of contrasting prompts
 #
-# The two sets say the same things about two different animals. What differs between their
-# activations, on average, is "cat versus dog"; what they share (grammar, "animal", "pet") cancels.
+# The two sets are the same short phrases, ending on two different animals. We read the residual
+# stream at the last position, on the animal's token. What differs between the two sets, on
+# average, is "dog rather than cat"; what they share (grammar, "an animal", the position) cancels.
 
 # %%
-TEMPLATES = ["I have a {}", "The {} is sleeping", "My {} likes to play", "Look at the little {}",
-             "She gave food to the {}", "There is a {} in the garden"]
-concept_a, concept_b = "cat", "dog"
+TEMPLATES = ["The {}", "A {}", "I saw a {}", "The little {}", "My {}", "Look at the {}", "There is a {}",
+             "She has a {}"]
+concept_a, concept_b = "dog", "cat"
 prompts_a = [template.format(concept_a) for template in TEMPLATES]
 prompts_b = [template.format(concept_b) for template in TEMPLATES]
-layer = model.cfg.n_layers // 2  # a middle layer: concepts are formed, output not yet decided
+layer = model.cfg.n_layers // 2  # a middle layer: the concept is formed, the output not yet decided
 
 
-def mean_resid(prompts):
-    """resid_pre of every layer, averaged over each prompt's tokens after <bos>: [layer, prompt, d_model]."""
+def last_resid(prompts):
+    """resid_pre of every layer at each prompt's last token: [layer, prompt, d_model]."""
     rows = []
     for prompt in prompts:
         tokens = torch.tensor([tokenizer.encode(prompt)])
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_pre"))
-        rows.append(torch.stack([cache["resid_pre", i][0, 1:].float().mean(dim=0)
-                                 for i in range(model.cfg.n_layers)]))
+        rows.append(torch.stack([cache["resid_pre", i][0, -1].float() for i in range(model.cfg.n_layers)]))
     return torch.stack(rows, dim=1)
 
 
-all_acts_a, all_acts_b = mean_resid(prompts_a), mean_resid(prompts_b)  # [layer, prompt, d_model]
+all_acts_a, all_acts_b = last_resid(prompts_a), last_resid(prompts_b)  # [layer, prompt, d_model]
 acts_a, acts_b = all_acts_a[layer], all_acts_b[layer]
 print("acts_a:", tuple(acts_a.shape), "= [prompt, d_model]")
 
@@ -110,7 +110,7 @@ print("acts_a:", tuple(acts_a.shape), "= [prompt, d_model]")
 # difference of the means over prompts, `mean(acts_a) - mean(acts_b)`, `[d_model]`. Adding it moves
 # an activation from "typical of B" to "typical of A".
 
-# %% exercise="steering_vector" tags=["exercise"]
+# %% tags=["exercise"] exercise="steering_vector"
 def steering_vector(acts_a, acts_b):
     """[n_a, d_model], [n_b, d_model] -> [d_model]: mean(acts_a) - mean(acts_b) over prompts."""
     raise NotImplementedError  # your code here
@@ -127,23 +127,25 @@ if not result.passed:
 
 direction = steering_vector(acts_a, acts_b).to(model.dtype)  # [d_model]
 typical = acts_b.norm(dim=-1).mean()
-print(f"|direction| = {direction.float().norm():.2f}; a typical resid_pre of layer {layer} has norm {typical:.2f}")
+print(f"|direction| = {direction.float().norm():.2f}; resid_pre of layer {layer} on the animal has norm {typical:.2f}")
 
 # %% [markdown]
 # ## 3. Steering generation
 #
 # `interp.steer(model, direction, layer, coeff=c)` is a context manager: inside it, every forward
 # pass adds `c * direction` to `blocks.{layer}.hook_resid_pre` at every position, including the
-# passes that generate new tokens one by one. Coefficient 0 is the model as it is; negative
-# coefficients steer towards B.
+# passes that generate new tokens one by one. Coefficient 0 is the model as it is; 1 adds the whole
+# difference between a typical dog and a typical cat; negative coefficients steer towards the cat.
+#
+# The test prompt is about neither: *"The horse says"*. Does the horse start to bark?
 
 # %%
-neutral = "My favourite animal is the"
-coefficients = [-4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
+neutral = "The horse says"
+coefficients = [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0]
 rows = []
 for coeff in coefficients:
     with interp.steer(model, direction, layer, coeff=coeff):
-        text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=12).text
+        text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=8).text
     rows.append(f"<tr><td style='text-align:right'>{coeff:+g}</td><td style='text-align:left'>"
                 f"{html.escape(neutral)}<b>{html.escape(text)}</b></td></tr>")
 HTML("<table><tr><th>coeff</th><th style='text-align:left'>greedy continuation</th></tr>" + "".join(rows) + "</table>")
@@ -151,23 +153,25 @@ HTML("<table><tr><th>coeff</th><th style='text-align:left'>greedy continuation</
 # %% [markdown]
 # ## 4. Measuring the effect
 #
-# Text is a noisy readout. A number: the logit difference `logit(" cat") - logit(" dog")` for the
-# next token after the neutral prompt, as we vary the coefficient. A steering vector works if this
-# rises smoothly with the coefficient; very large coefficients push the stream somewhere the
-# model has never been, and the text degrades into repetition or nonsense.
+# Text is a noisy readout: a small model's text often breaks before it says the word we steer
+# towards. A number is better: the logit difference `logit(" woof") - logit(" meow")` for the next
+# token after the neutral prompt, as the coefficient varies. A steering vector works if this rises
+# smoothly with the coefficient. Very large coefficients push the stream where the model has never
+# been, and the text degrades into repetition or nonsense.
 
 # %%
-id_a = tokenizer.encode(" " + concept_a, add_bos=False)[0]
-id_b = tokenizer.encode(" " + concept_b, add_bos=False)[0]
+sound_a, sound_b = " woof", " meow"
+id_a = tokenizer.encode(sound_a, add_bos=False)[0]  # the first token, if the tokenizer splits the word
+id_b = tokenizer.encode(sound_b, add_bos=False)[0]
 neutral_tokens = torch.tensor([tokenizer.encode(neutral)])
 
 
 def preference(logits):
-    """logit(A) - logit(B) for the next token: [batch, pos, vocab] -> float."""
+    """logit(sound of A) - logit(sound of B) for the next token: [batch, pos, vocab] -> float."""
     return float(logits[0, -1, id_a].float() - logits[0, -1, id_b].float())
 
 
-sweep = torch.linspace(-8, 8, 17)
+sweep = torch.linspace(-3, 3, 13)
 effect = []
 for coeff in sweep:
     with interp.steer(model, direction, layer, coeff=float(coeff)):
@@ -178,8 +182,8 @@ with plt.ioff():
 plt.close(fig)
 ax.plot(sweep, effect, marker="o")
 ax.axhline(0, color="0.6", linewidth=0.8)
-ax.set(xlabel="steering coefficient", ylabel=f"logit(' {concept_a}') - logit(' {concept_b}')",
-       title=f"steering at resid_pre of layer {layer}")
+ax.set(xlabel=f"steering coefficient ({concept_a} - {concept_b})", ylabel=f"logit({sound_a!r}) - logit({sound_b!r})",
+       title=f"{neutral!r}, steered at resid_pre of layer {layer}")
 display(fig)
 
 # %% [markdown]
@@ -190,13 +194,13 @@ display(fig)
 # shows, for each layer and coefficient, the change of the logit difference from the unsteered model.
 
 # %%
-coeffs = [-4.0, -2.0, -1.0, 1.0, 2.0, 4.0]
+coeffs = [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]
 baseline = preference(model(neutral_tokens))
 by_layer = torch.zeros(model.cfg.n_layers, len(coeffs))  # [layer, coeff]
 for each_layer in range(model.cfg.n_layers):
-    layer_direction = steering_vector(all_acts_a[each_layer], all_acts_b[each_layer])
+    layer_direction = steering_vector(all_acts_a[each_layer], all_acts_b[each_layer]).to(model.dtype)
     for column, coeff in enumerate(coeffs):
-        with interp.steer(model, layer_direction.to(model.dtype), each_layer, coeff=coeff):
+        with interp.steer(model, layer_direction, each_layer, coeff=coeff):
             by_layer[each_layer, column] = preference(model(neutral_tokens)) - baseline
 
 with plt.ioff():
@@ -208,6 +212,11 @@ ax.set_xlabel("steering coefficient")
 display(fig)
 
 # %% [markdown]
+# In a model this small, steering is blunt: the preference moves by many logits, but the text tends to
+# break rather than bark. Larger models, with more room in their residual stream, follow a steering
+# vector more gracefully: rerun this notebook with real weights (notebook 14), and try your own
+# contrasts (formal versus casual, English versus French, ...).
+#
 # ## Summary
 #
 # * A steering vector is a difference of mean activations, `[d_model]`, at one layer.

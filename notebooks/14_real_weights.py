@@ -202,7 +202,7 @@ prompt = "The capital of France is"
 tokens = torch.tensor([tokenizer.encode(prompt)])
 logits = model(tokens)
 print(repr(prompt), "->", repr(generate(model, prompt, tokenizer=tokenizer, max_new_tokens=8).text))
-viz.top_k_bars(logits[0, -1].float().softmax(-1), tokenizer.decode, k=10, title=f"next token after {prompt!r}")
+viz.top_k_bars(logits[0, -1].float().softmax(-1), tokenizer.id_to_piece, k=10, title=f"next token after {prompt!r}")
 
 # %% [markdown]
 # Instruction-tuned (`-it`) checkpoints expect the chat format. The tokenizer renders it (the turn
