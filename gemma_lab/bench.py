@@ -1,0 +1,563 @@
+"""Benchmarks: our Gemma against transformers' on the same weights, reported as ratios.
+
+    python -m gemma_lab.bench [forward|memory|hooks|generate|all] [--layers N] [--repeats R] [--quick]
+
+Role. Answers "what does readability cost?" with numbers a user can reproduce on their own
+machine. Every figure that matters is a RATIO against a peer measured side by side in the same
+run, because absolute times on a shared or laptop CPU move by 2x from one minute to the next:
+
+  * forward   our forward pass over a 128-token prompt against transformers' default attention
+              (what ``from_pretrained`` gives a user) and its eager attention, fp32 and bf16.
+  * hooks     the same plain forward (every HookPoint present, none attached) against
+              transformers, and ``run_with_cache`` storing every activation against that plain
+              forward.
+  * memory    the peak resident memory of load + first forward, over the checkpoint's bytes,
+              ours and transformers', each in a fresh subprocess so peaks never mix.
+  * generate  greedy decoding of 32 tokens, tokens per second, ours against transformers'
+              ``generate``; and the memory-bandwidth bound (bytes read per token / measured
+              bandwidth), i.e. how close either gets to what the hardware allows.
+
+Method. The weights are random but Gemma-2B-shaped (d_model 2048, 8 heads, 1 kv head, d_head
+256, d_mlp 16384, vocab 256000) with only a few layers, written once by transformers'
+``save_pretrained`` into a temporary folder, so both libraries load the very same file.
+Timings run under ``torch.inference_mode``; every callable gets a warm-up run, then the callables
+take turns (a, b, c, a, b, c, ... with the order reversed every other round, so slow drift on a
+shared machine hits all of them alike). Reported: median times, the ratio of the medians, and
+the range of the per-round ratios (a range that straddles the target means "within noise").
+
+Must not be imported by the package (it imports transformers, which the package never needs).
+Results and their interpretation: ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+SECTIONS = ("forward", "hooks", "memory", "generate")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---- shapes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model and workload one benchmark run uses."""
+
+    vocab: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    n_layers: int
+    prompt_len: int  # tokens in the forward / hooks / memory prompt (batch 1)
+    gen_prompt_len: int  # tokens in the generation prompt: short, so decoding dominates
+    new_tokens: int  # tokens generated greedily
+    bandwidth_mb: int  # size of the tensor copied to measure memory bandwidth
+
+    def describe(self) -> str:
+        return (f"{self.n_layers} layers, d_model {self.d_model}, {self.n_heads} heads / {self.n_kv_heads} kv head, "
+                f"d_head {self.d_head}, d_mlp {self.d_mlp}, vocab {self.vocab}")
+
+
+def gemma_2b_shape(n_layers: int = 2) -> Shape:
+    """Gemma 2B's widths with only ``n_layers`` layers (the 2B has 18)."""
+    return Shape(vocab=256000, d_model=2048, n_heads=8, n_kv_heads=1, d_head=256, d_mlp=16384, n_layers=n_layers,
+                 prompt_len=128, gen_prompt_len=16, new_tokens=32, bandwidth_mb=512)
+
+
+def tiny_shape(n_layers: int = 2) -> Shape:
+    """Tiny shapes for tests: every code path, none of the cost (the ratios mean little)."""
+    return Shape(vocab=512, d_model=64, n_heads=4, n_kv_heads=1, d_head=16, d_mlp=128, n_layers=n_layers,
+                 prompt_len=16, gen_prompt_len=8, new_tokens=8, bandwidth_mb=16)
+
+
+def write_checkpoint(folder: Path, shape: Shape, seed: int = 0) -> Path:
+    """Random Gemma (1) weights saved by transformers' own ``save_pretrained`` (fp32, one file)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    config = transformers.GemmaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.d_model, intermediate_size=shape.d_mlp,
+        num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_kv_heads, head_dim=shape.d_head, max_position_embeddings=8192,
+    )
+    # Built on the meta device and filled once: transformers' own initialisation would be a second pass.
+    with torch.device("meta"):
+        model = transformers.GemmaForCausalLM._from_config(config, dtype=torch.float32)
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:  # norm gains are stored as offsets from 1: make them non-zero
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+    model.save_pretrained(folder)
+    return folder
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    section: str
+    what: str
+    dtype: str
+    ratio: float  # the headline: ours / reference (time, memory) unless `ratio_of` says otherwise
+    ratio_of: str  # what the ratio divides, e.g. "ours/transformers time"
+    target: float | None  # the ratio we aim to stay at or below (None: informational)
+    ours: str  # context: the absolute figures
+    reference: str
+    spread: str = ""  # range of the per-round ratios
+
+    def verdict(self, low: float | None = None, high: float | None = None) -> str:
+        if self.target is None or math.isnan(self.ratio):
+            return ""
+        if low is not None and high is not None and low <= self.target < high:
+            return "noise"  # some rounds meet the target, some do not
+        return "yes" if self.ratio <= self.target else "NO"
+
+
+@dataclass
+class Timed:
+    """Per-callable times from one interleaved measurement."""
+
+    times: dict[str, list[float]]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    def ratio(self, ours: str, theirs: str) -> tuple[float, float, float]:
+        """(ratio of medians, lowest and highest per-round ratio)."""
+        per_round = [a / b for a, b in zip(self.times[ours], self.times[theirs])]
+        return self.median(ours) / self.median(theirs), min(per_round), max(per_round)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timed:
+    """Time each callable ``repeats`` times, taking turns, after ``warmup`` untimed runs each."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+        for round_ in range(repeats):
+            for name in (names if round_ % 2 == 0 else reversed(names)):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
+    return Timed(times)
+
+
+def _seconds(t: float) -> str:
+    return f"{t:.3f} s" if t >= 0.01 else f"{t * 1e3:.2f} ms"
+
+
+# ---- the two implementations -----------------------------------------------------------------
+
+
+def load_ours(folder: Path, dtype: torch.dtype):
+    import gemma_lab
+
+    return gemma_lab.load_pretrained(folder, dtype=dtype, progress=False)
+
+
+def load_theirs(folder: Path, dtype: torch.dtype, attn_implementation: str | None = None):
+    """transformers' model as a user gets it: ``attn_implementation=None`` is its default."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs).eval()
+
+
+def prompt(shape: Shape, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, shape.vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def ours_generate(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """Greedy decoding with ``gemma_lab.generation.generate``, else a minimal KV-cache loop."""
+    try:
+        from gemma_lab.generation import generate
+    except ImportError:
+        return _minimal_greedy_loop(model, ids, new_tokens)
+    result = generate(model, ids[0], max_new_tokens=new_tokens, stop=[])  # stop=[]: always all the tokens
+    return list(result.token_ids)
+
+
+def ours_prefill(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The prompt pass of our generation, filling a fresh KV cache."""
+    from gemma_lab import KVCache
+
+    return model(ids, kv_cache=KVCache.for_model(model, batch_size=1, max_len=ids.shape[1] + new_tokens))[:, -1]
+
+
+def ours_generate_name() -> str:
+    try:
+        import gemma_lab.generation  # noqa: F401
+    except ImportError:
+        return "KVCache greedy loop"
+    return "gemma_lab.generation.generate"
+
+
+def _minimal_greedy_loop(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    from gemma_lab import KVCache
+
+    cache = KVCache.for_model(model, batch_size=1, max_len=ids.shape[1] + new_tokens)
+    with torch.inference_mode():
+        logits = model(ids, kv_cache=cache)[:, -1]
+        tokens: list[int] = []
+        while True:
+            token = logits.argmax(dim=-1)
+            tokens.append(int(token))
+            if len(tokens) == new_tokens:
+                return tokens
+            logits = model(token[:, None], kv_cache=cache)[:, -1]
+
+
+def theirs_generate(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                         eos_token_id=None)  # no early stop: always all the tokens
+    return out[0, ids.shape[1]:].tolist()
+
+
+# ---- sections ------------------------------------------------------------------------------------
+
+
+def bench_forward(folder: Path, shape: Shape, dtype_name: str, repeats: int, with_eager: bool = True,
+                  with_cache: bool = False) -> list[Row]:
+    """Forward over ``prompt_len`` tokens: ours vs transformers default and eager (and run_with_cache)."""
+    dtype = DTYPES[dtype_name]
+    ours = load_ours(folder, dtype)
+    default = load_theirs(folder, dtype)
+    default_name = default.config._attn_implementation
+    ids = prompt(shape, shape.prompt_len)
+    fns = {"ours": lambda: ours(ids), "default": lambda: default(ids).logits}
+    if with_eager:
+        eager = load_theirs(folder, dtype, "eager")
+        fns["eager"] = lambda: eager(ids).logits
+    if with_cache:
+        fns["cache"] = lambda: ours.run_with_cache(ids)
+    timed = interleaved(fns, repeats)
+    what = f"forward, {shape.prompt_len} tokens"
+    rows = [Row("forward", f"{what}: ours / transformers ({default_name}, default)", dtype_name,
+                *_ratio_fields(timed, "ours", "default", 1.0))]
+    if with_eager:
+        rows.append(Row("forward", f"{what}: ours / transformers (eager)", dtype_name,
+                        *_ratio_fields(timed, "ours", "eager", 1.0)))
+    if with_cache:
+        rows.append(Row("hooks", f"{what}, hook points present, none attached: ours / transformers ({default_name})",
+                        dtype_name, *_ratio_fields(timed, "ours", "default", 1.0)))
+        rows.append(Row("hooks", f"run_with_cache (all {len(ours.hook_names())} hook points) / plain forward of ours",
+                        dtype_name, *_ratio_fields(timed, "cache", "ours", 1.3, "cached/plain time")))
+    return rows
+
+
+def _ratio_fields(timed: Timed, a: str, b: str, target: float, ratio_of: str = "ours/transformers time"):
+    """Row fields from ``a / b`` timings: ratio, its meaning, target, both medians, per-round range."""
+    ratio, low, high = timed.ratio(a, b)
+    return ratio, ratio_of, target, _seconds(timed.median(a)), _seconds(timed.median(b)), f"{low:.2f}-{high:.2f}"
+
+
+def bench_generate(folder: Path, shape: Shape, dtype_name: str, repeats: int, bandwidth: float) -> list[Row]:
+    """Greedy decoding of ``new_tokens`` tokens: ours vs transformers' generate, and the bandwidth bound."""
+    dtype = DTYPES[dtype_name]
+    ours = load_ours(folder, dtype)
+    theirs = load_theirs(folder, dtype)
+    ids = prompt(shape, shape.gen_prompt_len, seed=1)
+    n = shape.new_tokens
+    outputs: dict[str, list[int]] = {}
+
+    def run_ours() -> None:
+        outputs["ours"] = ours_generate(ours, ids, n)
+
+    def run_theirs() -> None:
+        outputs["theirs"] = theirs_generate(theirs, ids, n)
+
+    with torch.inference_mode():  # warm-up on short runs (a full one would double the section's time)
+        ours_generate(ours, ids, 2)
+        theirs_generate(theirs, ids, 2)
+    timed = interleaved({"ours": run_ours, "theirs": run_theirs}, repeats, warmup=0)
+    ours_tps, theirs_tps = n / timed.median("ours"), n / timed.median("theirs")
+    agreement = "same tokens" if outputs["ours"] == outputs["theirs"] else "tokens differ"
+    row = Row("generate", f"greedy {n} tokens after {shape.gen_prompt_len}-token prompt ({agreement}): "
+                          f"ours / transformers generate", dtype_name, *_ratio_fields(timed, "ours", "theirs", 1.0))
+    row.ours, row.reference = f"{ours_tps:.2f} tok/s", f"{theirs_tps:.2f} tok/s"  # rates read better than times
+    rows = [row]
+    # The prompt pass alone: transformers' generate asks for the last position's logits only.
+    prefill = interleaved({"ours": lambda: ours_prefill(ours, ids, n),
+                           "theirs": lambda: theirs(ids, use_cache=True, logits_to_keep=1).logits}, repeats)
+    rows.append(Row("generate", f"its prompt pass: ours (logits at all {shape.gen_prompt_len} positions) / "
+                                f"transformers (logits_to_keep=1)", dtype_name,
+                    *_ratio_fields(prefill, "ours", "theirs", 1.0)))
+    # Each decode step reads every weight once (the tied embedding as the unembedding) plus the KV cache.
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    kv_bytes = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * (shape.gen_prompt_len + n) * dtype.itemsize
+    bound = bandwidth / (weight_bytes + kv_bytes)
+    rows.append(Row("generate", f"tokens/s / memory-bandwidth bound ({(weight_bytes + kv_bytes) / 1e9:.2f} GB "
+                                f"per token at {bandwidth / 1e9:.1f} GB/s = {bound:.2f} tok/s)",
+                    dtype_name, ours_tps / bound, "fraction of bound", None,
+                    f"{ours_tps / bound:.0%} of bound", f"{theirs_tps / bound:.0%} of bound"))
+    return rows
+
+
+def measure_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes per second moved by a large tensor copy (each byte read once and written once)."""
+    src = torch.ones(megabytes * 2**20, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() / statistics.median(times)
+
+
+def bench_memory(folder: Path, shape: Shape, convert: bool = True) -> list[Row]:
+    """Peak RSS of load + first forward over the checkpoint's bytes, each case in a fresh process.
+
+    convert: also load the fp32 checkpoint as bf16 (two more processes).
+    """
+    size = checkpoint_bytes(folder)
+    rows = []
+    cases = [("", "checkpoint's dtype (fp32)"), ("bf16", "fp32 checkpoint loaded as bf16")]
+    cases = cases if convert else cases[:1]
+    impls = ("ours", "transformers")
+    reports = iter(_memory_children([(impl, dtype_name) for dtype_name, _ in cases for impl in impls], folder,
+                                    shape, at_once=size < 64 * 2**20))
+    for dtype_name, label in cases:
+        peaks = {impl: next(reports) for impl in impls}
+        ours, theirs = peaks["ours"], peaks["transformers"]
+        model_bytes = ours["model_bytes"]
+        for impl, peak in peaks.items():
+            note = f"{peak['peak'] / 2**20:.0f} MiB peak ({peak['file_backed'] / 2**20:.0f} MiB file-backed at the end)"
+            rows.append(Row("memory", f"load + first forward, {label}: {impl} peak / checkpoint bytes",
+                            dtype_name or "fp32", peak["peak"] / size, "peak/checkpoint bytes",
+                            1.3 if impl == "ours" else None, note,
+                            f"ckpt {size / 2**20:.0f} MiB, model {model_bytes / 2**20:.0f} MiB"))
+        rows.append(Row("memory", f"load + first forward, {label}: ours / transformers peak", dtype_name or "fp32",
+                        ours["peak"] / theirs["peak"], "ours/transformers peak", 1.0,
+                        f"{ours['peak'] / 2**20:.0f} MiB", f"{theirs['peak'] / 2**20:.0f} MiB"))
+    return rows
+
+
+def _memory_children(cases: list[tuple[str, str]], folder: Path, shape: Shape, at_once: bool) -> list[dict]:
+    """Run one fresh process per (implementation, dtype) case; return their reports in order.
+
+    at_once: start them all together (only for tiny checkpoints: at full size, memory pressure
+    from a neighbour could make the kernel drop one's file-backed pages and lower its peak).
+    """
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    commands = [[sys.executable, "-m", "gemma_lab.bench", "_memory_child", impl, str(folder), dtype_name or "none",
+                 str(shape.prompt_len), str(shape.vocab)] for impl, dtype_name in cases]
+    reports = []
+    running = []
+    for command in commands:
+        running.append((command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True, env=env)))
+        if not at_once:
+            reports.append(_child_report(*running.pop()))
+    return reports + [_child_report(command, process) for command, process in running]
+
+
+def _child_report(command: list[str], process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"memory subprocess failed ({' '.join(command)}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _memory_child(impl: str, folder: str, dtype_name: str, prompt_len: int, vocab: int) -> None:
+    """In a fresh process: the RSS high-water mark of load + first forward above the baseline."""
+    if impl == "ours":
+        import gemma_lab  # noqa: F401  (imported before the baseline: we measure load + forward)
+    else:
+        import transformers  # noqa: F401
+    dtype = DTYPES.get(dtype_name)
+    ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    reset = _reset_peak_rss()
+    baseline, baseline_file = _rss_now(), _proc_status().get("RssFile", 0)
+    if impl == "ours":
+        model = load_ours(Path(folder), dtype)
+    else:
+        model = load_theirs(Path(folder), dtype)
+    with torch.inference_mode():
+        model(ids)
+    peak = _peak_rss()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    status = _proc_status()
+    print(json.dumps({"peak": peak - baseline, "baseline": baseline, "peak_reset": reset, "model_bytes": model_bytes,
+                      "file_backed": status.get("RssFile", 0) - baseline_file}))
+
+
+def _proc_status() -> dict[str, int]:
+    """Memory lines of /proc/self/status in bytes (empty off Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so import-time spikes do not count."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_now() -> int:
+    status = _proc_status()
+    if "VmRSS" in status:
+        return status["VmRSS"]
+    return _peak_rss()  # no /proc: the high-water mark so far is the best baseline there is
+
+
+def _peak_rss() -> int:
+    status = _proc_status()
+    if "VmHWM" in status:
+        return status["VmHWM"]
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+def machine_description() -> str:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {platform.system()}; "
+            f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def run(sections: list[str], shape: Shape, repeats: int, gen_repeats: int, log: Callable[[str], None] = print,
+        convert_memory: bool = True) -> tuple[list[Row], dict]:
+    """Run the sections on one freshly written checkpoint; return the rows and the run's context."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gemma_lab_bench_") as tmp:
+        folder = write_checkpoint(Path(tmp) / "checkpoint", shape)
+        context = {"checkpoint_bytes": checkpoint_bytes(folder), "generate_impl": ours_generate_name()}
+        log(f"checkpoint written: {context['checkpoint_bytes'] / 2**20:.0f} MiB")
+        if "memory" in sections:
+            log("memory ...")
+            rows += bench_memory(folder, shape, convert=convert_memory)
+        if "generate" in sections:
+            context["bandwidth"] = measure_bandwidth(shape.bandwidth_mb)
+        for dtype_name in DTYPES:  # one dtype's models at a time in memory
+            if "forward" in sections or ("hooks" in sections and dtype_name == "fp32"):
+                log(f"forward {dtype_name} ...")
+                found = bench_forward(folder, shape, dtype_name, repeats, with_eager="forward" in sections,
+                                      with_cache="hooks" in sections and dtype_name == "fp32")
+                rows += [r for r in found if r.section in sections]
+            if "generate" in sections:
+                log(f"generate {dtype_name} ...")
+                rows += bench_generate(folder, shape, dtype_name, gen_repeats, context["bandwidth"])
+    order = {name: i for i, name in enumerate(SECTIONS)}
+    rows.sort(key=lambda r: order[r.section])  # stable: within a section, fp32 before bf16
+    return rows, context
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("section", "measurement", "dtype", "ratio", "target", "met", "ours", "reference", "per-round")
+    lines = [header]
+    for row in rows:
+        low, high = (float(x) for x in row.spread.split("-")) if row.spread else (None, None)
+        lines.append((row.section, row.what, row.dtype, f"{row.ratio:.2f}x",
+                      f"<= {row.target:g}" if row.target is not None else "-", row.verdict(low, high) or "-",
+                      row.ours, row.reference, row.spread or "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_memory_child"]:  # internal: one measurement in a fresh process
+        impl, folder, dtype_name, prompt_len, vocab = argv[1:6]
+        _memory_child(impl, folder, dtype_name, int(prompt_len), int(vocab))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m gemma_lab.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=(*SECTIONS, "all"))
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers (Gemma 2B has 18; default 2)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds per comparison (default 3; whole generations: about half)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes, memory in the checkpoint's dtype only: checks the code paths, not the speed")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+
+    shape = tiny_shape(args.layers) if args.quick else gemma_2b_shape(args.layers)
+    repeats = args.repeats or 3
+    gen_repeats = max(2, (repeats + 1) // 2)
+    sections = list(SECTIONS) if args.what == "all" else [args.what]
+    command = "python -m gemma_lab.bench " + shlex.join(argv)
+    print(f"gemma_lab benchmark: {command}")
+    print(f"machine: {machine_description()}")
+    print(f"weights: random, Gemma-2B-shaped{' (tiny: --quick)' if args.quick else ''}: {shape.describe()}")
+    start = time.perf_counter()
+    # --quick skips the dtype-converting memory case: two fewer processes, the same code path.
+    rows, context = run(sections, shape, repeats, gen_repeats, log=lambda msg: print(f"  {msg}", flush=True),
+                        convert_memory=not args.quick)
+    print(f"checkpoint: {context['checkpoint_bytes'] / 2**20:.0f} MiB fp32 safetensors written by transformers; "
+          f"our generation: {context['generate_impl']}; timed rounds: {repeats} (generate {gen_repeats})")
+    if "bandwidth" in context:
+        print(f"memory bandwidth (tensor copy, read + write): {context['bandwidth'] / 1e9:.1f} GB/s")
+    print()
+    print(format_table(rows))
+    print(f"\nratio: ours / reference unless the measurement says otherwise; lower is better. "
+          f"met: 'noise' = the per-round ratios straddle the target. took {time.perf_counter() - start:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"command": command, "context": context, "rows": [asdict(r) for r in rows]},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
