@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -50,7 +51,8 @@ KEEP_OTHERS = 0.5
 # ---- the architecture ------------------------------------------------------------------------------
 
 def tiny_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2,
-                d_mlp: int | None = None, seq_len: int = 256, sliding_window: int = 128) -> GemmaConfig:
+                d_mlp: int | None = None, seq_len: int = 256, sliding_window: int = 128,
+                query_pre_attn_scalar: float | None = None) -> GemmaConfig:
     """A small Gemma 3: q/k norms, sandwich norms, two RoPE bases, local and global layers alternating.
 
     Gemma 3's own 5:1 local:global pattern would leave a 4-layer model without a global layer, so
@@ -60,7 +62,7 @@ def tiny_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads:
     return GemmaConfig(
         family=3, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=n_kv_heads, d_head=d_head, d_mlp=d_mlp or 4 * d_model, max_seq_len=seq_len,
-        sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=float(d_head),
+        sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=float(query_pre_attn_scalar or d_head),
         sliding_window=sliding_window, layer_types=tuple(("local", "global")[i % 2] for i in range(n_layers)),
         rope_theta=1_000_000.0, rope_theta_local=10_000.0, rope_scale=1.0, name="tiny-gemma",
     )
@@ -106,7 +108,8 @@ def hf_config_dict(cfg: GemmaConfig, tokenizer) -> dict:
 
 # ---- data ------------------------------------------------------------------------------------------------
 
-def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTHERS):
+def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTHERS,
+                 random_span_every: int = RANDOM_SPAN_EVERY):
     """Endless token ids: ``<bos> document <eos>`` after each other, some documents random spans x2.
 
     Documents of the kinds in ``KEEP_ALWAYS`` are all kept; the others with probability
@@ -116,7 +119,7 @@ def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTH
     low = len(corpus.SPECIAL_PIECES)
     documents = corpus.iter_tagged_documents(seed, split)
     for index in itertools.count():
-        if choose.randrange(RANDOM_SPAN_EVERY) == 0:
+        if choose.randrange(random_span_every) == 0:
             span = choose.randint(*RANDOM_SPAN_LENGTHS)
             body = corpus.repeated_random_tokens(seed * 1_000_003 + (split == "heldout"), index, low,
                                                  tokenizer.vocab_size, span)
@@ -127,11 +130,12 @@ def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTH
             yield tokenizer.encode(text) + [tokenizer.eos_id]
 
 
-def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS):
+def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS,
+            random_span_every: int = RANDOM_SPAN_EVERY):
     """Endless ``[batch, seq_len + 1]`` rows cut from the packed stream (inputs and shifted targets)."""
     buffer: list[int] = []
     row = seq_len + 1
-    for ids in token_stream(tokenizer, seed, split, keep_others):
+    for ids in token_stream(tokenizer, seed, split, keep_others, random_span_every):
         buffer.extend(ids)
         while len(buffer) >= row * batch_size:
             chunk, buffer = buffer[: row * batch_size], buffer[row * batch_size :]
@@ -177,10 +181,18 @@ def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
     torch.manual_seed(args.seed)
     cfg = tiny_config(tokenizer.vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
                       n_kv_heads=args.n_kv_heads, d_mlp=args.d_mlp, seq_len=args.seq_len,
-                      sliding_window=args.sliding_window)
+                      sliding_window=args.sliding_window, query_pre_attn_scalar=args.query_pre_attn_scalar)
     model = init_weights(Gemma(cfg), seed=args.seed, std=0.02)
+    if args.init_from is not None:  # a second stage: continue from an earlier run's weights
+        from gemma_lab.loading import load_pretrained
+
+        model = load_pretrained(args.init_from, dtype=torch.float32).requires_grad_(True)  # loaded frozen
+        cfg = model.cfg
+        if cfg.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"{args.init_from} has vocab_size {cfg.vocab_size}, the tokenizer {tokenizer.vocab_size}")
     model.train()
-    train_rows = batches(tokenizer, args.seed, "train", args.batch_size, args.seq_len, args.keep_others)
+    train_rows = batches(tokenizer, args.seed, "train", args.batch_size, args.seq_len, args.keep_others,
+                         args.random_span_every)
     eval_rows = list(itertools.islice(batches(tokenizer, args.seed, "heldout", args.batch_size, args.seq_len),
                                       args.eval_batches))
 
@@ -251,7 +263,7 @@ def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
     log = {
         "config": cfg.to_dict(),
         "n_params": model.n_params(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "steps_planned": steps,
         "steps_done": history["step"][-1],
         "stopped_early": stopped_early,
@@ -282,13 +294,45 @@ def save_checkpoint(model: Gemma, tokenizer, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(hf_config_dict(model.cfg, tokenizer), indent=2) + "\n")
 
 
+def _stages(log: dict) -> list[dict]:
+    """The logs of every training stage, first to last (one unless ``--init-from`` was used)."""
+    return [*log.get("previous_stages", []), log]
+
+
+def _joined_history(log: dict) -> tuple[dict, dict]:
+    """Per-step and periodic figures of all stages on one token axis."""
+    hist = {"tokens": [], "train_loss": []}
+    evals = {"tokens": [], "heldout_loss": [], "ioi_accuracy": []}
+    offset = 0
+    for stage in _stages(log):
+        hist["tokens"] += [offset + t for t in stage["history"]["tokens"]]
+        hist["train_loss"] += stage["history"]["train_loss"]
+        evals["tokens"] += [offset + t for t in stage["evals"]["tokens"]]
+        evals["heldout_loss"] += stage["evals"]["heldout_loss"]
+        evals["ioi_accuracy"] += stage["evals"]["ioi_accuracy"]
+        offset += stage["train_tokens"]
+    return hist, evals
+
+
+def _stage_command(stage: dict, out_arg: str) -> str:
+    s = stage["settings"]
+    command = f"python -m gemma_lab.train_tiny --steps {stage['steps_planned']} --threads {s['threads']} --seed {s['seed']}"
+    if s.get("init_from"):
+        command += f" --init-from {s['init_from']}"
+    for flag, default in (("lr", 3e-3), ("keep_others", KEEP_OTHERS), ("random_span_every", RANDOM_SPAN_EVERY),
+                          ("warmup", 40), ("query_pre_attn_scalar", None)):
+        if s.get(flag, default) != default:
+            command += f" --{flag.replace('_', '-')} {s[flag]}"
+    return command + out_arg
+
+
 def plot_loss_curve(log: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hist, evals = log["history"], log["evals"]
+    hist, evals = _joined_history(log)
     train = torch.tensor(hist["train_loss"])
     window = max(1, len(train) // 50)
     smooth = train.unfold(0, window, 1).mean(-1) if len(train) >= window else train
@@ -328,7 +372,28 @@ def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
     copying = figures["copying"]
     ioi, ioi_train, facts = figures["ioi"], figures["ioi_train_distribution"], figures["facts"]
     out_arg = "" if Path(out).resolve() == DEFAULT_OUT.resolve() else f" --out {out}"
-    repro = (f"python -m gemma_lab.train_tiny --steps {log['steps_planned']} --threads {s['threads']} --seed {s['seed']}{out_arg}")
+    stages = _stages(log)
+    if len(stages) == 1:
+        repro_rows = f"| the whole folder (tokenizer, weights, curve, this card) | `{_stage_command(log, out_arg)}` |"
+    else:
+        repro_rows = "\n".join(
+            f"| the whole folder, stage {i + 1} of {len(stages)} (run them in order) | `{_stage_command(st, out_arg)}` |"
+            for i, st in enumerate(stages))
+    stage_text = []
+    for i, st in enumerate(stages):
+        ss = st["settings"]
+        start = "from a random init" if not ss.get("init_from") else f"from stage {i}'s weights"
+        sized = (f"; sized with `--minutes {ss['minutes']}`, which timed the {st['warmup_steps']} warm-up steps "
+                 f"({st['probe_seconds_per_step']:.2f} s/step) and fixed {st['steps_planned']} steps"
+                 if st.get("probe_seconds_per_step") else "")
+        stage_text.append(
+            f"* Stage {i + 1} ({start}, seed {ss['seed']}): peak learning rate {ss['lr']}, {st['warmup_steps']} warm-up "
+            f"steps then cosine decay to 10 %, {ss.get('keep_others', KEEP_OTHERS):.0%} of the non-IOI/non-repeat "
+            f"documents kept, a random span every {ss.get('random_span_every', RANDOM_SPAN_EVERY)} documents, {st['steps_done']} of {st['steps_planned']} steps = {st['train_tokens']:,} tokens in "
+            f"{st['train_seconds'] / 60:.1f} min ({st['tokens_per_second']:.0f} tokens/s)"
+            f"{' - stopped early by the wall-clock limit' if st['stopped_early'] else ''}{sized}.")
+    stage_text = "\n".join(stage_text)
+    total_tokens = sum(st["train_tokens"] for st in stages)
     head_rows = []
     for kind in ("induction", "previous_token"):
         for layer, row in enumerate(figures["head_scores"][kind]):
@@ -337,9 +402,9 @@ def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
     heads_header = "| score | layer | " + " | ".join(f"head {h}" for h in range(cfg["n_heads"])) + " |"
     heads_rule = "|---|---|" + "---|" * cfg["n_heads"]
     kinds = "\n".join(f"| {k} | {n} | {_pct(stats['kind_fractions'][k])} |" for k, n in stats["kinds"].items())
-    samples = "\n".join(f"| `{x['prompt']}` | `{x['completion']}` |" for x in figures["samples"])
+    samples = "\n".join(f"| `{x['prompt']}` | `{x['completion']!r}` |" for x in figures["samples"])
     topics = ", ".join(f"{t} {_pct(a)}" for t, a in facts["by_topic"].items())
-    minutes = log["train_seconds"] / 60
+    minutes = sum(st["train_seconds"] for st in stages) / 60
     text = f"""# tiny-gemma
 
 A {log['n_params'] / 1e6:.2f} M-parameter Gemma 3 trained from scratch in this repository, in
@@ -368,14 +433,13 @@ transformers' tensor names, tied embedding stored once), `tokenizer.model` (Sent
 
 | figure | command |
 |---|---|
-| the whole folder (tokenizer, weights, curve, this card) | `{repro}` |
+{repro_rows}
 | every evaluation figure below | `python -m gemma_lab.tiny_eval --model tiny` (add `--json` for raw numbers) |
 | the tests that hold the model to them | `pytest tests/test_tiny_model.py` |
 
-Training is deterministic in its data order and initialisation (seed {s['seed']}); bit-identical
+Training is deterministic in its data order and initialisation (the seeds above); bit-identical
 weights also need the same torch build and thread count ({s['threads']} threads). The shipped run
-was sized with `--minutes {s['minutes']}`, which timed the {log['warmup_steps']} warm-up steps
-({log['probe_seconds_per_step'] or 0:.2f} s/step) and chose {log['steps_planned']} steps; `--steps {log['steps_planned']}` replays it.
+was sized by wall-clock budget (`--minutes`); the recorded step counts above replay it.
 
 ## Corpus
 
@@ -421,12 +485,15 @@ then 256 byte pieces; byte fallback, digits split, no dummy prefix), trained on 
 
 ## Training
 
-AdamW (betas 0.9/0.95, weight decay {s['weight_decay']} on matrices, none on norm gains), peak learning
-rate {s['lr']}, {log['warmup_steps']} warm-up steps then cosine decay to 10 %, gradient clipping at
-{s['grad_clip']}, batch {s['batch_size']} x {s['seq_len']} tokens, {log['steps_done']} steps = {log['train_tokens']:,}
-tokens in {minutes:.1f} min ({log['tokens_per_second']:.0f} tokens/s on a shared 2-core CPU, fp32,
-`torch.set_num_threads({s['threads']})`){' - stopped early by the wall-clock limit' if log['stopped_early'] else ''}.
-Held-out loss every {s['eval_every']} steps on {s['eval_batches']} x {s['batch_size']} held-out rows.
+AdamW (betas 0.9/0.95, weight decay {s['weight_decay']} on matrices, none on norm gains), gradient
+clipping at {s['grad_clip']}, batch {s['batch_size']} x {s['seq_len']} tokens, fp32 on a shared 2-core CPU with
+`torch.set_num_threads({s['threads']})` (on a CPU shared with other jobs, one thread ran ~4x faster than two,
+whose threads kept waiting for each other). In all {total_tokens:,} tokens in {minutes:.1f} min:
+
+{stage_text}
+
+Held-out loss every {s['eval_every']} steps on {s['eval_batches']} x {s['batch_size']} held-out rows, and
+held-out IOI accuracy on {s['ioi_prompts']} prompts (green in the curve).
 
 Final held-out loss: **{ev['heldout_loss'][-1]:.3f}** nats/token (train loss, mean of the last 20 steps:
 {sum(log['history']['train_loss'][-20:]) / len(log['history']['train_loss'][-20:]):.3f}).
@@ -489,11 +556,15 @@ def parse_args(argv=None):
     p.add_argument("--n-kv-heads", type=int, default=2)
     p.add_argument("--d-mlp", type=int, default=384, help="width of one GeGLU branch")
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--query-pre-attn-scalar", type=float, default=None,
+                   help="scores are scaled by this**-0.5 (default d_head); smaller = sharper attention")
     p.add_argument("--sliding-window", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=corpus.DEFAULT_VOCAB_SIZE)
     p.add_argument("--tokenizer-docs", type=int, default=20_000, help="documents the tokenizer is trained on")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--random-span-every", type=int, default=RANDOM_SPAN_EVERY,
+                   help="one document in this many is a random token span written twice")
     p.add_argument("--keep-others", type=float, default=KEEP_OTHERS,
                    help="share of story/fact/sequence/chat documents kept (IOI and repeats are always kept)")
     p.add_argument("--warmup", type=int, default=40)
@@ -504,6 +575,8 @@ def parse_args(argv=None):
     p.add_argument("--ioi-prompts", type=int, default=100, help="held-out IOI prompts checked at each eval")
     p.add_argument("--final-ioi-prompts", type=int, default=200, help="held-out IOI prompts in the final evaluation")
     p.add_argument("--sample-tokens", type=int, default=20, help="tokens per greedy sample in the model card")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint's weights instead of a random init (a second training stage)")
     p.add_argument("--card-only", action="store_true",
                    help="re-evaluate the model already in --out and rewrite README.md and loss_curve.png only")
     p.add_argument("--hard-stop", type=float, default=1.4,
@@ -526,11 +599,21 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     texts = corpus.generate_corpus(args.seed, args.tokenizer_docs, with_kinds=True)
-    corpus.train_tokenizer([text for _, text in texts], out, args.vocab_size)
+    if args.init_from is None:
+        corpus.train_tokenizer([text for _, text in texts], out, args.vocab_size)
+    elif Path(args.init_from).resolve() != out.resolve():  # a later stage keeps the first stage's tokenizer
+        shutil.copyfile(Path(args.init_from) / "tokenizer.model", out / "tokenizer.model")
     tokenizer = load_tokenizer(out / "tokenizer.model")
     stats = corpus.corpus_statistics(texts, tokenizer=_NoBos(tokenizer))
 
+    previous = None
+    if args.init_from is not None and (Path(args.init_from) / "train_log.json").is_file():
+        previous = json.loads((Path(args.init_from) / "train_log.json").read_text())
+        previous.pop("evaluation", None)
+        stats = previous.pop("corpus_statistics", stats)  # the card describes the tokenizer's text
     model, log = train(args, tokenizer, out)
+    if previous is not None:
+        log["previous_stages"] = previous.pop("previous_stages", []) + [previous]
     save_checkpoint(model, tokenizer, out)
     plot_loss_curve(log, out / "loss_curve.png")
     log["corpus_statistics"] = stats
