@@ -405,6 +405,13 @@ def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
     samples = "\n".join(f"| `{x['prompt']}` | `{x['completion']!r}` |" for x in figures["samples"])
     topics = ", ".join(f"{t} {_pct(a)}" for t, a in facts["by_topic"].items())
     minutes = sum(st["train_seconds"] for st in stages) / 60
+    checks = [("best induction score", ">= 0.5", best["induction"]["score"], best["induction"]["score"] >= 0.5),
+              ("best previous-token score", ">= 0.5", best["previous_token"]["score"],
+               best["previous_token"]["score"] >= 0.5),
+              ("second-copy / first-copy loss", "< 0.3", copying["ratio"], copying["ratio"] < 0.3),
+              ("held-out IOI accuracy", ">= 0.9", ioi["accuracy"], ioi["accuracy"] >= 0.9)]
+    targets = "\n".join(f"| {name} | {bar} | {value:.3f} | {'yes' if ok else '**no**'} |"
+                         for name, bar, value, ok in checks)
     text = f"""# tiny-gemma
 
 A {log['n_params'] / 1e6:.2f} M-parameter Gemma 3 trained from scratch in this repository, in
@@ -531,6 +538,15 @@ of France is" -> " Paris"): **{_pct(facts['accuracy'])}** ({topics}).
 | prompt | continuation |
 |---|---|
 {samples}
+
+## Targets
+
+The issue that asked for this model set these bars; `tests/test_tiny_model.py` checks them (as
+expected failures while they are not met).
+
+| target | bar | measured | met |
+|---|---|---|---|
+{targets}
 
 ## Limits
 
