@@ -184,8 +184,11 @@ ablated_logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out
 with plt.ioff():  # made with interactive mode off: shown once, by display() below
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
 plt.close(fig)
-viz.top_k_bars(logits[0, -1].softmax(-1), tokenizer.id_to_piece, k=8, title="normal run", ax=left)
-viz.top_k_bars(ablated_logits[0, -1].softmax(-1), tokenizer.id_to_piece, k=8, title="block 0's MLP removed", ax=right)
+# [vocab] probabilities, cut to the ids the tokenizer has pieces for (some checkpoints have spare rows)
+probs = logits[0, -1].softmax(-1)[: tokenizer.vocab_size]
+ablated_probs = ablated_logits[0, -1].softmax(-1)[: tokenizer.vocab_size]
+viz.top_k_bars(probs, tokenizer.id_to_piece, k=8, title="normal run", ax=left)
+viz.top_k_bars(ablated_probs, tokenizer.id_to_piece, k=8, title="block 0's MLP removed", ax=right)
 display(fig)
 
 # %% [markdown]
@@ -240,7 +243,7 @@ check("run_with_head_ablated", run_with_head_ablated)
 # With that one move we can ask every head in turn: how much does the log-probability of the
 # model's prediction drop when this head is silenced? Below, the package's `interp.ablate_heads`
 # does the ablation (it is a context manager built on the same hook). That is one forward pass
-# per head: instant for the tiny model, a minute or so for a 2B model on a CPU.
+# per head: instant for the tiny model, a few minutes for a 2B model on a CPU.
 
 # %%
 log_probs = logits[0, -1].log_softmax(-1)

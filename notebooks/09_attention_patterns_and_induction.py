@@ -104,12 +104,14 @@ AttentionExplorer(model, tokenizer, text=prompt, layer=last_layer)
 #     <bos>, r_0, r_1, ..., r_{n-1}, r_0, r_1, ..., r_{n-1}        shape [batch, 1 + 2n]
 #
 # `interp.repeated_tokens` builds it. We keep `n` below the sliding window, so that local layers
-# can see the whole first copy too.
+# can see the whole first copy too, and draw ids the tokenizer can show (some checkpoints, such as
+# Gemma 3 4B, have more embedding rows than their tokenizer has pieces).
 
 # %%
 window = model.cfg.sliding_window or model.cfg.max_seq_len
 seq_len = min(20, window - 1)
-repeated = interp.repeated_tokens(model.cfg.vocab_size, seq_len, batch=4, seed=0, bos=tokenizer.bos_id)
+n_ids = min(model.cfg.vocab_size, tokenizer.vocab_size)
+repeated = interp.repeated_tokens(n_ids, seq_len, batch=4, seed=0, bos=tokenizer.bos_id)
 print("tokens:", tuple(repeated.shape), "= [batch, 1 + 2 * seq_len]")
 print("first row:", tokenizer.to_str_tokens(repeated[0])[: seq_len + 4], "...")
 

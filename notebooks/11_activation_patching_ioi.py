@@ -211,11 +211,13 @@ print(f"patching resid_pre of block {layer} at the S2 position ({s2_pos}): {floa
 #
 # The result is easiest to read normalised: 0 is the corrupted run, 1 the clean run, so a cell says
 # what fraction of the clean behaviour that one patch restores. That is `n_layers x pos` forward
-# passes: instant on the tiny model, about a minute for a 2B model on a CPU.
+# passes: instant on the tiny model, several minutes for a 2B model on a CPU (progress bars then
+# show how far it is).
 
 # %%
+show_progress = model.n_params() > 100_000_000  # only real models take long enough to need it
 by_pos = interp.patch_by_layer_pos(model, corrupted_tokens, clean_cache, ioi_metric,
-                                   activation="resid_pre", progress=False)  # [layer, pos]
+                                   activation="resid_pre", progress=show_progress)  # [layer, pos]
 assert torch.isclose(by_pos[layer, s2_pos], torch.as_tensor(float(patched)), atol=1e-4)
 gap = clean_diff - corrupted_diff
 restored = (by_pos - corrupted_diff) / gap if abs(gap) > 1e-6 else by_pos - corrupted_diff
@@ -239,7 +241,7 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 
 # %%
 by_head = interp.patch_by_head(model, corrupted_tokens, clean_cache, ioi_metric, activation="z",
-                               progress=False)  # [layer, head]
+                               progress=show_progress)  # [layer, head]
 restored_by_head = (by_head - corrupted_diff) / gap if abs(gap) > 1e-6 else by_head - corrupted_diff
 best_layer, best_head = divmod(int(restored_by_head.argmax()), model.cfg.n_heads)
 print(f"the head whose clean output restores most: layer {best_layer}, head {best_head} "
@@ -252,6 +254,7 @@ viz.patching_heatmap(restored_by_head, kind="layer x head",
 #
 # The `PatchingExplorer` widget runs both patching experiments for prompts you type. Try other
 # templates, other names (one token each), or a corrupted prompt that changes a different word.
+# (It runs both experiments when it is created: a while on a CPU with real weights.)
 
 # %%
 io, s = pairs[0]

@@ -202,7 +202,8 @@ prompt = "The capital of France is"
 tokens = torch.tensor([tokenizer.encode(prompt)])
 logits = model(tokens)
 print(repr(prompt), "->", repr(generate(model, prompt, tokenizer=tokenizer, max_new_tokens=8).text))
-viz.top_k_bars(logits[0, -1].float().softmax(-1), tokenizer.id_to_piece, k=10, title=f"next token after {prompt!r}")
+probs = logits[0, -1].float().softmax(-1)[: tokenizer.vocab_size]  # ids the tokenizer has pieces for
+viz.top_k_bars(probs, tokenizer.id_to_piece, k=10, title=f"next token after {prompt!r}")
 
 # %% [markdown]
 # Instruction-tuned (`-it`) checkpoints expect the chat format. The tokenizer renders it (the turn
