@@ -13,7 +13,10 @@ Covers each ``notebooks/NN_*.ipynb`` (whoever wrote it), in three modes:
   Gemma generation and with sizes different from the tiny model's, so a notebook that assumes
   tiny's sizes, layer count or vocabulary fails here.
 
-Plus: each ``.ipynb`` has its paired percent ``.py`` with the same cells, and stores no outputs.
+Plus, without running anything: each ``.ipynb`` has its paired percent ``.py`` with the same cells
+and stores no outputs; each opens the standard way (a Colab badge to itself, time and learning
+goals, a set-up cell that acts only on Colab, a cell where ``GEMMA_LAB_MODEL`` can be set); every
+exercise cell has its solution.
 
 A check reports on one line that starts with a marker (see ``gemma_lab.exercises``): ``✔`` passed,
 ``✘`` failed, ``○`` not attempted; the lines are counted in the executed notebook's outputs.
@@ -242,6 +245,22 @@ def test_there_are_lesson_notebooks():
 def test_pairs_agree_and_no_outputs_are_stored():
     problems = [p for p in check_notebook_pairs(NOTEBOOK_DIR)]
     assert not problems, "\n".join(problems)
+
+
+def test_every_lesson_has_the_standard_opening():
+    """Colab badge to itself, time and learning goals, a set-up cell that acts only on Colab, a config cell."""
+    for notebook in NOTEBOOKS:
+        cells = nbformat.read(notebook, as_version=4).cells
+        intro = cells[0].source
+        assert f"colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/{notebook.name}" in intro, (
+            f"{notebook.name}: the first cell has no Colab badge pointing to this notebook")
+        assert "**Time:**" in intro and "Learning goals" in intro, f"{notebook.name}: no time estimate or learning goals"
+        code = [cell.source for cell in cells if cell.cell_type == "code"]
+        setup = next((source for source in code if "google.colab" in source), "")
+        assert 'if "google.colab" in sys.modules:' in setup and "enable_custom_widget_manager()" in setup, (
+            f"{notebook.name}: no guarded Colab set-up cell enabling the custom widget manager")
+        assert any('os.environ["GEMMA_LAB_MODEL"]' in source for source in code), (
+            f"{notebook.name}: no configuration cell where GEMMA_LAB_MODEL can be set")
 
 
 def test_every_exercise_has_a_solution():
