@@ -88,7 +88,7 @@ def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None 
     if isinstance(kv_cache, numbers.Integral):
         kv_cache = KVCache.for_model(model, tokens.shape[0], int(kv_cache))
     with torch.no_grad():
-        logits = model(tokens, attention_mask=attention_mask, kv_cache=kv_cache)
+        logits = model(tokens, attention_mask=attention_mask, kv_cache=kv_cache, last_position_only=True)
     return logits[:, -1], kv_cache
 
 

@@ -255,13 +255,16 @@ class Gemma(HookedModule):
         self.setup_hooks()
 
     def forward(self, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                last_position_only: bool = False) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` for ``tokens [batch, pos]`` (a 1-D tensor is one sequence).
 
         attention_mask: ``[batch, pos]``, 0 (False) for left padding. Positions then count only real
             tokens, so a padded row gives the logits of the same row unpadded.
         positions: ``[batch, pos]`` absolute positions; by default continued from ``kv_cache``.
         kv_cache: keys/values of earlier tokens; this pass reads them and appends its own.
+        last_position_only: unembed only the last position (``[batch, 1, vocab]``): generation needs
+            nothing else, and on a 256k vocabulary the unembedding dominates a prompt pass.
         """
         tokens = self._check_tokens(tokens)
         valid = self._check_mask(attention_mask, tokens)
@@ -286,7 +289,10 @@ class Gemma(HookedModule):
         if kv_cache is not None:
             kv_cache.advance(valid)
 
-        logits = F.linear(self.ln_final(resid), weight)  # unembed with the embedding matrix itself
+        resid = self.ln_final(resid)
+        if last_position_only:
+            resid = resid[:, -1:]
+        logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
         return self.hook_logits(logits)

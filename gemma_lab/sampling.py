@@ -363,6 +363,13 @@ def sample(
     ``torch.multinomial`` from ``logits_to_probs(...)``, using ``generator`` (see
     ``make_generator``; it must live on the logits' device), so a fixed seed gives the same tokens.
     """
+    if temperature == 0:
+        # Greedy: the other filters cannot change the argmax, so skip building a one-hot
+        # distribution over the whole vocabulary (eight full-vocabulary passes per token).
+        SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)  # validate all the same
+        if repetition_penalty is not None:
+            logits = apply_repetition_penalty(logits, previous_tokens, repetition_penalty)
+        return logits.argmax(dim=-1)
     probs = logits_to_probs(
         logits,
         temperature=temperature,
@@ -372,8 +379,6 @@ def sample(
         repetition_penalty=repetition_penalty,
         previous_tokens=previous_tokens,
     )
-    if temperature == 0:
-        return probs.argmax(dim=-1)  # probs is one-hot on the greedy token
     rows = probs.reshape(-1, probs.shape[-1])  # multinomial takes at most 2 axes
     drawn = torch.multinomial(rows, num_samples=1, generator=generator)
     return drawn.reshape(probs.shape[:-1])

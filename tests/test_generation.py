@@ -133,7 +133,7 @@ def test_prefill_into_a_fresh_cache_equals_the_plain_forward_pass():
         tokens = random_tokens((2, 19), seed=family)
         with torch.no_grad():
             last, cache = prefill(model, tokens)
-            assert torch.allclose(last, model(tokens)[:, -1], rtol=0, atol=1e-6)
+            assert torch.allclose(last, model(tokens)[:, -1], rtol=1e-5, atol=1e-5)
         assert cache.length == 19 and cache.max_len == min(256, 19 + generation.DEFAULT_PREFILL_ROOM)
 
 
