@@ -70,7 +70,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     loaded: dict[str, torch.Tensor] = {}
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
-        for our_name, tensor, origin in source.tensors(config):
+        for our_name, tensor, origin in source.tensors(config, dtype):
             if our_name is None:
                 continue
             if our_name not in expected:
@@ -162,8 +162,12 @@ class _Source:
     def total_bytes(self) -> int:
         raise NotImplementedError
 
-    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
-        """(our name or None to skip, tensor, 'file: checkpoint name') for every tensor in the files."""
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+                ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        """(our name or None to skip, tensor, 'file: checkpoint name') for every tensor in the files.
+
+        ``dtype``: what the caller will convert to, so a source can release each original early.
+        """
         raise NotImplementedError
 
 
@@ -180,12 +184,13 @@ class _SafetensorsFolder(_Source):
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+                ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         from safetensors import SafetensorError, safe_open
 
         table = _hf_name_table(config)
-        embed: torch.Tensor | None = None
-        lm_head: tuple[torch.Tensor, str] | None = None
+        embed_at: tuple[Path, str] | None = None
+        lm_head_at: tuple[Path, str, str] | None = None
         for file in self.files:
             _check_safetensors_header(file)
             try:
@@ -194,23 +199,40 @@ class _SafetensorsFolder(_Source):
                         origin = f"{file}: tensor {name!r}"
                         if _NON_TEXT.match(name):
                             continue
-                        tensor = handle.get_tensor(name)
                         if name.endswith("lm_head.weight"):
-                            lm_head = (tensor, origin)
+                            lm_head_at = (file, name, origin)
                             continue
                         stripped = _strip_text_prefix(name)
                         ours = table.get(stripped) if stripped is not None else None
                         if ours is None:
                             raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
                         if ours == "embed.weight":
-                            embed = tensor
-                        yield ours, tensor, origin
+                            embed_at = (file, name)
+                        stored = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+                        if dtype is not None and stored != dtype:
+                            # Converting: read through a handle of its own, so the original's pages
+                            # are unmapped as soon as the converted copy exists (peak ~ model bytes).
+                            yield ours, _read_tensor(file, name), origin
+                        else:  # kept as stored: the parameter is the memory-mapped view itself
+                            yield ours, handle.get_tensor(name), origin
             except SafetensorError as exc:
                 raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
-        if lm_head is not None:  # Gemma ties the unembedding to the embedding: a separate copy must agree
-            tensor, origin = lm_head
-            if embed is None or tensor.shape != embed.shape or not torch.equal(tensor, embed):
+        if lm_head_at is not None:  # Gemma ties the unembedding to the embedding: a separate copy must agree
+            file, name, origin = lm_head_at
+            lm_head = _read_tensor(file, name)
+            embed = _read_tensor(*embed_at) if embed_at is not None else None
+            if embed is None or lm_head.shape != embed.shape or not torch.equal(lm_head, embed):
                 raise CheckpointError(f"{origin}: lm_head differs from embed_tokens; Gemma's unembedding is tied")
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def _read_tensor(file: Path, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.get_tensor(name)
 
 
 def _check_safetensors_header(file: Path) -> None:
@@ -266,7 +288,8 @@ class _GemmaPytorchCheckpoint(_Source):
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def tensors(self, config: GemmaConfig) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+                ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         table = _hf_name_table(config)
         q_rows = config.n_heads * config.d_head
         kv_rows = config.n_kv_heads * config.d_head
