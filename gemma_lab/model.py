@@ -291,8 +291,11 @@ class Gemma(HookedModule):
 
         resid = self.ln_final(resid)
         if last_position_only:
-            resid = resid[:, -1:]
-        logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
+            # Unembed the last row as a 2-D matrix: a [batch, 1, d_model] slice keeps the long
+            # stride of its parent, which sends torch 2.13's bf16 CPU matmul down a path ~50x slower.
+            logits = F.linear(resid[:, -1], weight)[:, None]
+        else:
+            logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
         return self.hook_logits(logits)
