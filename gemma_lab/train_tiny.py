@@ -130,16 +130,40 @@ def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTH
             yield tokenizer.encode(text) + [tokenizer.eos_id]
 
 
+def repeat_row(rng: random.Random, tokenizer, length: int) -> list[int]:
+    """One whole row of random token spans, each written twice: ``<bos> a b c a b c <bos> d e d e ...``.
+
+    Packed documents can be cut at a row boundary, losing a span's first copy; a row built whole
+    never is, so every second copy can be predicted, which is what induction heads are for.
+    """
+    low, high = len(corpus.SPECIAL_PIECES), tokenizer.vocab_size
+    row: list[int] = []
+    while len(row) < length:
+        room = (length - len(row) - 1) // 2
+        span = [rng.randrange(low, high) for _ in range(max(1, min(rng.randint(*RANDOM_SPAN_LENGTHS), room)))]
+        row += [tokenizer.bos_id, *span, *span]
+    return row[:length]
+
+
 def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS,
-            random_span_every: int = RANDOM_SPAN_EVERY):
-    """Endless ``[batch, seq_len + 1]`` rows cut from the packed stream (inputs and shifted targets)."""
+            random_span_every: int = RANDOM_SPAN_EVERY, repeat_rows: float = 0.0):
+    """Endless ``[batch, seq_len + 1]`` rows (inputs and shifted targets): cut from the packed stream,
+    or, with probability ``repeat_rows``, built whole from repeated random spans (``repeat_row``)."""
     buffer: list[int] = []
     row = seq_len + 1
-    for ids in token_stream(tokenizer, seed, split, keep_others, random_span_every):
-        buffer.extend(ids)
-        while len(buffer) >= row * batch_size:
-            chunk, buffer = buffer[: row * batch_size], buffer[row * batch_size :]
-            yield torch.tensor(chunk).view(batch_size, row)
+    stream = token_stream(tokenizer, seed, split, keep_others, random_span_every)
+    choose = random.Random(f"gemma_lab.train_tiny/rows/{split}/{seed}")
+    while True:
+        rows = []
+        for _ in range(batch_size):
+            if repeat_rows and choose.random() < repeat_rows:
+                rows.append(repeat_row(choose, tokenizer, row))
+                continue
+            while len(buffer) < row:
+                buffer.extend(next(stream))
+            rows.append(buffer[:row])
+            buffer = buffer[row:]
+        yield torch.tensor(rows)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -192,7 +216,7 @@ def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
             raise ValueError(f"{args.init_from} has vocab_size {cfg.vocab_size}, the tokenizer {tokenizer.vocab_size}")
     model.train()
     train_rows = batches(tokenizer, args.seed, "train", args.batch_size, args.seq_len, args.keep_others,
-                         args.random_span_every)
+                         args.random_span_every, args.repeat_rows)
     eval_rows = list(itertools.islice(batches(tokenizer, args.seed, "heldout", args.batch_size, args.seq_len),
                                       args.eval_batches))
 
@@ -320,7 +344,7 @@ def _stage_command(stage: dict, out_arg: str) -> str:
     if s.get("init_from"):
         command += f" --init-from {s['init_from']}"
     for flag, default in (("lr", 3e-3), ("keep_others", KEEP_OTHERS), ("random_span_every", RANDOM_SPAN_EVERY),
-                          ("warmup", 40), ("query_pre_attn_scalar", None)):
+                          ("warmup", 40), ("query_pre_attn_scalar", None), ("repeat_rows", 0.0)):
         if s.get(flag, default) != default:
             command += f" --{flag.replace('_', '-')} {s[flag]}"
     return command + out_arg
@@ -389,7 +413,8 @@ def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
         stage_text.append(
             f"* Stage {i + 1} ({start}, seed {ss['seed']}): peak learning rate {ss['lr']}, {st['warmup_steps']} warm-up "
             f"steps then cosine decay to 10 %, {ss.get('keep_others', KEEP_OTHERS):.0%} of the non-IOI/non-repeat "
-            f"documents kept, a random span every {ss.get('random_span_every', RANDOM_SPAN_EVERY)} documents, {st['steps_done']} of {st['steps_planned']} steps = {st['train_tokens']:,} tokens in "
+            f"documents kept, a random span every {ss.get('random_span_every', RANDOM_SPAN_EVERY)} documents, "
+            f"{ss.get('repeat_rows', 0.0):.0%} of rows built whole from repeated random spans, {st['steps_done']} of {st['steps_planned']} steps = {st['train_tokens']:,} tokens in "
             f"{st['train_seconds'] / 60:.1f} min ({st['tokens_per_second']:.0f} tokens/s)"
             f"{' - stopped early by the wall-clock limit' if st['stopped_early'] else ''}{sized}.")
     stage_text = "\n".join(stage_text)
@@ -583,6 +608,8 @@ def parse_args(argv=None):
                    help="one document in this many is a random token span written twice")
     p.add_argument("--keep-others", type=float, default=KEEP_OTHERS,
                    help="share of story/fact/sequence/chat documents kept (IOI and repeats are always kept)")
+    p.add_argument("--repeat-rows", type=float, default=0.0,
+                   help="share of rows built whole from random spans written twice (never cut by packing)")
     p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--grad-clip", type=float, default=1.0)

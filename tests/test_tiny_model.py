@@ -84,7 +84,6 @@ def test_copies_in_context(tiny, repeated):
     assert copying["second_copy"] < 0.3 * copying["first_copy"], copying
 
 
-@BELOW_TARGET
 def test_indirect_object_identification_on_heldout_prompts(tiny):
     model, tokenizer, _ = tiny
     ioi = tiny_eval.ioi_accuracy(model, tokenizer, n=200)
