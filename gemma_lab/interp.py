@@ -228,15 +228,7 @@ def ablate_heads(model: "Gemma", heads: Iterable[tuple[int, int]], *, mode: str 
     post-attention norm then rescales what the other heads wrote). Means are computed when the
     block is entered, by a forward pass over ``reference_tokens`` with the hooks active then.
     """
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    hooks = []
-    for layer, layer_heads in by_layer.items():
-        name = act_name("z", layer)
-        value = _ablation_value(model, name, mode, reference_tokens)
-        value = value if isinstance(value, float) else value[layer_heads]
-        hooks.append((name, head_ablation_hook(layer_heads, value)))
+    hooks = _ablation_hooks(model, heads, "z", head_ablation_hook, mode, reference_tokens)
     with model.hooks(fwd_hooks=hooks):
         yield model
 
@@ -246,17 +238,24 @@ def ablate_neurons(model: "Gemma", neurons: Iterable[tuple[int, int]], *, mode: 
                    reference_tokens: torch.Tensor | None = None) -> Iterator["Gemma"]:
     """Within the block, MLP neurons ``[(layer, neuron), ...]`` are set to 0 or their mean over
     ``reference_tokens``, at ``mlp.hook_post`` (the input of ``down_proj``)."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, neuron in neurons:
-        by_layer.setdefault(layer, []).append(neuron)
-    hooks = []
-    for layer, layer_neurons in by_layer.items():
-        name = act_name("post", layer)
-        value = _ablation_value(model, name, mode, reference_tokens)
-        value = value if isinstance(value, float) else value[layer_neurons]
-        hooks.append((name, neuron_ablation_hook(layer_neurons, value)))
+    hooks = _ablation_hooks(model, neurons, "post", neuron_ablation_hook, mode, reference_tokens)
     with model.hooks(fwd_hooks=hooks):
         yield model
+
+
+def _ablation_hooks(model: "Gemma", units: Iterable[tuple[int, int]], activation: str, make_hook,
+                    mode: str, reference_tokens: torch.Tensor | None) -> list:
+    """One hook per layer that sets the listed ``(layer, index)`` units of ``activation`` to 0 or their mean."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, index in units:
+        by_layer.setdefault(layer, []).append(index)
+    hooks = []
+    for layer, indices in by_layer.items():
+        name = act_name(activation, layer)
+        value = _ablation_value(model, name, mode, reference_tokens)
+        value = value if isinstance(value, float) else value[indices]
+        hooks.append((name, make_hook(indices, value)))
+    return hooks
 
 
 def _ablation_value(model: "Gemma", name: str, mode: str,
