@@ -42,6 +42,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "tiny-gemma"
 RANDOM_SPAN_EVERY = 20
 #: Lengths of those random spans: up to 110 so that induction works across most of the context.
 RANDOM_SPAN_LENGTHS = (8, 110)
+#: Share of the segments in a repeat row (``repeat_row``) that alternate two random tokens, and how
+#: many times such a pair is written.
+ALTERNATIONS = 0.5
+ALTERNATION_REPEATS = (4, 16)
+#: Share of training rows built whole by ``repeat_row`` (the rest are cut from packed documents).
+REPEAT_ROWS = 0.3
 #: Corpus kinds always trained on (IOI and repeated spans pay for the circuits the notebooks study);
 #: the others (stories, facts, sequences, chat) are kept with probability KEEP_OTHERS.
 KEEP_ALWAYS = ("ioi", "repeat")
@@ -66,6 +72,24 @@ def tiny_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads:
         sliding_window=sliding_window, layer_types=tuple(("local", "global")[i % 2] for i in range(n_layers)),
         rope_theta=1_000_000.0, rope_theta_local=10_000.0, rope_scale=1.0, name="tiny-gemma",
     )
+
+
+def damp_block_outputs(model: Gemma, gain: float) -> Gemma:
+    """Start every post-attention and post-MLP norm (Gemma 2/3's sandwich norms) at gain ``gain``.
+
+    Why: a post-norm rescales its block's output to RMS 1 whatever the weights, while the token
+    embedding enters the stream at RMS ``std * sqrt(d_model)`` (0.23 here). At gain 1, eight blocks
+    of random output bury which token sits where, and the circuits that need it (previous-token
+    and induction heads) sat on a loss plateau in every run we tried. A small starting gain, as
+    LayerScale does (Touvron et al., 2021, "Going deeper with Image Transformers"), keeps the
+    stream the token's until the blocks have something to say; the gains are trained like any other.
+    """
+    with torch.no_grad():
+        for block in model.blocks:
+            for norm in (block.ln1_post, block.ln2_post):
+                if norm is not None:
+                    norm.weight.fill_(gain - 1.0)  # Gemma stores norm gains as offsets from 1
+    return model
 
 
 def hf_config_dict(cfg: GemmaConfig, tokenizer) -> dict:
@@ -130,15 +154,23 @@ def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTH
             yield tokenizer.encode(text) + [tokenizer.eos_id]
 
 
-def repeat_row(rng: random.Random, tokenizer, length: int) -> list[int]:
-    """One whole row of random token spans, each written twice: ``<bos> a b c a b c <bos> d e d e ...``.
+def repeat_row(rng: random.Random, tokenizer, length: int, alternations: float = ALTERNATIONS) -> list[int]:
+    """One whole row of random-token segments, each after a ``<bos>``: ``<bos> a b c a b c <bos> x y x y ...``.
 
-    Packed documents can be cut at a row boundary, losing a span's first copy; a row built whole
-    never is, so every second copy can be predicted, which is what induction heads are for.
+    Most segments are a random span written twice (induction's job: find the earlier occurrence of
+    the current token and copy what came after it). A share ``alternations`` are two random tokens
+    alternating, where the next token is the one *before* the current one: copying it is exactly a
+    previous-token head's job, so that head forms early, and the induction head then composes with
+    it (it needs to know, at each key, which token came before). Packed documents can be cut at a
+    row boundary, losing a span's first copy; a row built whole never is.
     """
     low, high = len(corpus.SPECIAL_PIECES), tokenizer.vocab_size
     row: list[int] = []
     while len(row) < length:
+        if rng.random() < alternations:
+            pair = [rng.randrange(low, high), rng.randrange(low, high)]
+            row += [tokenizer.bos_id, *pair * rng.randint(*ALTERNATION_REPEATS)]
+            continue
         room = (length - len(row) - 1) // 2
         span = [rng.randrange(low, high) for _ in range(max(1, min(rng.randint(*RANDOM_SPAN_LENGTHS), room)))]
         row += [tokenizer.bos_id, *span, *span]
@@ -146,7 +178,8 @@ def repeat_row(rng: random.Random, tokenizer, length: int) -> list[int]:
 
 
 def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS,
-            random_span_every: int = RANDOM_SPAN_EVERY, repeat_rows: float = 0.0):
+            random_span_every: int = RANDOM_SPAN_EVERY, repeat_rows: float = 0.0,
+            alternations: float = ALTERNATIONS):
     """Endless ``[batch, seq_len + 1]`` rows (inputs and shifted targets): cut from the packed stream,
     or, with probability ``repeat_rows``, built whole from repeated random spans (``repeat_row``)."""
     buffer: list[int] = []
@@ -157,7 +190,7 @@ def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, kee
         rows = []
         for _ in range(batch_size):
             if repeat_rows and choose.random() < repeat_rows:
-                rows.append(repeat_row(choose, tokenizer, row))
+                rows.append(repeat_row(choose, tokenizer, row, alternations))
                 continue
             while len(buffer) < row:
                 buffer.extend(next(stream))
@@ -206,7 +239,7 @@ def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
     cfg = tiny_config(tokenizer.vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
                       n_kv_heads=args.n_kv_heads, d_mlp=args.d_mlp, seq_len=args.seq_len,
                       sliding_window=args.sliding_window, query_pre_attn_scalar=args.query_pre_attn_scalar)
-    model = init_weights(Gemma(cfg), seed=args.seed, std=0.02)
+    model = damp_block_outputs(init_weights(Gemma(cfg), seed=args.seed, std=0.02), args.post_norm_gain)
     if args.init_from is not None:  # a second stage: continue from an earlier run's weights
         from gemma_lab.loading import load_pretrained
 
@@ -216,7 +249,7 @@ def train(args, tokenizer, out: Path) -> tuple[Gemma, dict]:
             raise ValueError(f"{args.init_from} has vocab_size {cfg.vocab_size}, the tokenizer {tokenizer.vocab_size}")
     model.train()
     train_rows = batches(tokenizer, args.seed, "train", args.batch_size, args.seq_len, args.keep_others,
-                         args.random_span_every, args.repeat_rows)
+                         args.random_span_every, args.repeat_rows, args.alternations)
     eval_rows = list(itertools.islice(batches(tokenizer, args.seed, "heldout", args.batch_size, args.seq_len),
                                       args.eval_batches))
 
@@ -344,7 +377,8 @@ def _stage_command(stage: dict, out_arg: str) -> str:
     if s.get("init_from"):
         command += f" --init-from {s['init_from']}"
     for flag, default in (("lr", 3e-3), ("keep_others", KEEP_OTHERS), ("random_span_every", RANDOM_SPAN_EVERY),
-                          ("warmup", 40), ("query_pre_attn_scalar", None), ("repeat_rows", 0.0)):
+                          ("warmup", 40), ("query_pre_attn_scalar", None), ("repeat_rows", REPEAT_ROWS),
+                          ("post_norm_gain", 0.1), ("alternations", ALTERNATIONS)):
         if s.get(flag, default) != default:
             command += f" --{flag.replace('_', '-')} {s[flag]}"
     return command + out_arg
@@ -410,11 +444,16 @@ def write_model_card(out: Path, log: dict, figures: dict, stats: dict) -> None:
         sized = (f"; sized with `--minutes {ss['minutes']}`, which timed the {st['warmup_steps']} warm-up steps "
                  f"({st['probe_seconds_per_step']:.2f} s/step) and fixed {st['steps_planned']} steps"
                  if st.get("probe_seconds_per_step") else "")
+        # A later stage starts from the earlier weights, so its --post-norm-gain did nothing.
+        init_text = "" if ss.get("init_from") else f"post-norm gains starting at {ss.get('post_norm_gain', 1.0)}, "
         stage_text.append(
             f"* Stage {i + 1} ({start}, seed {ss['seed']}): peak learning rate {ss['lr']}, {st['warmup_steps']} warm-up "
             f"steps then cosine decay to 10 %, {ss.get('keep_others', KEEP_OTHERS):.0%} of the non-IOI/non-repeat "
             f"documents kept, a random span every {ss.get('random_span_every', RANDOM_SPAN_EVERY)} documents, "
-            f"{ss.get('repeat_rows', 0.0):.0%} of rows built whole from repeated random spans, {st['steps_done']} of {st['steps_planned']} steps = {st['train_tokens']:,} tokens in "
+            f"{ss.get('repeat_rows', 0.0):.0%} of rows built whole from random-token segments "
+            f"({ss.get('alternations', 0.0):.0%} of them alternating pairs), "
+            f"{init_text}"
+            f"{st['steps_done']} of {st['steps_planned']} steps = {st['train_tokens']:,} tokens in "
             f"{st['train_seconds'] / 60:.1f} min ({st['tokens_per_second']:.0f} tokens/s)"
             f"{' - stopped early by the wall-clock limit' if st['stopped_early'] else ''}{sized}.")
     stage_text = "\n".join(stage_text)
@@ -491,7 +530,12 @@ The training loop keeps every {' and '.join(KEEP_ALWAYS)} document but only {s.g
 training mix leans further toward the circuits the notebooks study), packs `<bos> document <eos>` into
 rows of {s['seq_len']} tokens and, in one document in {RANDOM_SPAN_EVERY}, writes instead a span of {RANDOM_SPAN_LENGTHS[0]}-{RANDOM_SPAN_LENGTHS[1]} uniformly
 random token ids twice: text alone never shows most of the vocabulary in random order, and that is
-exactly where induction is measured. The **held-out split** (`split="heldout"`) uses name pairs that
+exactly where induction is measured. Besides, {s.get('repeat_rows', 0.0):.0%} of the rows are built whole
+from random-token segments, each after a `<bos>` (`repeat_row`): a random span of
+{RANDOM_SPAN_LENGTHS[0]}-{RANDOM_SPAN_LENGTHS[1]} ids written twice, or (in {s.get('alternations', 0.0):.0%} of the segments) two random ids
+alternating {ALTERNATION_REPEATS[0]}-{ALTERNATION_REPEATS[1]} times, `x y x y ...`. In an alternation the next token is the one
+before the current one, so copying it is a previous-token head's whole job; that head forms first,
+and the induction head composes with it. The **held-out split** (`split="heldout"`) uses name pairs that
 never share a training document (about one pair in five, chosen by a hash) and, for half of its IOI
 prompts, sentence frames never used in training; held-out loss and IOI accuracy are measured on it.
 
@@ -512,6 +556,7 @@ then 256 byte pieces; byte fallback, digits split, no dummy prefix), trained on 
 | context | {cfg['max_seq_len']} tokens, sliding window {cfg['sliding_window']} | documents are under ~110 tokens; the window still cuts off on long inputs so local and global layers differ |
 | RoPE | base {cfg['rope_theta']:,.0f} global, {cfg['rope_theta_local']:,.0f} local | Gemma 3's two bases |
 | query_pre_attn_scalar | {cfg['query_pre_attn_scalar']} | = d_head |
+| initialisation | matrices normal(0, 0.02); pre-norm and q/k-norm gains 1; post-attention and post-MLP norm gains {s.get('post_norm_gain', 1.0)} | a post-norm rescales its block's output to RMS 1 whatever the weights, while the embedding enters at RMS 0.02 x sqrt(d_model) = {0.02 * cfg['d_model'] ** 0.5:.2f}; at gain 1 the blocks' random output buries which token sits where, which the induction circuit needs (see below); LayerScale-style small gains fix that, and training moves them |
 | vocabulary | {cfg['vocab_size']} | every name, place, object and most capitals are one token |
 | parameters | {log['n_params']:,} (tied embedding counted once) | {log['n_params'] * 4 / 2**20:.1f} MiB in fp32 |
 
@@ -566,8 +611,8 @@ of France is" -> " Paris"): **{_pct(facts['accuracy'])}** ({topics}).
 
 ## Targets
 
-The issue that asked for this model set these bars; `tests/test_tiny_model.py` checks them (as
-expected failures while they are not met).
+The issue that asked for this model set these bars; `tests/test_tiny_model.py` asserts them on the
+shipped weights.
 
 | target | bar | measured | met |
 |---|---|---|---|
@@ -600,6 +645,8 @@ def parse_args(argv=None):
     p.add_argument("--query-pre-attn-scalar", type=float, default=None,
                    help="scores are scaled by this**-0.5 (default d_head); smaller = sharper attention")
     p.add_argument("--sliding-window", type=int, default=128)
+    p.add_argument("--post-norm-gain", type=float, default=0.1,
+                   help="starting gain of the post-attention/post-MLP norms (see damp_block_outputs)")
     p.add_argument("--vocab-size", type=int, default=corpus.DEFAULT_VOCAB_SIZE)
     p.add_argument("--tokenizer-docs", type=int, default=20_000, help="documents the tokenizer is trained on")
     p.add_argument("--batch-size", type=int, default=8)
@@ -608,8 +655,10 @@ def parse_args(argv=None):
                    help="one document in this many is a random token span written twice")
     p.add_argument("--keep-others", type=float, default=KEEP_OTHERS,
                    help="share of story/fact/sequence/chat documents kept (IOI and repeats are always kept)")
-    p.add_argument("--repeat-rows", type=float, default=0.0,
-                   help="share of rows built whole from random spans written twice (never cut by packing)")
+    p.add_argument("--repeat-rows", type=float, default=REPEAT_ROWS,
+                   help="share of rows built whole from random-token segments (repeat_row; never cut by packing)")
+    p.add_argument("--alternations", type=float, default=ALTERNATIONS,
+                   help="share of repeat-row segments that alternate two random tokens (x y x y ...)")
     p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--grad-clip", type=float, default=1.0)

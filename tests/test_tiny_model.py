@@ -132,3 +132,45 @@ def test_training_script_runs(tmp_path):
     model = gemma_lab.load_pretrained(out)
     assert model.cfg.d_model == 32 and model.cfg.vocab_size == 512
     assert "--steps 3" in (out / "README.md").read_text()
+
+
+def _segments(row: list[int], bos: int) -> list[list[int]]:
+    """The ``<bos>``-separated segments of a row (the first starts at index 0)."""
+    assert row[0] == bos
+    cuts = [i for i, t in enumerate(row) if t == bos] + [len(row)]
+    return [row[a + 1 : b] for a, b in zip(cuts, cuts[1:])]
+
+
+def test_repeat_rows_hold_spans_written_twice_and_alternating_pairs(tiny):
+    import random
+
+    _, tokenizer, _ = tiny
+    rng = random.Random(0)
+    kinds = {"span": 0, "alternation": 0}
+    for _ in range(50):
+        row = train_tiny.repeat_row(rng, tokenizer, 257, alternations=0.5)
+        assert len(row) == 257
+        *whole, last = _segments(row, tokenizer.bos_id)  # the last segment may be cut by the row's end
+        for segment in whole:
+            assert min(segment) >= 8, "random segments never hold control tokens"
+            half = len(segment) // 2
+            if len(segment) >= 8 and segment[:2] * (len(segment) // 2) == segment and segment[0] != segment[1]:
+                kinds["alternation"] += 1
+            else:
+                assert segment[:half] == segment[half:], "a span is written twice"
+                kinds["span"] += 1
+    assert kinds["span"] > 10 and kinds["alternation"] > 10, kinds
+    only_spans = train_tiny.repeat_row(random.Random(1), tokenizer, 257, alternations=0.0)
+    for segment in _segments(only_spans, tokenizer.bos_id)[:-1]:
+        assert segment[: len(segment) // 2] == segment[len(segment) // 2 :]
+
+
+def test_damp_block_outputs_sets_only_the_post_norm_gains():
+    model = gemma_lab.init_weights(gemma_lab.Gemma(gemma_lab.GemmaConfig.from_preset("test-gemma3")), seed=0)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    train_tiny.damp_block_outputs(model, 0.1)
+    for name, param in model.named_parameters():
+        if "_post" in name:
+            torch.testing.assert_close(1 + param, torch.full_like(param, 0.1))  # stored as offsets from 1
+        else:
+            assert torch.equal(param, before[name]), name
