@@ -7,8 +7,10 @@ Steps, in order:
 1. Train a Gemma-style SentencePiece tokenizer on the first documents of the synthetic corpus
    (``gemma_lab.corpus``) and write ``tokenizer.model``.
 2. Train ``gemma_lab.Gemma`` (the package's own model code) with AdamW, linear warm-up then cosine
-   decay, on 256-token rows packed from corpus documents (``<bos>`` text ``<eos>``) plus spans of
-   random token ids written twice, which teach previous-token and induction heads on any token.
+   decay, on 256-token rows packed from corpus documents (``<bos>`` text ``<eos>``) plus rows of
+   random-token segments (``repeat_row``: spans written twice, and alternating pairs), which teach
+   previous-token and induction heads on any token. The post-attention and post-MLP norms start at
+   a small gain (``damp_block_outputs``), without which those heads never formed in our budget.
    The data order is a function of the seed alone; a held-out split is scored periodically.
 3. Write the checkpoint in transformers' layout (``config.json`` of a ``Gemma3ForCausalLM``,
    ``model.safetensors`` under transformers' tensor names), ``loss_curve.png``, ``train_log.json``,
@@ -181,7 +183,7 @@ def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, kee
             random_span_every: int = RANDOM_SPAN_EVERY, repeat_rows: float = 0.0,
             alternations: float = ALTERNATIONS):
     """Endless ``[batch, seq_len + 1]`` rows (inputs and shifted targets): cut from the packed stream,
-    or, with probability ``repeat_rows``, built whole from repeated random spans (``repeat_row``)."""
+    or, with probability ``repeat_rows``, built whole from random-token segments (``repeat_row``)."""
     buffer: list[int] = []
     row = seq_len + 1
     stream = token_stream(tokenizer, seed, split, keep_others, random_span_every)
@@ -530,7 +532,7 @@ The training loop keeps every {' and '.join(KEEP_ALWAYS)} document but only {s.g
 training mix leans further toward the circuits the notebooks study), packs `<bos> document <eos>` into
 rows of {s['seq_len']} tokens and, in one document in {RANDOM_SPAN_EVERY}, writes instead a span of {RANDOM_SPAN_LENGTHS[0]}-{RANDOM_SPAN_LENGTHS[1]} uniformly
 random token ids twice: text alone never shows most of the vocabulary in random order, and that is
-exactly where induction is measured. Besides, {s.get('repeat_rows', 0.0):.0%} of the rows are built whole
+exactly where induction is measured. Besides, some rows (the share per stage is under Training) are built whole
 from random-token segments, each after a `<bos>` (`repeat_row`): a random span of
 {RANDOM_SPAN_LENGTHS[0]}-{RANDOM_SPAN_LENGTHS[1]} ids written twice, or (in {s.get('alternations', 0.0):.0%} of the segments) two random ids
 alternating {ALTERNATION_REPEATS[0]}-{ALTERNATION_REPEATS[1]} times, `x y x y ...`. In an alternation the next token is the one
@@ -556,7 +558,7 @@ then 256 byte pieces; byte fallback, digits split, no dummy prefix), trained on 
 | context | {cfg['max_seq_len']} tokens, sliding window {cfg['sliding_window']} | documents are under ~110 tokens; the window still cuts off on long inputs so local and global layers differ |
 | RoPE | base {cfg['rope_theta']:,.0f} global, {cfg['rope_theta_local']:,.0f} local | Gemma 3's two bases |
 | query_pre_attn_scalar | {cfg['query_pre_attn_scalar']} | = d_head |
-| initialisation | matrices normal(0, 0.02); pre-norm and q/k-norm gains 1; post-attention and post-MLP norm gains {s.get('post_norm_gain', 1.0)} | a post-norm rescales its block's output to RMS 1 whatever the weights, while the embedding enters at RMS 0.02 x sqrt(d_model) = {0.02 * cfg['d_model'] ** 0.5:.2f}; at gain 1 the blocks' random output buries which token sits where, which the induction circuit needs (see below); LayerScale-style small gains fix that, and training moves them |
+| initialisation | matrices normal(0, 0.02); pre-norm and q/k-norm gains 1; post-attention and post-MLP norm gains {s.get('post_norm_gain', 1.0)} | a post-norm rescales its block's output to RMS 1 whatever the weights, while the embedding enters at RMS 0.02 x sqrt(d_model) = {0.02 * cfg['d_model'] ** 0.5:.2f}; at gain 1 the blocks' random output buries which token sits where, which the induction circuit needs; LayerScale-style small gains fix that, and training moves them (docs/teaching.md, "How the tiny model got its induction heads", has the side-by-side runs) |
 | vocabulary | {cfg['vocab_size']} | every name, place, object and most capitals are one token |
 | parameters | {log['n_params']:,} (tied embedding counted once) | {log['n_params'] * 4 / 2**20:.1f} MiB in fp32 |
 
