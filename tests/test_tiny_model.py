@@ -7,6 +7,7 @@ script keeps working. The thresholds here are the issue's; the card reports the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -153,7 +154,7 @@ def _segments(row: list[int], bos: int) -> list[list[int]]:
     """The ``<bos>``-separated segments of a row (the first starts at index 0)."""
     assert row[0] == bos
     cuts = [i for i, t in enumerate(row) if t == bos] + [len(row)]
-    return [row[a + 1 : b] for a, b in zip(cuts, cuts[1:])]
+    return [row[a + 1 : b] for a, b in itertools.pairwise(cuts)]
 
 
 def test_repeat_rows_hold_spans_written_twice_and_alternating_pairs(tiny):
