@@ -50,6 +50,8 @@ ALTERNATIONS = 0.5
 ALTERNATION_REPEATS = (4, 16)
 #: Share of training rows built whole by ``repeat_row`` (the rest are cut from packed documents).
 REPEAT_ROWS = 0.3
+#: Starting gain of the post-attention and post-MLP norms (``damp_block_outputs``).
+POST_NORM_GAIN = 0.1
 #: Corpus kinds always trained on (IOI and repeated spans pay for the circuits the notebooks study);
 #: the others (stories, facts, sequences, chat) are kept with probability KEEP_OTHERS.
 KEEP_ALWAYS = ("ioi", "repeat")
@@ -380,7 +382,7 @@ def _stage_command(stage: dict, out_arg: str) -> str:
         command += f" --init-from {s['init_from']}"
     for flag, default in (("lr", 3e-3), ("keep_others", KEEP_OTHERS), ("random_span_every", RANDOM_SPAN_EVERY),
                           ("warmup", 40), ("query_pre_attn_scalar", None), ("repeat_rows", REPEAT_ROWS),
-                          ("post_norm_gain", 0.1), ("alternations", ALTERNATIONS)):
+                          ("post_norm_gain", POST_NORM_GAIN), ("alternations", ALTERNATIONS)):
         if s.get(flag, default) != default:
             command += f" --{flag.replace('_', '-')} {s[flag]}"
     return command + out_arg
@@ -572,7 +574,8 @@ whose threads kept waiting for each other). In all {total_tokens:,} tokens in {m
 {stage_text}
 
 Held-out loss every {s['eval_every']} steps on {s['eval_batches']} x {s['batch_size']} held-out rows, and
-held-out IOI accuracy on {s['ioi_prompts']} prompts (green in the curve).
+held-out IOI accuracy on {s['ioi_prompts']} prompts (green in the curve). Each stage draws its held-out
+rows with its own seed, so the held-out loss can step at a stage boundary: compare it within a stage.
 
 Final held-out loss: **{ev['heldout_loss'][-1]:.3f}** nats/token (train loss, mean of the last 20 steps:
 {sum(log['history']['train_loss'][-20:]) / len(log['history']['train_loss'][-20:]):.3f}).
@@ -647,7 +650,7 @@ def parse_args(argv=None):
     p.add_argument("--query-pre-attn-scalar", type=float, default=None,
                    help="scores are scaled by this**-0.5 (default d_head); smaller = sharper attention")
     p.add_argument("--sliding-window", type=int, default=128)
-    p.add_argument("--post-norm-gain", type=float, default=0.1,
+    p.add_argument("--post-norm-gain", type=float, default=POST_NORM_GAIN,
                    help="starting gain of the post-attention/post-MLP norms (see damp_block_outputs)")
     p.add_argument("--vocab-size", type=int, default=corpus.DEFAULT_VOCAB_SIZE)
     p.add_argument("--tokenizer-docs", type=int, default=20_000, help="documents the tokenizer is trained on")
