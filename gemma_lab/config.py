@@ -1,4 +1,4 @@
-"""GemmaConfig: every number that shapes a Gemma 1, 2 or 3 text model, in one frozen dataclass.
+"""GemmaConfig: every number that shapes a Gemma 1, 2, 3 or 4 text model, in one frozen dataclass.
 
 Presets reproduce the published architectures (figures from Google's model cards and the configs
 shipped with the checkpoints; see ``docs/architecture.md``). ``GemmaConfig.from_hf`` reads a
@@ -24,7 +24,7 @@ GLOBAL, LOCAL = "global", "local"
 class GemmaConfig:
     """The architecture of one Gemma text model (no weights, no tokenizer, no file paths)."""
 
-    family: int  # Gemma generation: 1 (Gemma, 1.1, CodeGemma), 2 or 3
+    family: int  # Gemma generation: 1 (Gemma, 1.1, CodeGemma), 2, 3 or 4
     vocab_size: int  # rows of the (tied) embedding matrix
     d_model: int  # width of the residual stream
     n_layers: int  # transformer blocks
@@ -45,6 +45,18 @@ class GemmaConfig:
     rope_theta: float = 10_000.0  # RoPE base on global layers
     rope_theta_local: float = 10_000.0  # RoPE base on local (sliding-window) layers
     rope_scale: float = 1.0  # linear position interpolation on global layers (Gemma 3 4B+: 8)
+    # ---- Gemma 4 (all off by default: Gemma 1-3 never see them) ----
+    d_head_global: int | None = None  # Gemma 4: head width on global layers (512; None: d_head)
+    n_kv_heads_global: int | None = None  # Gemma 4 K=V models: kv heads on global layers (None: n_kv_heads)
+    rope_fraction_global: float = 1.0  # Gemma 4 "proportional" RoPE: share of a global head that rotates
+    k_eq_v: bool = False  # Gemma 4 (31B, 26B-A4B): global layers have no v_proj; values are the keys' projection
+    n_kv_shared_layers: int = 0  # Gemma 4 E2B/E4B: the last layers reuse another layer's keys and values
+    double_wide_mlp: bool = False  # Gemma 4 E2B: the KV-shared layers have an MLP twice as wide
+    d_per_layer: int = 0  # Gemma 4 E2B/E4B: width of the per-layer embeddings (PLE); 0 = none
+    vocab_per_layer: int = 0  # rows of the per-layer embedding table
+    n_experts: int = 0  # Gemma 4 26B-A4B: experts per layer (mixture of experts beside the MLP); 0 = none
+    n_experts_active: int = 0  # experts each token is routed to (top-k)
+    d_expert: int = 0  # width of one branch of one expert's GeGLU
     name: str = ""  # preset or checkpoint this config came from, for display only
 
     def __post_init__(self) -> None:
@@ -54,8 +66,8 @@ class GemmaConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.family not in (1, 2, 3):
-            raise ValueError(f"GemmaConfig.family must be 1, 2 or 3, got {self.family!r}")
+        if self.family not in (1, 2, 3, 4):
+            raise ValueError(f"GemmaConfig.family must be 1, 2, 3 or 4, got {self.family!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp",
                      "max_seq_len"):
             value = getattr(self, name)
@@ -80,6 +92,38 @@ class GemmaConfig:
             raise ValueError(f"GemmaConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
         if self.rope_scale <= 0:
             raise ValueError(f"GemmaConfig.rope_scale must be positive, got {self.rope_scale}")
+        self._validate_gemma4()
+
+    def _validate_gemma4(self) -> None:
+        gemma4_only = dict(d_head_global=self.d_head_global, n_kv_heads_global=self.n_kv_heads_global,
+                           k_eq_v=self.k_eq_v, n_kv_shared_layers=self.n_kv_shared_layers,
+                           double_wide_mlp=self.double_wide_mlp, d_per_layer=self.d_per_layer,
+                           n_experts=self.n_experts, rope_fraction_global=self.rope_fraction_global != 1.0)
+        used = [name for name, value in gemma4_only.items() if value]
+        if used and self.family != 4:
+            raise ValueError(f"GemmaConfig.{used[0]} is a Gemma 4 feature; family is {self.family}")
+        if not 0 < self.rope_fraction_global <= 1:
+            raise ValueError(f"GemmaConfig.rope_fraction_global must be in (0, 1], got {self.rope_fraction_global}")
+        for name in ("d_head_global", "n_kv_heads_global"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1 or (name == "d_head_global" and value % 2)):
+                raise ValueError(f"GemmaConfig.{name} must be a positive (even) integer or None, got {value!r}")
+        if self.n_heads % self.n_kv_heads_for(self.n_layers - 1 if GLOBAL in self.layer_types else 0):
+            raise ValueError(f"GemmaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads_global "
+                             f"({self.n_kv_heads_global})")
+        if not 0 <= self.n_kv_shared_layers < self.n_layers:
+            raise ValueError(f"GemmaConfig.n_kv_shared_layers must be in [0, n_layers), got {self.n_kv_shared_layers}")
+        if self.n_kv_shared_layers:
+            producers = set(self.layer_types[: self.n_layers - self.n_kv_shared_layers])
+            consumers = set(self.layer_types[self.n_layers - self.n_kv_shared_layers:])
+            if not consumers <= producers:
+                raise ValueError("GemmaConfig: a KV-shared layer has no earlier non-shared layer of its kind "
+                                 f"({sorted(consumers - producers)}) to read keys and values from")
+        if self.d_per_layer and self.vocab_per_layer < 1:
+            raise ValueError("GemmaConfig.d_per_layer is set but vocab_per_layer is not")
+        if self.n_experts and not (0 < self.n_experts_active <= self.n_experts and self.d_expert > 0):
+            raise ValueError(f"GemmaConfig: {self.n_experts} experts need 0 < n_experts_active <= n_experts "
+                             f"and d_expert > 0 (got {self.n_experts_active}, {self.d_expert})")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -96,8 +140,18 @@ class GemmaConfig:
 
     @property
     def attn_scale(self) -> float:
-        """Factor applied to q.k: ``query_pre_attn_scalar ** -0.5`` (Gemma 1: ``d_head ** -0.5``)."""
+        """Factor applied to q.k: ``query_pre_attn_scalar ** -0.5`` (Gemma 1: ``d_head ** -0.5``).
+
+        Gemma 4: 1.0. Its q_norm and k_norm gains are learned with the scale folded in.
+        """
+        if self.family == 4:
+            return 1.0
         return (self.query_pre_attn_scalar or self.d_head) ** -0.5
+
+    @property
+    def norm_gain_offset(self) -> bool:
+        """True when RMSNorm gains are stored as offsets from 1 (``1 + w``, Gemma 1-3); Gemma 4 stores ``w``."""
+        return self.family < 4
 
     @property
     def embed_scale(self) -> float:
@@ -114,12 +168,73 @@ class GemmaConfig:
             return self.rope_theta_local, 1.0
         return self.rope_theta, self.rope_scale
 
+    # ---- per-layer shapes (they differ between layers only in Gemma 4) ----------------------
+    def d_head_for(self, layer: int) -> int:
+        """Head width on ``layer``: Gemma 4's global layers have wider heads (``d_head_global``)."""
+        if self.d_head_global is not None and not self.is_local(layer):
+            return self.d_head_global
+        return self.d_head
+
+    def n_kv_heads_for(self, layer: int) -> int:
+        """Key/value heads on ``layer`` (Gemma 4 K=V models have fewer on global layers)."""
+        if self.n_kv_heads_global is not None and not self.is_local(layer):
+            return self.n_kv_heads_global
+        return self.n_kv_heads
+
+    def rope_fraction_for(self, layer: int) -> float:
+        """Share of each head's dimensions that RoPE rotates on ``layer`` (Gemma 4 global: 0.25)."""
+        return 1.0 if self.is_local(layer) else self.rope_fraction_global
+
+    def has_v_proj(self, layer: int) -> bool:
+        """False on Gemma 4 K=V global layers, whose values come from the key projection."""
+        return not (self.k_eq_v and not self.is_local(layer))
+
+    def kv_source(self, layer: int) -> int:
+        """The layer whose keys and values ``layer`` attends to: itself, or for Gemma 4's KV-shared
+        layers (the last ``n_kv_shared_layers``) the last non-shared layer of the same kind."""
+        first_shared = self.n_layers - self.n_kv_shared_layers
+        if layer < first_shared:
+            return layer
+        return max(i for i in range(first_shared) if self.layer_types[i] == self.layer_types[layer])
+
+    def is_kv_shared(self, layer: int) -> bool:
+        return self.kv_source(layer) != layer
+
+    def d_mlp_for(self, layer: int) -> int:
+        """MLP width on ``layer``: doubled on Gemma 4 E2B's KV-shared layers (``double_wide_mlp``)."""
+        return self.d_mlp * (2 if self.double_wide_mlp and self.is_kv_shared(layer) else 1)
+
+    def kv_numbers_per_token(self) -> int:
+        """Numbers the KV cache holds per token per layer, summed over the layers that store keys
+        and values (KV-shared layers store nothing; K=V layers store values anyway, see kv_cache)."""
+        return sum(2 * self.n_kv_heads_for(layer) * self.d_head_for(layer)
+                   for layer in range(self.n_layers) if not self.is_kv_shared(layer))
+
     def n_params(self) -> int:
         """Parameter count with the tied embedding counted once (matches published figures)."""
+        if self.family == 4:
+            return self._n_params_gemma4()
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.d_model * self.d_mlp
         norms = self.d_model * (4 if self.sandwich_norms else 2) + (2 * self.d_head if self.qk_norm else 0)
         return self.vocab_size * self.d_model + self.n_layers * (attn + mlp + norms) + self.d_model
+
+    def _n_params_gemma4(self) -> int:
+        total = self.vocab_size * self.d_model + self.d_model  # tied embedding, final norm
+        if self.d_per_layer:  # per-layer embedding table, its projection from the stream, its norm
+            width = self.n_layers * self.d_per_layer
+            total += self.vocab_per_layer * width + self.d_model * width + self.d_per_layer
+            total += self.n_layers * (2 * self.d_model * self.d_per_layer + self.d_model)
+        for layer in range(self.n_layers):
+            d_head, n_kv = self.d_head_for(layer), self.n_kv_heads_for(layer)
+            total += 2 * self.d_model * self.n_heads * d_head + d_head  # q_proj, o_proj, q_norm
+            if not self.is_kv_shared(layer):
+                total += self.d_model * n_kv * d_head * (2 if self.has_v_proj(layer) else 1) + d_head
+            total += 3 * self.d_model * self.d_mlp_for(layer) + 4 * self.d_model
+            if self.n_experts:  # router (proj, scale, per-expert scale), experts, three more norms
+                total += self.d_model * self.n_experts + self.d_model + self.n_experts
+                total += 3 * self.n_experts * self.d_model * self.d_expert + 3 * self.d_model
+        return total
 
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (layer_types is rebuilt when n_layers changes)."""
@@ -180,6 +295,8 @@ _MULTIMODAL = {"gemma3"}  # top-level model_type whose text tower sits under tex
 
 def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
     model_type = d.get("model_type")
+    if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
+        return _gemma4_config_from_hf(d, source)
     if model_type in _MULTIMODAL:
         text = dict(d.get("text_config") or {})
         text.setdefault("model_type", "gemma3_text")
@@ -188,7 +305,8 @@ def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
     if model_type not in _FAMILY:
         raise ValueError(
             f"{source}: model_type {model_type!r} is not a Gemma text model "
-            f"(supported: gemma, gemma2, gemma3_text, gemma3); architectures={d.get('architectures')}"
+            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma4_text, gemma4); "
+            f"architectures={d.get('architectures')}"
         )
     family = _FAMILY[model_type]
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
@@ -254,7 +372,10 @@ def _layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ..
         return (GLOBAL,) * n_layers
     if family == 2:
         return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(n_layers))
-    return tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
+    types = tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
+    if family == 4:  # Gemma 4 forces its last layer global
+        types = types[:-1] + (GLOBAL,)
+    return types
 
 
 def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
@@ -286,6 +407,117 @@ def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
     raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
 
 
+# ---- Gemma 4 config.json (model_type gemma4_text, or gemma4 with the text tower under text_config) ----
+
+_GEMMA4_TYPES = {"gemma4_text", "gemma4"}
+# Gemma4TextConfig's defaults (transformers 5.24): save_pretrained leaves out keys that equal them.
+_GEMMA4_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+    rms_norm_eps=1e-6, sliding_window=512, final_logit_softcapping=None, vocab_size_per_layer_input=262144,
+    hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
+    use_double_wide_mlp=False, num_experts=None, top_k_experts=None, moe_intermediate_size=None,
+    global_head_dim=512, num_global_key_value_heads=None, use_bidirectional_attention=None,
+)
+_GEMMA4_ROPE_DEFAULTS = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                            "rope_theta": 1_000_000.0}}
+
+
+def _gemma4_config_from_hf(d: dict[str, Any], source: str) -> GemmaConfig:
+    if d.get("model_type") == "gemma4":  # multimodal: the text tower's config sits under text_config
+        d = dict(d.get("text_config") or {})
+    given = {k: v for k, v in d.items() if v is not None or k == "final_logit_softcapping"}
+    d = {**_GEMMA4_DEFAULTS, **given}
+    if d["use_bidirectional_attention"] == "all":
+        raise ValueError(f"{source}: use_bidirectional_attention='all' (a non-causal Gemma 4) is not supported")
+    # ("vision" makes image tokens attend both ways; text-only runs are causal, as here.)
+    if d["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_accurate"):
+        raise ValueError(f"{source}: unsupported activation {d['hidden_activation']!r} (Gemma 4 uses tanh GELU)")
+    n_layers = int(d["num_hidden_layers"])
+    names = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
+    if d.get("layer_types"):
+        unknown = sorted(set(d["layer_types"]) - set(names))
+        if unknown or len(d["layer_types"]) != n_layers:
+            raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
+                             f"full_attention, got {len(d['layer_types'])} entries {unknown or ''}")
+        layer_types = tuple(names[t] for t in d["layer_types"])[:-1] + (GLOBAL,)  # transformers forces the last global
+    else:
+        layer_types = _layer_pattern(4, n_layers)
+    d_head_global, n_kv_global = _gemma4_global_shapes(d, layer_types, source)
+    rope = {**_GEMMA4_ROPE_DEFAULTS, **(d.get("rope_parameters") or {})}
+    local, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(f"{source}: RoPE type {local.get('rope_type')!r} on sliding layers is not supported")
+    full_type = full.get("rope_type", "default")
+    if full_type not in ("default", "proportional"):
+        raise ValueError(f"{source}: RoPE type {full_type!r} on global layers is not supported "
+                         "(Gemma 4 uses proportional)")
+    moe = bool(d["enable_moe_block"])
+    d_per_layer = int(d["hidden_size_per_layer_input"] or 0)
+    return GemmaConfig(
+        family=4,
+        vocab_size=int(d["vocab_size"]),
+        d_model=int(d["hidden_size"]),
+        n_layers=n_layers,
+        n_heads=int(d["num_attention_heads"]),
+        n_kv_heads=int(d["num_key_value_heads"]),
+        d_head=int(d["head_dim"]),
+        d_mlp=int(d["intermediate_size"]),
+        max_seq_len=int(d["max_position_embeddings"]),
+        norm_eps=float(d["rms_norm_eps"]),
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        final_softcap=_float_or_none(d["final_logit_softcapping"]),
+        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
+        rope_theta_local=float(local.get("rope_theta", 10_000.0)),
+        rope_scale=float(full.get("factor", 1.0)),
+        d_head_global=d_head_global,
+        n_kv_heads_global=n_kv_global,
+        # "default" RoPE ignores partial_rotary_factor in transformers; only "proportional" reads it.
+        rope_fraction_global=float(full.get("partial_rotary_factor", 1.0)) if full_type == "proportional" else 1.0,
+        k_eq_v=bool(d["attention_k_eq_v"]),
+        n_kv_shared_layers=int(d["num_kv_shared_layers"] or 0),
+        double_wide_mlp=bool(d["use_double_wide_mlp"]),
+        d_per_layer=d_per_layer,
+        vocab_per_layer=int(d["vocab_size_per_layer_input"]) if d_per_layer else 0,
+        n_experts=int(d["num_experts"]) if moe else 0,
+        n_experts_active=int(d["top_k_experts"]) if moe else 0,
+        d_expert=int(d["moe_intermediate_size"]) if moe else 0,
+        name=str(d.get("_name_or_path") or ""),
+    )
+
+
+def _gemma4_global_shapes(d: dict[str, Any], layer_types: tuple[str, ...], source: str) -> tuple[int, int | None]:
+    """(head width, kv heads or None) of the global layers, from either spelling.
+
+    Hub configs say ``global_head_dim`` and ``num_global_key_value_heads`` (the latter used only when
+    ``attention_k_eq_v``, as transformers does); transformers >= 5.24 saves ``per_layer_config``,
+    ``{layer: {"head_dim": ..., "num_key_value_heads": ...}}`` for each global layer.
+    """
+    per_layer = d.get("per_layer_config")
+    if not per_layer:
+        n_kv = d["num_global_key_value_heads"] if d["attention_k_eq_v"] else None
+        return int(d["global_head_dim"]), (int(n_kv) if n_kv is not None else None)
+    overrides = {}
+    for key, values in per_layer.items():
+        if not str(key).isdigit() or int(key) >= len(layer_types):
+            raise ValueError(f"{source}: per_layer_config key {key!r} is not a layer index")
+        unknown = sorted(set(values) - {"head_dim", "num_key_value_heads"})
+        if unknown or layer_types[int(key)] != GLOBAL:
+            raise ValueError(f"{source}: per_layer_config[{key}] = {values}: only head_dim and num_key_value_heads "
+                             "of global layers are supported")
+        overrides[int(key)] = (values.get("head_dim"), values.get("num_key_value_heads"))
+    distinct = {overrides.get(i, (None, None)) for i, kind in enumerate(layer_types) if kind == GLOBAL}
+    if len(distinct) != 1:
+        raise ValueError(f"{source}: per_layer_config gives global layers different shapes {sorted(map(str, distinct))}")
+    head_dim, n_kv = distinct.pop()
+    return int(head_dim or d["head_dim"]), (int(n_kv) if n_kv is not None else None)
+
+
 # ---- presets -------------------------------------------------------------------------------------
 
 def _gemma1(name: str, **kw: Any) -> GemmaConfig:
@@ -304,6 +536,15 @@ def _gemma3(name: str, n_layers: int, *, vocab_size: int = 262208, window: int =
                        sandwich_norms=True, qk_norm=True, sliding_window=window,
                        layer_types=_layer_pattern(3, n_layers), rope_theta=1_000_000.0,
                        rope_theta_local=10_000.0, rope_scale=rope_scale, name=name, **kw)
+
+
+def _gemma4(name: str, n_layers: int, *, window: int, max_seq_len: int, period: int = 6,
+            **kw: Any) -> GemmaConfig:
+    return GemmaConfig(family=4, vocab_size=262144, n_layers=n_layers, max_seq_len=max_seq_len,
+                       sandwich_norms=True, qk_norm=True, final_softcap=30.0, sliding_window=window,
+                       layer_types=_layer_pattern(4, n_layers, period), rope_theta=1_000_000.0,
+                       rope_theta_local=10_000.0, d_head=256, d_head_global=512, rope_fraction_global=0.25,
+                       name=name, **kw)
 
 
 PRESETS: dict[str, GemmaConfig] = {
@@ -332,6 +573,22 @@ PRESETS: dict[str, GemmaConfig] = {
                           d_mlp=15360, query_pre_attn_scalar=256.0),
     "gemma3-27b": _gemma3("gemma3-27b", 62, d_model=5376, n_heads=32, n_kv_heads=16, d_head=128,
                           d_mlp=21504, query_pre_attn_scalar=168.0),
+    # Gemma 4 text models (text towers of the multimodal checkpoints google/gemma-4-{E2B,E4B,31B,26B-A4B}).
+    # Numbers from the published config.json files (text_config), as transcribed in their model cards and
+    # in several public loaders; the 26B-A4B ones also match its GGUF metadata. The configs set
+    # final_logit_softcapping 30 (transformers' default is None). Heads: 256 wide on sliding layers,
+    # 512 on global ones, a quarter of which rotates.
+    "gemma4-e2b": _gemma4("gemma4-e2b", 35, window=512, max_seq_len=131072, period=5, d_model=1536,
+                          n_heads=8, n_kv_heads=1, d_mlp=6144, n_kv_shared_layers=20, double_wide_mlp=True,
+                          d_per_layer=256, vocab_per_layer=262144),
+    "gemma4-e4b": _gemma4("gemma4-e4b", 42, window=512, max_seq_len=131072, d_model=2560, n_heads=8,
+                          n_kv_heads=2, d_mlp=10240, n_kv_shared_layers=18, d_per_layer=256,
+                          vocab_per_layer=262144),
+    "gemma4-31b": _gemma4("gemma4-31b", 60, window=1024, max_seq_len=262144, d_model=5376, n_heads=32,
+                          n_kv_heads=16, n_kv_heads_global=4, k_eq_v=True, d_mlp=21504),
+    "gemma4-26b-a4b": _gemma4("gemma4-26b-a4b", 30, window=1024, max_seq_len=262144, d_model=2816,
+                              n_heads=16, n_kv_heads=8, n_kv_heads_global=2, k_eq_v=True, d_mlp=2112,
+                              n_experts=128, n_experts_active=8, d_expert=704),
     # Small random-weight sizes for tests and quick experiments (same code paths, seconds on a CPU).
     "test-gemma": GemmaConfig(
         family=1, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_head=16, d_mlp=128,
@@ -345,4 +602,13 @@ PRESETS: dict[str, GemmaConfig] = {
         max_seq_len=256, sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=16.0, sliding_window=8,
         layer_types=_layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
         rope_scale=8.0, name="test-gemma3"),
+    # Every Gemma 4 feature at once (no published size has them all): per-layer embeddings, K=V
+    # global layers, two KV-shared layers with a double-wide MLP, and 4 experts, 2 per token.
+    "test-gemma4": GemmaConfig(
+        family=4, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
+        max_seq_len=256, sandwich_norms=True, qk_norm=True, sliding_window=8,
+        layer_types=(LOCAL, LOCAL, GLOBAL) * 2, rope_theta=1_000_000.0, rope_theta_local=10_000.0,
+        d_head_global=32, n_kv_heads_global=1, rope_fraction_global=0.25, k_eq_v=True, n_kv_shared_layers=2,
+        double_wide_mlp=True, d_per_layer=8, vocab_per_layer=512, n_experts=4, n_experts_active=2, d_expert=32,
+        name="test-gemma4"),
 }

@@ -3,7 +3,8 @@
 Formats:
   * transformers folders: ``config.json`` + ``model.safetensors`` or shards listed in
     ``model.safetensors.index.json`` (GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and
-    the text tower of Gemma3ForConditionalGeneration);
+    the text tower of Gemma3ForConditionalGeneration; Gemma4ForCausalLM and the text tower of
+    Gemma4ForConditionalGeneration, whose vision and audio weights are skipped with a one-line note);
   * Google's gemma_pytorch ``*.ckpt`` files (``model_state_dict``, fused ``qkv_proj``), read with
     ``torch.load(weights_only=True)``: nothing else is ever unpickled.
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -67,7 +70,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
 
     with torch.device("meta"), _skip_weight_init():
         model = Gemma(config)
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
     loaded: dict[str, torch.Tensor] = {}
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
@@ -144,6 +147,8 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def _hf_name_table(config: GemmaConfig) -> dict[str, str]:
     """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
+    if config.family == 4:
+        return _gemma4_name_table(config)
     table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
     # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
     norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
@@ -162,6 +167,58 @@ def _hf_name_table(config: GemmaConfig) -> dict[str, str]:
             table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
             table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
     return table
+
+
+# ---- Gemma 4 names ----------------------------------------------------------------------------------
+
+# Gemma4ForConditionalGeneration files also hold these towers; the text model skips them (saying so).
+_GEMMA4_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\.")
+_GEMMA4_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
+                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
+_GEMMA4_MOE = {"router.proj.weight": "moe.router.proj.weight", "router.scale": "moe.router.scale",
+               "router.per_expert_scale": "moe.router.per_expert_scale",
+               "experts.gate_up_proj": "moe.experts.gate_up_proj", "experts.down_proj": "moe.experts.down_proj",
+               "post_feedforward_layernorm_1.weight": "moe.post_norm_dense.weight",
+               "pre_feedforward_layernorm_2.weight": "moe.pre_norm.weight",
+               "post_feedforward_layernorm_2.weight": "moe.post_norm.weight"}
+_GEMMA4_PER_LAYER = {"per_layer_input_gate.weight": "per_layer.gate.weight",
+                     "per_layer_projection.weight": "per_layer.projection.weight",
+                     "post_per_layer_input_norm.weight": "per_layer.post_norm.weight"}
+
+
+def _gemma4_name_table(config: GemmaConfig) -> dict[str, str]:
+    """transformers' Gemma 4 text names (without the prefix) -> ours, for every parameter and buffer."""
+    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
+    if config.d_per_layer:
+        table.update({"embed_tokens_per_layer.weight": "per_layer_embed.embed.weight",
+                      "per_layer_model_projection.weight": "per_layer_embed.model_projection.weight",
+                      "per_layer_projection_norm.weight": "per_layer_embed.projection_norm.weight"})
+    for layer in range(config.n_layers):
+        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
+        table[f"{theirs}layer_scalar"] = f"{ours}layer_scalar"
+        for hf_norm, our_norm in _GEMMA4_NORMS.items():
+            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
+        projections = ["q_proj", "o_proj", "q_norm"]
+        if not config.is_kv_shared(layer):  # shared layers have no keys or values of their own
+            projections += ["k_proj", "k_norm"] + (["v_proj"] if config.has_v_proj(layer) else [])
+        for part in projections:
+            table[f"{theirs}self_attn.{part}.weight"] = f"{ours}attn.{part}.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
+        groups = ([_GEMMA4_MOE] if config.n_experts else []) + ([_GEMMA4_PER_LAYER] if config.d_per_layer else [])
+        for group in groups:
+            table.update({theirs + name: ours + mine for name, mine in group.items()})
+    return table
+
+
+def _gemma4_skipped(name: str, config: GemmaConfig) -> str | None:
+    """Why a tensor of a Gemma 4 file is not loaded (None: it is loaded or unexpected)."""
+    if _GEMMA4_NON_TEXT.match(name):
+        return "vision/audio tower tensors (gemma_lab loads the text model only)"
+    match = re.search(r"layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm)\.weight$", name)
+    if match and int(match.group(1)) < config.n_layers and config.is_kv_shared(int(match.group(1))):
+        return "key/value weights of KV-shared layers (unused: those layers read an earlier layer's keys and values)"
+    return None
 
 
 def _strip_text_prefix(name: str) -> str | None:
@@ -214,12 +271,16 @@ class _SafetensorsFolder(_Source):
         table = _hf_name_table(config)
         embed_at: tuple[Path, str] | None = None
         lm_head_at: tuple[Path, str, str] | None = None
+        skipped: Counter[str] = Counter()  # Gemma 4: what was left out, and why
         for file in self.files:
             _check_safetensors_header(file)
             try:
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():
                         origin = f"{file}: tensor {name!r}"
+                        if config.family == 4 and (reason := _gemma4_skipped(name, config)):
+                            skipped[reason] += 1
+                            continue
                         if _NON_TEXT.match(name):
                             continue
                         if name.endswith("lm_head.weight"):
@@ -240,6 +301,8 @@ class _SafetensorsFolder(_Source):
                             yield ours, handle.get_tensor(name), origin
             except SafetensorError as exc:
                 raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
+        for reason, count in skipped.items():
+            warnings.warn(f"{self.folder}: skipped {count} {reason}", stacklevel=4)
         if lm_head_at is not None:  # Gemma ties the unembedding to the embedding: a separate copy must agree
             file, name, origin = lm_head_at
             lm_head = _read_tensor(file, name)
