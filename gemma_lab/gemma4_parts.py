@@ -126,17 +126,18 @@ class Experts(nn.Module):
         # Per expert: gate and up stacked as rows [gate | up], as transformers stores them.
         self.gate_up_proj = nn.Parameter(torch.empty(cfg.n_experts, 2 * cfg.d_expert, cfg.d_model))
         self.down_proj = nn.Parameter(torch.empty(cfg.n_experts, cfg.d_model, cfg.d_expert))
-        self.hook_expert_out = HookPoint()  # [batch, pos, top_k, d_model] each chosen expert's output * its weight
+        self.hook_expert_out = HookPoint()  # [batch, pos, top_k, d_model] each chosen expert's output * its weight (fp32)
 
     def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``x [batch, pos, d_model]``; ``chosen``, ``weights`` ``[batch, pos, top_k]`` from the router."""
-        out = x.new_zeros(*chosen.shape, self.cfg.d_model)
+        # Weighted outputs are kept and summed in the router weights' fp32, as the reference does.
+        out = x.new_zeros(*chosen.shape, self.cfg.d_model, dtype=torch.promote_types(x.dtype, weights.dtype))
         for expert in chosen.unique().tolist():  # one matmul per expert over the tokens that chose it
             batch, pos, slot = (chosen == expert).nonzero(as_tuple=True)
             gate, up = F.linear(x[batch, pos], self.gate_up_proj[expert]).chunk(2, dim=-1)
             y = F.linear(F.gelu(gate, approximate="tanh") * up, self.down_proj[expert])
-            out[batch, pos, slot] = (y * weights[batch, pos, slot][:, None]).to(out.dtype)
-        return self.hook_expert_out(out).sum(dim=2)
+            out[batch, pos, slot] = y * weights[batch, pos, slot][:, None]
+        return self.hook_expert_out(out).sum(dim=2).to(x.dtype)
 
 
 class MixtureOfExperts(nn.Module):
