@@ -259,3 +259,224 @@ def test_legacy_hub_config_spelling(tmp_path):
     ids = tokens()
     with torch.no_grad():
         assert rel(ours.run_with_hooks(ids, fwd_hooks=explicit(ours)), load_hf(tmp_path)(ids).logits) <= EXACT
+
+
+# ---- hooks and interpretability -------------------------------------------------------------------
+
+
+def small_model(seed=0, **changes) -> Gemma:
+    """test-gemma4: every Gemma 4 feature at once, random weights, gains 1 +- 0.3."""
+    model = init_weights(Gemma(PRESETS["test-gemma4"].replace(**changes)), seed=seed, std=0.1).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+        for block in model.blocks:
+            block.layer_scalar.fill_(0.5 + torch.rand(1, generator=generator).item())
+    return model
+
+
+def test_every_hook_fires_in_order_with_the_listed_shape():
+    from gemma_lab import hook_table
+
+    model = small_model()
+    ids = tokens(2, 11)
+    fired = []
+    with torch.no_grad():
+        model.run_with_hooks(ids, fwd_hooks=[(lambda n: True, lambda x, hook: fired.append(hook.name))])
+        _, cache = model.run_with_cache(ids)
+    assert fired == model.hook_names() == list(cache)
+    for name, activation in cache.items():
+        layer = int(name.split(".")[1]) if name.startswith("blocks.") else 0
+        shape, _ = hook_table.HOOKS[hook_table.generic_name(name)]
+        sizes = hook_table.axis_sizes(model.cfg, 2, 11, layer)
+        assert tuple(activation.shape) == hook_table.expected_shape(shape, sizes), name
+    assert "blocks.4.attn.hook_k" not in cache and "blocks.4.attn.hook_shared_k" in cache  # a shared layer
+    assert cache["blocks.2.attn.hook_z"].shape[-1] == 32 and cache["blocks.1.attn.hook_z"].shape[-1] == 16
+
+
+def test_identity_hooks_and_self_patching_leave_logits_bit_identical():
+    model = small_model(seed=1)
+    ids = tokens()
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids)
+        explicit_path = model.run_with_hooks(ids, fwd_hooks=explicit(model))
+        patched = model.run_with_hooks(ids, fwd_hooks=[(lambda n: True, lambda x, hook: cache[hook.name])])
+    assert torch.equal(logits, explicit_path) and torch.equal(patched, logits)
+
+
+def test_shared_kv_hooks_show_the_source_layer_and_patch_only_the_reader():
+    model = small_model(seed=2)
+    assert [block.attn.kv_source for block in model.blocks] == [0, 1, 2, 3, 3, 2]
+    ids = tokens()
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids)
+        assert torch.equal(cache["blocks.4.attn.hook_shared_k"], cache["rot_k", 3])
+        assert torch.equal(cache["blocks.5.attn.hook_shared_k"], cache["rot_k", 2])
+        assert torch.equal(cache["blocks.5.attn.hook_shared_v"], cache["blocks.2.attn.v_norm.hook_normalized"])
+        watched = ["blocks.2.hook_attn_out", "blocks.5.attn.hook_z"]
+        _, unpatched = model.run_with_cache(ids, names_filter=watched)
+        with model.hooks(fwd_hooks=[("blocks.5.attn.hook_shared_v", lambda v, hook: torch.zeros_like(v))]):
+            zeroed, patched = model.run_with_cache(ids, names_filter=watched)
+    assert torch.equal(patched["attn_out", 2], unpatched["attn_out", 2])  # the source layer is untouched
+    assert patched["z", 5].abs().max() == 0 and rel(zeroed, logits) > 1e-3
+
+
+def test_k_eq_v_values_are_the_normalised_key_projection():
+    model = small_model(seed=3)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens())
+    assert model.blocks[2].attn.v_proj is None and model.blocks[1].attn.v_proj is not None
+    assert torch.equal(cache["v", 2], cache["k", 2])  # K=V global layer: raw keys serve as values
+    v = cache["v", 2].float()
+    expected = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + model.cfg.norm_eps)
+    torch.testing.assert_close(cache["blocks.2.attn.v_norm.hook_normalized"], expected)
+
+
+def test_moe_and_per_layer_hooks_add_up_to_what_the_block_adds():
+    model = small_model(seed=4)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens())
+    close = dict(rtol=1e-5, atol=1e-5)
+    for layer, block in enumerate(model.blocks):
+        moe = f"blocks.{layer}.moe."
+        summed = cache[moe + "experts.hook_expert_out"].sum(dim=2)
+        torch.testing.assert_close(block.moe.post_norm(summed), cache[moe + "hook_experts_out"], **close)
+        both = cache[moe + "hook_dense_out"] + cache[moe + "hook_experts_out"]
+        torch.testing.assert_close(block.ln2_post(both), cache["mlp_out", layer], **close)
+        chosen = cache[moe + "router.hook_chosen"]
+        assert torch.equal(chosen, cache[moe + "router.hook_logits"].topk(2, dim=-1).indices)
+        gated = cache[f"blocks.{layer}.per_layer.hook_gate"] * cache[f"blocks.{layer}.per_layer.hook_input"]
+        assert torch.equal(cache[f"blocks.{layer}.per_layer.hook_gated"], gated)
+        assert torch.equal(cache[f"blocks.{layer}.per_layer.hook_input"], cache["per_layer_embed.hook_inputs"][:, :, layer])
+        resid = (cache["resid_mid", layer] + cache["mlp_out", layer] + cache[f"blocks.{layer}.hook_per_layer_out"])
+        assert torch.equal(cache["resid_post", layer], resid * block.layer_scalar)
+
+
+def test_choosing_other_experts_through_the_router_hook():
+    model = small_model(seed=5)
+    ids = tokens()
+    with torch.no_grad():
+        logits = model(ids)
+        with model.hooks(fwd_hooks=[("blocks.0.moe.router.hook_chosen", lambda c, hook: 3 - c)]):
+            flipped, cache = model.run_with_cache(ids, names_filter=lambda n: n.startswith("blocks.0.moe.router"))
+    assert rel(flipped, logits) > 1e-3
+    probs, chosen = cache["blocks.0.moe.router.hook_probs"], cache["blocks.0.moe.router.hook_chosen"]
+    expected = probs.gather(-1, chosen)
+    expected = expected / expected.sum(-1, keepdim=True) * model.blocks[0].moe.router.per_expert_scale[chosen]
+    torch.testing.assert_close(cache["blocks.0.moe.router.hook_weights"], expected)
+
+
+def test_decomposition_and_direct_logit_attribution_are_exact():
+    model = small_model(seed=6)
+    ids = tokens()
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids)
+        parts, labels = cache.decompose_resid(return_labels=True)
+        attribution = interp.direct_logit_attribution(model, ids, target=5, incorrect=9)
+    n = model.cfg.n_layers
+    assert labels[:4] == ["embed", "0_attn_out", "0_mlp_out", "0_per_layer_out"] and len(labels) == 1 + 3 * n
+    close = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.sum(0), cache["resid_post", n - 1].float(), **close)
+    torch.testing.assert_close(cache.decompose_resid(layer=3, mlp_input=True).sum(0), cache["resid_mid", 3].float(), **close)
+    heads = cache.stack_head_results(incl_remainder=True)
+    torch.testing.assert_close(heads.sum(0), cache["resid_post", n - 1].float(), **close)
+    torch.testing.assert_close(cache.apply_ln_to_stack(parts).sum(0), cache["ln_final.hook_normalized"], **close)
+    parts_sum = (attribution.embed + attribution.heads.sum() + attribution.mlps.sum() + attribution.per_layer.sum())
+    torch.testing.assert_close(parts_sum, attribution.total, **close)
+    assert attribution.heads.shape == (n, model.cfg.n_heads) and attribution.per_layer.shape == (n,)
+    expected = (logits[:, -1, 5] - logits[:, -1, 9]).mean()  # no final softcap on test-gemma4
+    torch.testing.assert_close(attribution.total, expected, **close)
+
+
+def test_head_ablation_patching_and_logit_lens_on_gemma4():
+    model = small_model(seed=7)
+    ids = tokens(1, 20)
+    with torch.no_grad():
+        plain = model(ids)
+        ablated = model.run_with_hooks(ids, fwd_hooks=[("blocks.2.attn.hook_z", interp.head_ablation_hook(1))])
+        o_proj = model.blocks[2].attn.o_proj.weight  # global layer: heads 32 wide
+        saved = o_proj.clone()
+        o_proj[:, 32:64] = 0
+        expected = model(ids)
+        o_proj.copy_(saved)
+        _, clean = model.run_with_cache(ids)
+        metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 9]
+        same = interp.patch_by_layer(model, ids, clean, metric, activation="resid_pre")
+    assert rel(ablated, expected) <= 1e-5 and rel(plain, expected) > 1e-4
+    torch.testing.assert_close(same, torch.full_like(same, metric(plain).item()), rtol=1e-5, atol=1e-5)
+    lens = interp.logit_lens(model, ids[0], k=3)
+    final = plain[0].softmax(-1).topk(3).indices
+    assert torch.equal(torch.as_tensor(lens.top_tokens[-1]), final)
+
+
+# ---- KV cache and generation -----------------------------------------------------------------------
+
+
+def teacher_forced(model, ids, prompt_len, attention_mask=None):
+    logits, cache = prefill(model, ids[:, :prompt_len], attention_mask=attention_mask, kv_cache=ids.shape[1])
+    steps = [logits] + [decode_step(model, ids[:, i], cache) for i in range(prompt_len, ids.shape[1])]
+    return torch.stack(steps, dim=1), cache
+
+
+def test_cached_decoding_equals_full_recomputation_across_windows():
+    model = small_model(seed=8)
+    ids = torch.randint(3, 512, (2, 65), generator=torch.Generator().manual_seed(1))  # eight windows of 8
+    with torch.no_grad():
+        full = model(ids)
+        cached, cache = teacher_forced(model, ids, prompt_len=5)
+        chunked_cache = gemma_lab.KVCache.for_model(model, 2, 65)
+        chunks = [model(ids[:, a:b], kv_cache=chunked_cache) for a, b in [(0, 5), (5, 19), (19, 22), (22, 40)]]
+    # One token at a time runs other kernel shapes than the full pass: fp32 reorderings, ~1e-5 here.
+    for step in range(61):
+        assert rel(cached[:, step], full[:, 4 + step]) <= FP32_RTOL, step
+    assert rel(torch.cat(chunks, dim=1), full[:, :40]) <= FP32_RTOL
+    # Shared layers keep nothing of their own and read their source's keys.
+    assert cache.keys[4].numel() == cache.keys[5].numel() == 0 and cache.values[5].numel() == 0
+    assert torch.equal(cache.layer_kv(5).keys, cache.layer_kv(2).keys)
+    assert cache.keys[2].shape == (2, 1, 65, 32) and cache.keys[0].shape == (2, 2, 8, 16)
+
+
+def test_left_padded_batch_decodes_like_each_row_alone():
+    model = small_model(seed=9)
+    prompts = [torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (3, 11)]
+    continuation = torch.randint(3, 512, (2, 30), generator=torch.Generator().manual_seed(99))
+    prompt_ids, mask = generation.left_pad(prompts)
+    ids = torch.cat([prompt_ids, continuation], dim=1)
+    with torch.no_grad():
+        cached, _ = teacher_forced(model, ids, prompt_ids.shape[1], attention_mask=mask)
+        for row, prompt in enumerate(prompts):
+            alone = model(torch.cat([torch.tensor(prompt), continuation[row]])[None])[0]
+            assert rel(cached[row], alone[len(prompt) - 1:]) <= FP32_RTOL, row
+
+
+def test_kv_cache_bytes_count_shared_layers_as_nothing():
+    e2b = PRESETS["gemma4-e2b"]
+    with torch.device("meta"):
+        cache = gemma_lab.KVCache(e2b, batch_size=1, max_len=4096, dtype=torch.bfloat16, device="meta")
+    own = [layer for layer in range(e2b.n_layers) if not e2b.is_kv_shared(layer)]
+    assert len(own) == 15
+    local, global_ = [l for l in own if e2b.is_local(l)], [l for l in own if not e2b.is_local(l)]
+    expected = 2 * 2 * 1 * (256 * 512 * len(local) + 512 * 4096 * len(global_))  # k and v, bf16, 1 kv head
+    assert cache.nbytes() == expected
+    assert e2b.kv_numbers_per_token() == 2 * (256 * len(local) + 512 * len(global_))
+
+
+@pytest.mark.parametrize("variant", ["kv-shared-double-wide", "moe"])
+def test_greedy_generation_equals_transformers(tmp_path, variant):
+    hf = hf_model(4, seed=11, **VARIANTS[variant])
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.mul_(0.2)  # let attention and MLPs, not the tied embedding, pick tokens
+    hf.save_pretrained(tmp_path)
+    prompt = tokens(1, 6, seed=4)
+    with torch.no_grad():
+        out = hf.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0,
+                          output_scores=True, return_dict_in_generate=True)
+    expected = out.sequences[0, 6:].tolist()
+    scores = torch.stack(out.scores)[:, 0]
+    top2 = scores.topk(2, dim=-1).values
+    assert ((top2[:, 0] - top2[:, 1]) / scores.abs().amax(dim=-1)).min() > 1e-4  # no near-ties
+    model = gemma_lab.load_pretrained(tmp_path)
+    result = gemma_lab.generate(model, prompt[0], max_new_tokens=30, stop=[])
+    assert result.token_ids == expected and len(set(expected)) >= 3
