@@ -480,3 +480,18 @@ def test_greedy_generation_equals_transformers(tmp_path, variant):
     model = gemma_lab.load_pretrained(tmp_path)
     result = gemma_lab.generate(model, prompt[0], max_new_tokens=30, stop=[])
     assert result.token_ids == expected and len(set(expected)) >= 3
+
+
+def test_info_and_the_lesson_reference_count_shared_layers_and_wide_heads(capsys):
+    from gemma_lab.cli import main
+    from gemma_lab.exercises.interp_parts import kv_cache_bytes_reference
+
+    assert main(["info", "gemma4-e2b"]) == 0
+    out = capsys.readouterr().out
+    # 15 layers keep keys/values: 3 global (1 kv head x 512) and 12 local (1 x 256); k and v, 2 bytes each.
+    assert "bf16 6.00 KiB per token (global layers) + 12.00 KiB per token of the last 512" in out
+    assert "20 KV-shared layers store none" in out and "layers 15-34 reuse the keys and values of layers 13, 14" in out
+    e2b = PRESETS["gemma4-e2b"]
+    with torch.device("meta"):
+        cache = gemma_lab.KVCache(e2b, batch_size=1, max_len=3000, dtype=torch.bfloat16, device="meta")
+    assert kv_cache_bytes_reference(e2b, 3000, torch.bfloat16) == cache.nbytes() == 3 * 4 * 512 * 3000 + 12 * 4 * 256 * 512
