@@ -142,7 +142,7 @@ class Attention(nn.Module):
             self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
             self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
         # Gemma 3 normalises each query and key head before rotating it (replacing Gemma 2's softcap).
-        norm_kind = dict(gain_offset=cfg.norm_gain_offset)
+        norm_kind = dict(gain_offset=cfg.norm_gain_offset)  # gain 1 + w; Gemma 4: w
         self.q_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm and owns_kv else None
         # Gemma 4 also normalises values, without a gain.
@@ -340,7 +340,7 @@ class Gemma(HookedModule):
         # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
         self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg) if cfg.d_per_layer else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
-        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w
         self.hook_logits = HookPoint()  # [batch, pos, vocab] after Gemma 2's final softcap
         self.setup_hooks()
 

@@ -495,3 +495,24 @@ def test_info_and_the_lesson_reference_count_shared_layers_and_wide_heads(capsys
     with torch.device("meta"):
         cache = gemma_lab.KVCache(e2b, batch_size=1, max_len=3000, dtype=torch.bfloat16, device="meta")
     assert kv_cache_bytes_reference(e2b, 3000, torch.bfloat16) == cache.nbytes() == 3 * 4 * 512 * 3000 + 12 * 4 * 256 * 512
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+
+
+def test_gemma4_tokenizer_json_ids_equal_transformers_and_the_chat_template_is_refused(tmp_path):
+    """A Gemma-4-style tokenizer.json written on the spot (its turn tokens as added specials): plain
+    text and the turn tokens written in it encode as transformers does; apply_chat_template refuses
+    rather than render Gemma 3's turns."""
+    from test_tokenizer import train_gemma_like  # the suite's SentencePiece trainer with Gemma's settings
+
+    model_file = train_gemma_like(tmp_path / "spm", ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>"])
+    oracle = transformers.GemmaTokenizer.from_pretrained(model_file.parent, add_bos_token=True)
+    oracle.save_pretrained(tmp_path / "json")
+    ours = gemma_lab.load_tokenizer(tmp_path / "json" / "tokenizer.json")
+    prompt = "<bos><|turn>user\nHello there, 1234 times!<turn|>\n<|turn>model\n"
+    for text in ("Alice said: hello  world\n\n", prompt):
+        assert ours.encode(text, add_bos=False) == oracle.encode(text, add_special_tokens=False)
+    assert ours.is_gemma4
+    with pytest.raises(ValueError, match="Gemma 4 tokenizer.*not implemented"):
+        ours.apply_chat_template([{"role": "user", "content": "Hi"}])
