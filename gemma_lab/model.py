@@ -296,11 +296,11 @@ class Block(nn.Module):
         self.ln2 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-MLP norm
         self.mlp = MLP(cfg, cfg.d_mlp_for(layer))
         # Gemma 4 26B-A4B: experts beside the dense MLP.
-        self.moe = gemma4_parts.MixtureOfExperts(cfg) if cfg.n_experts else None
+        self.moe = gemma4_parts.MixtureOfExperts(cfg, RMSNorm) if cfg.n_experts else None
         self.ln2_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-MLP
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model] what the MLP adds to the stream
         if cfg.d_per_layer:  # Gemma 4 E2B/E4B: this layer's slice of the per-layer embeddings, gated by the stream
-            self.per_layer = gemma4_parts.PerLayerInput(cfg)
+            self.per_layer = gemma4_parts.PerLayerInput(cfg, RMSNorm)
             self.hook_per_layer_out = HookPoint()  # [batch, pos, d_model] what it adds to the stream
         else:
             self.per_layer = None
@@ -338,7 +338,7 @@ class Gemma(HookedModule):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the unembedding (tied)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] after the sqrt(d_model) scale
         # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
-        self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg) if cfg.d_per_layer else None
+        self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg, RMSNorm) if cfg.d_per_layer else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w
         self.hook_logits = HookPoint()  # [batch, pos, vocab] after Gemma 2's final softcap
