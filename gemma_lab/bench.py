@@ -222,7 +222,7 @@ def ours_prefill(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
 
         cache = KVCache.for_model(model, batch_size=1, max_len=ids.shape[1] + new_tokens)
         return model(ids, kv_cache=cache, **_last_position_only(model))[:, -1]
-    return prefill(model, ids, kv_cache=ids.shape[1] + new_tokens)[0]
+    return prefill(model, ids, max_len=ids.shape[1] + new_tokens)[0]
 
 
 def _last_position_only(model) -> dict:

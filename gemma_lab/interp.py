@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gemma_lab.cache import ActivationCache, act_name
+from gemma_lab.activation_cache import ActivationCache, act_name
 from gemma_lab.hooks import HookFn, HookPoint
 
 if TYPE_CHECKING:
@@ -55,15 +54,12 @@ def _batched(tokens: torch.Tensor) -> torch.Tensor:
 
 def unembed(model: "Gemma", resid: torch.Tensor) -> torch.Tensor:
     """Logits ``[..., vocab]`` that a residual-stream state ``[..., d_model]`` would give if it were
-    the last layer's output: the model's own final RMSNorm, tied unembedding and (Gemma 2) softcap.
+    the last layer's output: ``model.unembed`` (final RMSNorm, tied unembedding, Gemma 2's softcap).
 
     For the final ``resid_post`` this is exactly the model's output. It runs ``model.ln_final``,
     so hooks attached to ``ln_final`` see these calls too.
     """
-    logits = F.linear(model.ln_final(resid), model.embed.weight)
-    if model.cfg.final_softcap is not None:  # as in Gemma.forward: Gemma 2 bounds logits to (-30, 30)
-        logits = model.cfg.final_softcap * torch.tanh(logits / model.cfg.final_softcap)
-    return logits
+    return model.unembed(resid)
 
 
 @dataclass
@@ -107,7 +103,7 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
     top_probs, top_tokens, all_probs = [], [], []
     with torch.no_grad():
         for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
-            probs = torch.softmax(unembed(model, resid).float(), dim=-1)[0]
+            probs = torch.softmax(model.unembed(resid).float(), dim=-1)[0]
             values, ids = probs.topk(k, dim=-1)
             top_probs.append(values)
             top_tokens.append(ids)

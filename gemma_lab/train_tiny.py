@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from gemma_lab import corpus
-from gemma_lab.config import LOCAL, GemmaConfig
+from gemma_lab.config import GemmaConfig
+from gemma_lab.hf_format import our_name_table
 from gemma_lab.model import Gemma, init_weights
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "tiny-gemma"
@@ -97,41 +98,8 @@ def damp_block_outputs(model: Gemma, gain: float) -> Gemma:
 
 
 def hf_config_dict(cfg: GemmaConfig, tokenizer) -> dict:
-    """``config.json`` as transformers writes it for a ``Gemma3ForCausalLM`` (model_type gemma3_text)."""
-    layer_names = {LOCAL: "sliding_attention", "global": "full_attention"}
-    return {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_mlp,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.d_head,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "query_pre_attn_scalar": int(cfg.query_pre_attn_scalar),  # transformers insists on an int
-        "sliding_window": cfg.sliding_window,
-        "layer_types": [layer_names[t] for t in cfg.layer_types],
-        "rope_parameters": {
-            "full_attention": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
-            "sliding_attention": {"rope_theta": cfg.rope_theta_local, "rope_type": "default"},
-        },
-        "attn_logit_softcapping": None,
-        "final_logit_softcapping": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "use_bidirectional_attention": False,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "pad_token_id": tokenizer.pad_id,
-        "eos_token_id": tokenizer.eos_id,
-        "bos_token_id": tokenizer.bos_id,
-        "dtype": "float32",
-    }
+    """``config.json`` as transformers writes it for a ``Gemma3ForCausalLM``, with this tokenizer's ids."""
+    return cfg.to_hf(pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id)
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -346,11 +314,9 @@ def save_checkpoint(model: Gemma, tokenizer, out: Path) -> None:
     """``config.json`` + ``model.safetensors`` under transformers' names (tied embedding stored once)."""
     from safetensors.torch import save_file
 
-    from gemma_lab.loading import _hf_name_table
-
     ours = model.state_dict()
-    tensors = {f"model.{theirs}": ours[mine].detach().contiguous().clone()
-               for theirs, mine in _hf_name_table(model.cfg).items()}
+    tensors = {theirs: ours[mine].detach().contiguous().clone()
+               for mine, theirs in our_name_table(model.cfg).items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config_dict(model.cfg, tokenizer), indent=2) + "\n")
 

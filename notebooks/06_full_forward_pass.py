@@ -65,7 +65,7 @@ from einops import rearrange  # noqa: F401  (for your exercises)
 
 from gemma_lab import viz
 from gemma_lab.exercises import check, solution  # noqa: F401
-from gemma_lab.notebook import describe, load_lesson_model
+from gemma_lab.notebook import describe, lesson_checkpoint, load_lesson_model
 
 # The pieces of lessons 02-05, in the package's versions (same names and arguments as your exercises),
 # so that a slip in an earlier lesson does not follow you here. Paste in your own if you prefer.
@@ -223,7 +223,7 @@ plt.show()
 # weights with transformers and compares the logits. (Importing transformers takes a few seconds.)
 
 # %%
-checkpoint = getattr(model, "checkpoint_path", None)
+checkpoint = lesson_checkpoint()
 if COMPARE_WITH_TRANSFORMERS:
     import transformers
 

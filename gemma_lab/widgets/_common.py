@@ -26,6 +26,9 @@ from gemma_lab import viz
 #: Widgets refuse prompts longer than this many tokens: every picture is per position.
 MAX_PROMPT_TOKENS = 128
 
+#: The prompt every model widget opens with (an indirect-object sentence the tiny model completes).
+DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
+
 _lesson_model = None  # (model, tokenizer), loaded once per kernel and shared by every widget
 
 
@@ -123,13 +126,6 @@ def hook_axes(name: str) -> tuple[str, ...]:
 def shape_string(tensor: torch.Tensor, axes: Sequence[str]) -> str:
     """``[batch=1, pos=7, d_model=64]``."""
     return "[" + ", ".join(f"{a}={n}" for a, n in zip(axes, tensor.shape, strict=True)) + "]"
-
-
-def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kwargs):
-    """``(fig, axes)`` made with interactive mode off, so only ``display`` ever shows it."""
-    with plt.ioff():
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False, **kwargs)
-    return fig, axes
 
 
 def show(out: widgets.Output, figures: Iterable[Figure] = (), html_parts: Iterable[str] = ()) -> None:

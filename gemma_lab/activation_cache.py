@@ -20,19 +20,26 @@ arguments), so its tutorials read unchanged. Two things differ because Gemma is 
 Helpers that do arithmetic (``apply_ln_to_stack``, ``stack_head_results``, ``logit_attrs``) work
 in float32 and return float32; stacking helpers return the cached dtype.
 
-Imports: torch and einops only. The model is passed in, never imported; no plotting, widgets
-or tokenizer here.
+Imports: torch and einops only. The model is described by a Protocol (``CachedModel``), never
+imported, so ``model.py`` can build on this module; no plotting, widgets or tokenizer here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
 
 import torch
 from einops import einsum, rearrange
+from torch import nn
 
-if TYPE_CHECKING:
-    from gemma_lab.model import Gemma
+
+class CachedModel(Protocol):
+    """What the analysis methods read from the model: its config and the weights of its parts."""
+
+    cfg: Any  # a GemmaConfig: n_layers, n_heads
+    embed: nn.Embedding  # the tied (un)embedding
+    blocks: Sequence[Any]  # each with ln1, ln1_post (or None), ln2 and attn.o_proj
+    ln_final: nn.Module  # the final RMSNorm (its .weight)
 
 # Shorthand -> where the hook point sits: "block" (blocks.{i}.hook_X), "attn", "mlp", or a norm.
 _BLOCK_LEVEL = {"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"}
@@ -87,7 +94,7 @@ def slice_pos(tensor: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Activations from one run, keyed by hook name; ``cache["pattern", 3]`` shorthand works too."""
 
-    def __init__(self, store: dict[str, torch.Tensor], model: "Gemma | None" = None,
+    def __init__(self, store: dict[str, torch.Tensor], model: "CachedModel | None" = None,
                  has_batch_dim: bool = True) -> None:
         self._store = store
         self.model = model
@@ -143,7 +150,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return ActivationCache({k: v[0] for k, v in self._store.items()}, self.model, has_batch_dim=False)
 
     # ---- stacks over layers ------------------------------------------------------------------
-    def _model(self) -> "Gemma":
+    def _model(self) -> CachedModel:
         if self.model is None:
             raise ValueError("this cache has no model; use the one run_with_cache returns")
         return self.model
