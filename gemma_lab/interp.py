@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from gemma_lab.activation_cache import ActivationCache, act_name
+from gemma_lab.activation_cache import ActivationCache
+from gemma_lab.hook_points import SHORT_NAMES, act_name, head_axis, hook_axes
 from gemma_lab.hooks import HookFn, HookPoint
 
 if TYPE_CHECKING:
@@ -269,8 +270,9 @@ def _ablation_value(model: "Gemma", name: str, mode: str,
 # Activation patching
 # ---------------------------------------------------------------------------------------------
 
-_HEAD_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "rot_q": 2, "rot_k": 2, "result": 2,
-              "pattern": 1, "attn_scores": 1, "attn_scores_pre_softcap": 1}
+# Activations with a head (or kv_head) axis, and where it sits: read off the hook-point table.
+_HEAD_AXIS = {short: head_axis(short) for short in SHORT_NAMES
+              if {"head", "kv_head"} & set(hook_axes(act_name(short, 0)))}
 
 
 def _patched_metric(model: "Gemma", corrupted_tokens: torch.Tensor, name: str, hook: HookFn,
