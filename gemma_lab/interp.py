@@ -433,8 +433,20 @@ def repeated_tokens(vocab_size: int, seq_len: int, batch: int = 1, *, seed: int 
     return torch.cat(parts, dim=1)
 
 
+def _repeated_or_given(model: "Gemma", tokens: torch.Tensor | None, seq_len: int, batch: int, seed: int,
+                       bos: int | None) -> torch.Tensor:
+    """``tokens`` checked against ``seq_len`` and ``bos``, or fresh ``repeated_tokens``."""
+    if tokens is None:
+        return repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    expected = 2 * seq_len + (0 if bos is None else 1)
+    if tokens.ndim != 2 or tokens.shape[1] != expected:
+        raise ValueError(f"tokens must be [batch, {expected}] (a span of {seq_len} written twice"
+                         f"{'' if bos is None else ' after <bos>'}), got {tuple(tokens.shape)}")
+    return tokens.to(model.device)
+
+
 def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
-                bos: int | None = 2) -> dict[str, torch.Tensor]:
+                bos: int | None = 2, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``{"previous_token", "induction", "duplicate_token"}`` -> ``[layer, head]`` scores on repeated
     random tokens (``repeated_tokens``): the mean attention, over the batch and every query ``i``
     in the second copy, to ``i - 1`` (previous token), to ``i - seq_len + 1`` (the token after
@@ -442,8 +454,11 @@ def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int 
 
     A score of 1 means the head does only that. On sliding-window layers a head cannot reach
     further back than the window, so keep ``seq_len`` below it to see induction there.
+
+    ``tokens``: repeated tokens of your own to score instead (``[batch, 1 + 2 * seq_len]`` with
+    ``<bos>``, or ``[batch, 2 * seq_len]`` with ``bos=None``); ``batch`` and ``seed`` are then unused.
     """
-    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    tokens = _repeated_or_given(model, tokens, seq_len, batch, seed, bos)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     patterns = cache.stack_activation("pattern").float()  # [layer, batch, head, q_pos, k_pos]
@@ -458,15 +473,16 @@ def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int 
 
 
 def in_context_loss(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
-                    bos: int | None = 2) -> dict[str, torch.Tensor]:
+                    bos: int | None = 2, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Next-token loss on repeated random tokens: high on the first copy (random), low on the second
     if the model has induction heads.
 
     Returns ``"per_position"``: ``[pos - 1]`` loss of predicting token ``t + 1`` from position ``t``
     (mean over the batch), and ``"first_copy"``/``"second_copy"``: the mean over each copy's
-    tokens after its first (a copy's first token cannot be predicted from context).
+    tokens after its first (a copy's first token cannot be predicted from context). ``tokens``: as
+    in ``head_scores``.
     """
-    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    tokens = _repeated_or_given(model, tokens, seq_len, batch, seed, bos)
     with torch.no_grad():
         logits = model(tokens).float()
     log_probs = torch.log_softmax(logits[:, :-1], dim=-1)

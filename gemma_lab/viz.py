@@ -21,7 +21,11 @@ Conventions shared by every function:
   input, masked entries included underneath the mask), only tick *labels* are thinned on long sequences.
 * Heatmaps put ``layer`` (or the query position) on rows with index 0 at the top, like the array.
 * Signed quantities use the diverging ``RdBu`` map centred on zero (red negative, blue positive).
-* Token labels go through :func:`readable_token` and are drawn with mathtext off, so ``$`` stays ``$``.
+* Token labels go through :func:`readable_token` and are drawn with mathtext off, so ``$`` stays ``$``;
+  the widgets label tokens the same way, and make their figures with ``new_figure``/``new_subplots``.
+
+Why one module above 600 lines: it is one job (every picture the lessons show), its functions share
+the conventions above and a handful of private helpers, and a reader looks for a picture by name here.
 
 References: logit lens (nostalgebraist, 2020); activation patching (Meng et al., 2022, "Locating and
 Editing Factual Associations in GPT"); rotary embeddings (Su et al., 2021, "RoFormer"), drawn in the

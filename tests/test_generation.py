@@ -17,7 +17,8 @@ from hf_checkpoints import hf_model
 import gemma_lab
 from gemma_lab import generation
 from gemma_lab.config import PRESETS
-from gemma_lab.corpus import generate_corpus, train_tokenizer
+from gemma_lab.tiny.corpus import generate_corpus
+from gemma_lab.tiny.tokenizer_training import train_tokenizer
 from gemma_lab.generation import decode_step, default_stop_ids, prefill
 from gemma_lab.model import Gemma, init_weights
 from gemma_lab.tokenizer import load_tokenizer
