@@ -17,12 +17,14 @@ beside the block's dense MLP; each branch has its own norms and the two are adde
 
 Numerics as transformers' ``models/gemma4/modeling_gemma4.py`` (the parity oracle): norms
 multiply by ``w`` (not ``1 + w``), softmax in fp32, the scales are Python floats multiplied in the
-activation dtype. Imports: torch, einops, the config, hooks and model.RMSNorm only.
+activation dtype. The modules take the model's ``RMSNorm`` class as an argument (``norm``), so
+this file imports no other part of the model. Imports: torch, einops, the config and hooks only.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,24 +35,26 @@ from gemma_lab.config import GemmaConfig
 from gemma_lab.hooks import HookPoint
 
 
-def _rms_norm(width: int, cfg: GemmaConfig, learned: bool = True) -> nn.Module:
-    from gemma_lab.model import RMSNorm  # model.py imports this module: import the norm when building
+# model.RMSNorm: ``norm(width, eps, gain_offset=..., learned=...)``.
+Norm = Callable[..., nn.Module]
 
-    return RMSNorm(width, cfg.norm_eps, gain_offset=cfg.norm_gain_offset, learned=learned)
+
+def _rms_norm(norm: Norm, width: int, cfg: GemmaConfig, learned: bool = True) -> nn.Module:
+    return norm(width, cfg.norm_eps, gain_offset=cfg.norm_gain_offset, learned=learned)
 
 
 class PerLayerEmbedding(nn.Module):
     """Every token's per-layer inputs ``[batch, pos, layer, d_per_layer]``: a table lookup plus a projection of
     the main embedding, for all layers at once."""
 
-    def __init__(self, cfg: GemmaConfig) -> None:
+    def __init__(self, cfg: GemmaConfig, norm: Norm) -> None:
         super().__init__()
         self.cfg = cfg
         width = cfg.n_layers * cfg.d_per_layer
         self.embed = nn.Embedding(cfg.vocab_per_layer, width)  # what the token is, for each layer
         self.model_projection = nn.Linear(cfg.d_model, width, bias=False)  # what the main embedding says
         self.hook_token = HookPoint()  # [batch, pos, layer, d_per_layer] table rows * sqrt(d_per_layer)
-        self.projection_norm = _rms_norm(cfg.d_per_layer, cfg)  # over d_per_layer, gain w
+        self.projection_norm = _rms_norm(norm, cfg.d_per_layer, cfg)  # over d_per_layer, gain w
         self.hook_context = HookPoint()  # [batch, pos, layer, d_per_layer] normalised projection of the embedding
         self.hook_inputs = HookPoint()  # [batch, pos, layer, d_per_layer] (token + context) / sqrt(2)
 
@@ -74,14 +78,14 @@ class PerLayerEmbedding(nn.Module):
 class PerLayerInput(nn.Module):
     """One block's use of its per-layer input: ``post_norm(projection(gelu(gate(resid)) * input))``."""
 
-    def __init__(self, cfg: GemmaConfig) -> None:
+    def __init__(self, cfg: GemmaConfig, norm: Norm) -> None:
         super().__init__()
         self.gate = nn.Linear(cfg.d_model, cfg.d_per_layer, bias=False)
         self.projection = nn.Linear(cfg.d_per_layer, cfg.d_model, bias=False)
         self.hook_input = HookPoint()  # [batch, pos, d_per_layer] this layer's slice, before gating
         self.hook_gate = HookPoint()  # [batch, pos, d_per_layer] gelu(gate(resid))
         self.hook_gated = HookPoint()  # [batch, pos, d_per_layer] gate * input: after gating
-        self.post_norm = _rms_norm(cfg.d_model, cfg)
+        self.post_norm = _rms_norm(norm, cfg.d_model, cfg)
 
     def forward(self, resid: torch.Tensor, per_layer_input: torch.Tensor) -> torch.Tensor:
         per_layer_input = self.hook_input(per_layer_input)
@@ -93,10 +97,10 @@ class PerLayerInput(nn.Module):
 class Router(nn.Module):
     """Picks ``n_experts_active`` experts per token and their weights."""
 
-    def __init__(self, cfg: GemmaConfig) -> None:
+    def __init__(self, cfg: GemmaConfig, norm: Norm) -> None:
         super().__init__()
         self.cfg = cfg
-        self.norm = _rms_norm(cfg.d_model, cfg, learned=False)  # scale-free: the gain is `scale` below
+        self.norm = _rms_norm(norm, cfg.d_model, cfg, learned=False)  # scale-free: the gain is `scale` below
         self.scale = nn.Parameter(torch.ones(cfg.d_model))
         self.proj = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.per_expert_scale = nn.Parameter(torch.ones(cfg.n_experts))
@@ -147,14 +151,14 @@ class MixtureOfExperts(nn.Module):
     The router and the experts read the residual stream itself (the dense MLP reads ``ln2`` of it).
     """
 
-    def __init__(self, cfg: GemmaConfig) -> None:
+    def __init__(self, cfg: GemmaConfig, norm: Norm) -> None:
         super().__init__()
-        self.post_norm_dense = _rms_norm(cfg.d_model, cfg)  # on the dense MLP's output
+        self.post_norm_dense = _rms_norm(norm, cfg.d_model, cfg)  # on the dense MLP's output
         self.hook_dense_out = HookPoint()  # [batch, pos, d_model] the dense MLP's share
-        self.router = Router(cfg)
-        self.pre_norm = _rms_norm(cfg.d_model, cfg)  # the experts' input norm
+        self.router = Router(cfg, norm)
+        self.pre_norm = _rms_norm(norm, cfg.d_model, cfg)  # the experts' input norm
         self.experts = Experts(cfg)
-        self.post_norm = _rms_norm(cfg.d_model, cfg)  # on the experts' summed output
+        self.post_norm = _rms_norm(norm, cfg.d_model, cfg)  # on the experts' summed output
         self.hook_experts_out = HookPoint()  # [batch, pos, d_model] the experts' share
 
     def forward(self, resid: torch.Tensor, dense_out: torch.Tensor) -> torch.Tensor:

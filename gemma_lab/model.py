@@ -39,8 +39,9 @@ from einops import einsum, rearrange
 from torch import nn
 
 from gemma_lab import gemma4_parts
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
-from gemma_lab.hooks import HookedModule, HookPoint
+from gemma_lab.hooks import HookedModule, HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache, LayerKV
 
 
@@ -296,11 +297,11 @@ class Block(nn.Module):
         self.ln2 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-MLP norm
         self.mlp = MLP(cfg, cfg.d_mlp_for(layer))
         # Gemma 4 26B-A4B: experts beside the dense MLP.
-        self.moe = gemma4_parts.MixtureOfExperts(cfg) if cfg.n_experts else None
+        self.moe = gemma4_parts.MixtureOfExperts(cfg, RMSNorm) if cfg.n_experts else None
         self.ln2_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-MLP
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model] what the MLP adds to the stream
         if cfg.d_per_layer:  # Gemma 4 E2B/E4B: this layer's slice of the per-layer embeddings, gated by the stream
-            self.per_layer = gemma4_parts.PerLayerInput(cfg)
+            self.per_layer = gemma4_parts.PerLayerInput(cfg, RMSNorm)
             self.hook_per_layer_out = HookPoint()  # [batch, pos, d_model] what it adds to the stream
         else:
             self.per_layer = None
@@ -338,7 +339,7 @@ class Gemma(HookedModule):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the unembedding (tied)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] after the sqrt(d_model) scale
         # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
-        self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg) if cfg.d_per_layer else None
+        self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg, RMSNorm) if cfg.d_per_layer else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w
         self.hook_logits = HookPoint()  # [batch, pos, vocab] after Gemma 2's final softcap
@@ -383,16 +384,36 @@ class Gemma(HookedModule):
         if kv_cache is not None:
             kv_cache.advance(valid)
 
-        resid = self.ln_final(resid)
+        return self.hook_logits(self.unembed(resid, last_position_only=last_position_only))
+
+    def unembed(self, resid: torch.Tensor, *, last_position_only: bool = False) -> torch.Tensor:
+        """Logits ``[..., vocab]`` from a residual-stream state ``[..., d_model]``: the final RMSNorm,
+        the tied unembedding and (Gemma 2) the final softcap.
+
+        ``forward`` ends with it; the logit lens applies it to the stream after any layer. It runs
+        ``ln_final``, so hooks on ``ln_final`` see every call.
+        """
+        normalized = self.ln_final(resid)
         if last_position_only:
             # Unembed the last row as a 2-D matrix: a [batch, 1, d_model] slice keeps the long
             # stride of its parent, which sends torch 2.13's bf16 CPU matmul down a path ~50x slower.
-            logits = F.linear(resid[:, -1], weight)[:, None]
+            logits = F.linear(normalized[:, -1], self.embed.weight)[:, None]
         else:
-            logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
+            logits = F.linear(normalized, self.embed.weight)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
-        return self.hook_logits(logits)
+        return logits
+
+    def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
+                       incl_bwd: bool = False, remove_batch_dim: bool = False,
+                       **kwargs) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and an ``ActivationCache`` of the requested activations (``cache["pattern", 3]``).
+
+        Arguments as ``HookedModule.run_with_cache``, which stores the activations in a plain dict.
+        """
+        logits, store = super().run_with_cache(*args, names_filter=names_filter, device=device,
+                                               incl_bwd=incl_bwd, remove_batch_dim=remove_batch_dim, **kwargs)
+        return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
