@@ -2,22 +2,27 @@
 
 Presets reproduce the published architectures (figures from Google's model cards and the configs
 shipped with the checkpoints; see ``docs/architecture.md``). ``GemmaConfig.from_hf`` reads a
-transformers ``config.json``, in both the current spelling (``rope_parameters``, ``layer_types``)
-and the legacy one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``,
-``rope_scaling``, ``sliding_window_pattern``).
+transformers ``config.json``; how transformers spells each field lives in ``hf_format.py``.
 
-This module imports nothing but the standard library: it is the bottom layer of the package.
+Imports the standard library and ``hf_format`` (itself standard library only): the bottom of the
+package, with no torch.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-GLOBAL, LOCAL = "global", "local"
+from gemma_lab.hf_format import (
+    GLOBAL,
+    LOCAL,
+    config_fields_from_hf,
+    hf_config_dict,
+    layer_pattern,
+    read_config_json,
+)
 
 
 @dataclass(frozen=True)
@@ -239,11 +244,18 @@ class GemmaConfig:
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (layer_types is rebuilt when n_layers changes)."""
         if "n_layers" in changes and "layer_types" not in changes:
-            changes["layer_types"] = _layer_pattern(self.family, changes["n_layers"])
+            changes["layer_types"] = layer_pattern(self.family, changes["n_layers"])
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_hf(self, **token_ids: int) -> dict[str, Any]:
+        """The transformers ``config.json`` of this architecture (``from_hf`` reads it back unchanged).
+
+        ``token_ids``: ``bos_id``, ``eos_id``, ``pad_id`` when they differ from Gemma's 2, 1, 0.
+        """
+        return hf_config_dict(self, **token_ids)
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
@@ -257,265 +269,8 @@ class GemmaConfig:
     @classmethod
     def from_hf(cls, config: Mapping[str, Any] | str | Path) -> "GemmaConfig":
         """Read a transformers ``config.json`` (a dict, the file, or the checkpoint folder)."""
-        source = "config"
-        if isinstance(config, (str, Path)):
-            path = Path(config)
-            if path.is_dir():
-                path = path / "config.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such config file")
-            source = str(path)
-            try:
-                config = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return _config_from_hf_dict(dict(config), source)
-
-
-# ---- transformers config.json ------------------------------------------------------------
-
-# Defaults of the transformers config classes: save_pretrained may leave out keys that equal them.
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, max_position_embeddings=8192,
-                  rms_norm_eps=1e-6, rope_theta=10000.0),
-    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
-                   rms_norm_eps=1e-6, rope_theta=10000.0, query_pre_attn_scalar=256, sliding_window=4096,
-                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
-    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                        max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-                        rope_local_base_freq=10_000.0, query_pre_attn_scalar=256, sliding_window=4096,
-                        sliding_window_pattern=6, attn_logit_softcapping=None, final_logit_softcapping=None),
-}
-_FAMILY = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
-_MULTIMODAL = {"gemma3"}  # top-level model_type whose text tower sits under text_config
-
-
-def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
-    model_type = d.get("model_type")
-    if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
-        return _gemma4_config_from_hf(d, source)
-    if model_type in _MULTIMODAL:
-        text = dict(d.get("text_config") or {})
-        text.setdefault("model_type", "gemma3_text")
-        d = text
-        model_type = "gemma3_text"
-    if model_type not in _FAMILY:
-        raise ValueError(
-            f"{source}: model_type {model_type!r} is not a Gemma text model "
-            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma4_text, gemma4); "
-            f"architectures={d.get('architectures')}"
-        )
-    family = _FAMILY[model_type]
-    d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
-    n_layers = int(d["num_hidden_layers"])
-
-    # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
-    # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24
-    # rewrites it the same way); "gelu_exact"-style names mean the erf form.
-    act_name = d.get("hidden_act" if family == 1 else "hidden_activation") or d.get("hidden_act") or "gelu"
-    activations = {"gelu": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                   "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "gelu_accurate": "gelu_tanh"}
-    if act_name not in activations:
-        raise ValueError(f"{source}: unsupported activation {act_name!r} (Gemma uses GELU)")
-
-    layer_types = _hf_layer_types(d, family, n_layers, source)
-    rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
-    return GemmaConfig(
-        family=family,
-        vocab_size=int(d["vocab_size"]),
-        d_model=int(d["hidden_size"]),
-        n_layers=n_layers,
-        n_heads=int(d["num_attention_heads"]),
-        n_kv_heads=int(d["num_key_value_heads"]),
-        d_head=int(d["head_dim"]),
-        d_mlp=int(d["intermediate_size"]),
-        max_seq_len=int(d["max_position_embeddings"]),
-        norm_eps=float(d["rms_norm_eps"]),
-        activation=activations[act_name],
-        sandwich_norms=family >= 2,
-        qk_norm=family == 3,
-        query_pre_attn_scalar=float(d["query_pre_attn_scalar"]) if family >= 2 else None,
-        attn_softcap=_float_or_none(d.get("attn_logit_softcapping")) if family >= 2 else None,
-        final_softcap=_float_or_none(d.get("final_logit_softcapping")) if family >= 2 else None,
-        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
-        layer_types=layer_types,
-        rope_theta=rope_theta,
-        rope_theta_local=rope_theta_local,
-        rope_scale=rope_scale,
-        name=str(d.get("_name_or_path") or ""),
-    )
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _hf_layer_types(d: dict[str, Any], family: int, n_layers: int, source: str) -> tuple[str, ...]:
-    names = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
-    if d.get("layer_types"):
-        types = d["layer_types"]
-        if len(types) != n_layers:
-            raise ValueError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={n_layers}")
-        unknown = sorted(set(types) - set(names))
-        if unknown:
-            raise ValueError(f"{source}: unsupported layer_types {unknown}")
-        return tuple(names[t] for t in types)
-    return _layer_pattern(family, n_layers, int(d.get("sliding_window_pattern") or 6))
-
-
-def _layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...]:
-    """The published local/global layout: Gemma 2 local on even layers; Gemma 3 five local, one global."""
-    if family == 1:
-        return (GLOBAL,) * n_layers
-    if family == 2:
-        return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(n_layers))
-    types = tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
-    if family == 4:  # Gemma 4 forces its last layer global
-        types = types[:-1] + (GLOBAL,)
-    return types
-
-
-def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
-    """(global theta, local theta, global linear scale) from either config spelling."""
-    params = d.get("rope_parameters")
-    if params:
-        if "full_attention" in params or "sliding_attention" in params:
-            full = params.get("full_attention") or {}
-            local = params.get("sliding_attention") or full
-        else:
-            full = local = params
-        theta = float(full.get("rope_theta", d["rope_theta"]))
-        theta_local = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
-        scale = _linear_factor(full, source)
-        if _linear_factor(local, source) != 1.0:
-            raise ValueError(f"{source}: RoPE scaling on sliding-window layers is not supported")
-        return theta, theta_local, scale
-    theta = float(d["rope_theta"])
-    theta_local = float(d.get("rope_local_base_freq", theta)) if family == 3 else theta
-    return theta, theta_local, _linear_factor(d.get("rope_scaling") or {}, source)
-
-
-def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind in ("default", None):
-        return 1.0
-    if kind == "linear":
-        return float(rope["factor"])
-    raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
-
-
-# ---- Gemma 4 config.json (model_type gemma4_text, or gemma4 with the text tower under text_config) ----
-
-_GEMMA4_TYPES = {"gemma4_text", "gemma4"}
-# Gemma4TextConfig's defaults (transformers 5.24): save_pretrained leaves out keys that equal them.
-_GEMMA4_DEFAULTS: dict[str, Any] = dict(
-    vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30, num_attention_heads=8,
-    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
-    rms_norm_eps=1e-6, sliding_window=512, final_logit_softcapping=None, vocab_size_per_layer_input=262144,
-    hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
-    use_double_wide_mlp=False, num_experts=None, top_k_experts=None, moe_intermediate_size=None,
-    global_head_dim=512, num_global_key_value_heads=None, use_bidirectional_attention=None,
-)
-_GEMMA4_ROPE_DEFAULTS = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-                         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                                            "rope_theta": 1_000_000.0}}
-
-
-def _gemma4_config_from_hf(d: dict[str, Any], source: str) -> GemmaConfig:
-    if d.get("model_type") == "gemma4":  # multimodal: the text tower's config sits under text_config
-        d = dict(d.get("text_config") or {})
-    given = {k: v for k, v in d.items() if v is not None or k == "final_logit_softcapping"}
-    d = {**_GEMMA4_DEFAULTS, **given}
-    if d["use_bidirectional_attention"] == "all":
-        raise ValueError(f"{source}: use_bidirectional_attention='all' (a non-causal Gemma 4) is not supported")
-    # ("vision" makes image tokens attend both ways; text-only runs are causal, as here.)
-    if d["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_accurate"):
-        raise ValueError(f"{source}: unsupported activation {d['hidden_activation']!r} (Gemma 4 uses tanh GELU)")
-    n_layers = int(d["num_hidden_layers"])
-    names = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
-    if d.get("layer_types"):
-        unknown = sorted(set(d["layer_types"]) - set(names))
-        if unknown or len(d["layer_types"]) != n_layers:
-            raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
-                             f"full_attention, got {len(d['layer_types'])} entries {unknown or ''}")
-        layer_types = tuple(names[t] for t in d["layer_types"])[:-1] + (GLOBAL,)  # transformers forces the last global
-    else:
-        layer_types = _layer_pattern(4, n_layers)
-    d_head_global, n_kv_global = _gemma4_global_shapes(d, layer_types, source)
-    rope = {**_GEMMA4_ROPE_DEFAULTS, **(d.get("rope_parameters") or {})}
-    local, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
-    if local.get("rope_type", "default") != "default":
-        raise ValueError(f"{source}: RoPE type {local.get('rope_type')!r} on sliding layers is not supported")
-    full_type = full.get("rope_type", "default")
-    if full_type not in ("default", "proportional"):
-        raise ValueError(f"{source}: RoPE type {full_type!r} on global layers is not supported "
-                         "(Gemma 4 uses proportional)")
-    moe = bool(d["enable_moe_block"])
-    d_per_layer = int(d["hidden_size_per_layer_input"] or 0)
-    return GemmaConfig(
-        family=4,
-        vocab_size=int(d["vocab_size"]),
-        d_model=int(d["hidden_size"]),
-        n_layers=n_layers,
-        n_heads=int(d["num_attention_heads"]),
-        n_kv_heads=int(d["num_key_value_heads"]),
-        d_head=int(d["head_dim"]),
-        d_mlp=int(d["intermediate_size"]),
-        max_seq_len=int(d["max_position_embeddings"]),
-        norm_eps=float(d["rms_norm_eps"]),
-        activation="gelu_tanh",
-        sandwich_norms=True,
-        qk_norm=True,
-        final_softcap=_float_or_none(d["final_logit_softcapping"]),
-        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
-        layer_types=layer_types,
-        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
-        rope_theta_local=float(local.get("rope_theta", 10_000.0)),
-        rope_scale=float(full.get("factor", 1.0)),
-        d_head_global=d_head_global,
-        n_kv_heads_global=n_kv_global,
-        # "default" RoPE ignores partial_rotary_factor in transformers; only "proportional" reads it.
-        rope_fraction_global=float(full.get("partial_rotary_factor", 1.0)) if full_type == "proportional" else 1.0,
-        k_eq_v=bool(d["attention_k_eq_v"]),
-        n_kv_shared_layers=int(d["num_kv_shared_layers"] or 0),
-        double_wide_mlp=bool(d["use_double_wide_mlp"]),
-        d_per_layer=d_per_layer,
-        vocab_per_layer=int(d["vocab_size_per_layer_input"]) if d_per_layer else 0,
-        n_experts=int(d["num_experts"]) if moe else 0,
-        n_experts_active=int(d["top_k_experts"]) if moe else 0,
-        d_expert=int(d["moe_intermediate_size"]) if moe else 0,
-        name=str(d.get("_name_or_path") or ""),
-    )
-
-
-def _gemma4_global_shapes(d: dict[str, Any], layer_types: tuple[str, ...], source: str) -> tuple[int, int | None]:
-    """(head width, kv heads or None) of the global layers, from either spelling.
-
-    Hub configs say ``global_head_dim`` and ``num_global_key_value_heads`` (the latter used only when
-    ``attention_k_eq_v``, as transformers does); transformers >= 5.24 saves ``per_layer_config``,
-    ``{layer: {"head_dim": ..., "num_key_value_heads": ...}}`` for each global layer.
-    """
-    per_layer = d.get("per_layer_config")
-    if not per_layer:
-        n_kv = d["num_global_key_value_heads"] if d["attention_k_eq_v"] else None
-        return int(d["global_head_dim"]), (int(n_kv) if n_kv is not None else None)
-    overrides = {}
-    for key, values in per_layer.items():
-        if not str(key).isdigit() or int(key) >= len(layer_types):
-            raise ValueError(f"{source}: per_layer_config key {key!r} is not a layer index")
-        unknown = sorted(set(values) - {"head_dim", "num_key_value_heads"})
-        if unknown or layer_types[int(key)] != GLOBAL:
-            raise ValueError(f"{source}: per_layer_config[{key}] = {values}: only head_dim and num_key_value_heads "
-                             "of global layers are supported")
-        overrides[int(key)] = (values.get("head_dim"), values.get("num_key_value_heads"))
-    distinct = {overrides.get(i, (None, None)) for i, kind in enumerate(layer_types) if kind == GLOBAL}
-    if len(distinct) != 1:
-        raise ValueError(f"{source}: per_layer_config gives global layers different shapes {sorted(map(str, distinct))}")
-    head_dim, n_kv = distinct.pop()
-    return int(head_dim or d["head_dim"]), (int(n_kv) if n_kv is not None else None)
+        d, source = read_config_json(config)
+        return cls(**config_fields_from_hf(d, source))
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -527,14 +282,14 @@ def _gemma1(name: str, **kw: Any) -> GemmaConfig:
 def _gemma2(name: str, n_layers: int, **kw: Any) -> GemmaConfig:
     return GemmaConfig(family=2, vocab_size=256000, n_layers=n_layers, max_seq_len=8192, sandwich_norms=True,
                        attn_softcap=50.0, final_softcap=30.0, sliding_window=4096,
-                       layer_types=_layer_pattern(2, n_layers), name=name, **kw)
+                       layer_types=layer_pattern(2, n_layers), name=name, **kw)
 
 
 def _gemma3(name: str, n_layers: int, *, vocab_size: int = 262208, window: int = 1024,
             max_seq_len: int = 131072, rope_scale: float = 8.0, **kw: Any) -> GemmaConfig:
     return GemmaConfig(family=3, vocab_size=vocab_size, n_layers=n_layers, max_seq_len=max_seq_len,
                        sandwich_norms=True, qk_norm=True, sliding_window=window,
-                       layer_types=_layer_pattern(3, n_layers), rope_theta=1_000_000.0,
+                       layer_types=layer_pattern(3, n_layers), rope_theta=1_000_000.0,
                        rope_theta_local=10_000.0, rope_scale=rope_scale, name=name, **kw)
 
 
@@ -542,7 +297,7 @@ def _gemma4(name: str, n_layers: int, *, window: int, max_seq_len: int, period: 
             **kw: Any) -> GemmaConfig:
     return GemmaConfig(family=4, vocab_size=262144, n_layers=n_layers, max_seq_len=max_seq_len,
                        sandwich_norms=True, qk_norm=True, final_softcap=30.0, sliding_window=window,
-                       layer_types=_layer_pattern(4, n_layers, period), rope_theta=1_000_000.0,
+                       layer_types=layer_pattern(4, n_layers, period), rope_theta=1_000_000.0,
                        rope_theta_local=10_000.0, d_head=256, d_head_global=512, rope_fraction_global=0.25,
                        name=name, **kw)
 
@@ -596,11 +351,11 @@ PRESETS: dict[str, GemmaConfig] = {
     "test-gemma2": GemmaConfig(
         family=2, vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
         max_seq_len=256, sandwich_norms=True, query_pre_attn_scalar=16.0, attn_softcap=50.0,
-        final_softcap=30.0, sliding_window=8, layer_types=_layer_pattern(2, 4), name="test-gemma2"),
+        final_softcap=30.0, sliding_window=8, layer_types=layer_pattern(2, 4), name="test-gemma2"),
     "test-gemma3": GemmaConfig(
         family=3, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
         max_seq_len=256, sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=16.0, sliding_window=8,
-        layer_types=_layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
+        layer_types=layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
         rope_scale=8.0, name="test-gemma3"),
     # Every Gemma 4 feature at once (no published size has them all): per-layer embeddings, K=V
     # global layers, two KV-shared layers with a double-wide MLP, and 4 experts, 2 per token.

@@ -278,7 +278,9 @@ def small_model(seed=0, **changes) -> Gemma:
 
 
 def test_every_hook_fires_in_order_with_the_listed_shape():
-    from gemma_lab import hook_table
+    from tools import hook_table
+
+    from gemma_lab import hook_points
 
     model = small_model()
     ids = tokens(2, 11)
@@ -289,9 +291,9 @@ def test_every_hook_fires_in_order_with_the_listed_shape():
     assert fired == model.hook_names() == list(cache)
     for name, activation in cache.items():
         layer = int(name.split(".")[1]) if name.startswith("blocks.") else 0
-        shape, _ = hook_table.HOOKS[hook_table.generic_name(name)]
+        axes, _ = hook_points.HOOKS[hook_points.generic_name(name)]
         sizes = hook_table.axis_sizes(model.cfg, 2, 11, layer)
-        assert tuple(activation.shape) == hook_table.expected_shape(shape, sizes), name
+        assert tuple(activation.shape) == hook_table.expected_shape(axes, sizes), name
     assert "blocks.4.attn.hook_k" not in cache and "blocks.4.attn.hook_shared_k" in cache  # a shared layer
     assert cache["blocks.2.attn.hook_z"].shape[-1] == 32 and cache["blocks.1.attn.hook_z"].shape[-1] == 16
 
@@ -415,7 +417,7 @@ def test_head_ablation_patching_and_logit_lens_on_gemma4():
 
 
 def teacher_forced(model, ids, prompt_len, attention_mask=None):
-    logits, cache = prefill(model, ids[:, :prompt_len], attention_mask=attention_mask, kv_cache=ids.shape[1])
+    logits, cache = prefill(model, ids[:, :prompt_len], attention_mask=attention_mask, max_len=ids.shape[1])
     steps = [logits] + [decode_step(model, ids[:, i], cache) for i in range(prompt_len, ids.shape[1])]
     return torch.stack(steps, dim=1), cache
 
@@ -484,7 +486,7 @@ def test_greedy_generation_equals_transformers(tmp_path, variant):
 
 def test_info_and_the_lesson_reference_count_shared_layers_and_wide_heads(capsys):
     from gemma_lab.cli import main
-    from gemma_lab.exercises.interp_parts import kv_cache_bytes_reference
+    from gemma_lab.exercises.lesson14_real_weights import kv_cache_bytes_reference
 
     assert main(["info", "gemma4-e2b"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,530 @@
+"""The transformers checkpoint format, in one place: ``config.json`` <-> ``GemmaConfig`` fields, and
+the tensor-name table, both directions.
+
+    config_fields_from_hf(d)  config.json dict -> GemmaConfig fields   (GemmaConfig.from_hf uses it)
+    hf_config_dict(cfg)       GemmaConfig -> config.json dict          (what save_pretrained would write)
+    hf_name_table(cfg)        transformers tensor name -> ours, for every parameter (loading, saving)
+
+Both config spellings are read: the current one (``rope_parameters``, ``layer_types``) and the legacy
+one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``, ``rope_scaling``,
+``sliding_window_pattern``). A new checkpoint generation adds its keys and names here: Gemma 4's
+(``gemma4_text``, ``gemma4``) have blocks of their own below.
+
+Imports the standard library only: this is the bottom of the package, below ``config.py`` (which
+builds ``GemmaConfig`` from these fields and takes the layer vocabulary ``GLOBAL``/``LOCAL`` from
+here). Configs are read by attribute, described by the ``ConfigLike`` Protocol, never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+GLOBAL, LOCAL = "global", "local"
+
+# transformers' layer_types values -> ours.
+_LAYER_TYPE_NAMES = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
+
+
+class ConfigLike(Protocol):
+    """The ``GemmaConfig`` fields this module reads (``config.py`` defines the class)."""
+
+    family: int
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    max_seq_len: int
+    norm_eps: float
+    activation: str
+    sandwich_norms: bool
+    qk_norm: bool
+    query_pre_attn_scalar: float | None
+    attn_softcap: float | None
+    final_softcap: float | None
+    sliding_window: int | None
+    layer_types: tuple[str, ...]
+    rope_theta: float
+    rope_theta_local: float
+    rope_scale: float
+
+
+# ---- config.json -> GemmaConfig fields ----------------------------------------------------------
+
+def read_config_json(config: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    """``(dict, source)`` from a ``config.json`` given as a dict, the file, or the checkpoint folder."""
+    if not isinstance(config, (str, Path)):
+        return dict(config), "config"
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+# Defaults of the transformers config classes: save_pretrained may leave out keys that equal them.
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, max_position_embeddings=8192,
+                  rms_norm_eps=1e-6, rope_theta=10000.0),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
+                   rms_norm_eps=1e-6, rope_theta=10000.0, query_pre_attn_scalar=256, sliding_window=4096,
+                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                        max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                        rope_local_base_freq=10_000.0, query_pre_attn_scalar=256, sliding_window=4096,
+                        sliding_window_pattern=6, attn_logit_softcapping=None, final_logit_softcapping=None),
+}
+_FAMILY = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
+_MULTIMODAL = {"gemma3"}  # top-level model_type whose text tower sits under text_config
+
+
+def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``GemmaConfig`` fields from a transformers ``config.json`` dict (``source`` names it in errors)."""
+    d = dict(d)
+    model_type = d.get("model_type")
+    if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
+        return gemma4_config_fields(d, source)
+    if model_type in _MULTIMODAL:
+        text = dict(d.get("text_config") or {})
+        text.setdefault("model_type", "gemma3_text")
+        d = text
+        model_type = "gemma3_text"
+    if model_type not in _FAMILY:
+        raise ValueError(
+            f"{source}: model_type {model_type!r} is not a Gemma text model "
+            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma4_text, gemma4); "
+            f"architectures={d.get('architectures')}"
+        )
+    family = _FAMILY[model_type]
+    d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
+    n_layers = int(d["num_hidden_layers"])
+
+    # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
+    # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24
+    # rewrites it the same way); "gelu_exact"-style names mean the erf form.
+    act_name = d.get("hidden_act" if family == 1 else "hidden_activation") or d.get("hidden_act") or "gelu"
+    activations = {"gelu": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+                   "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "gelu_accurate": "gelu_tanh"}
+    if act_name not in activations:
+        raise ValueError(f"{source}: unsupported activation {act_name!r} (Gemma uses GELU)")
+
+    layer_types = _hf_layer_types(d, family, n_layers, source)
+    rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
+    return dict(
+        family=family,
+        vocab_size=int(d["vocab_size"]),
+        d_model=int(d["hidden_size"]),
+        n_layers=n_layers,
+        n_heads=int(d["num_attention_heads"]),
+        n_kv_heads=int(d["num_key_value_heads"]),
+        d_head=int(d["head_dim"]),
+        d_mlp=int(d["intermediate_size"]),
+        max_seq_len=int(d["max_position_embeddings"]),
+        norm_eps=float(d["rms_norm_eps"]),
+        activation=activations[act_name],
+        sandwich_norms=family >= 2,
+        qk_norm=family == 3,
+        query_pre_attn_scalar=float(d["query_pre_attn_scalar"]) if family >= 2 else None,
+        attn_softcap=_float_or_none(d.get("attn_logit_softcapping")) if family >= 2 else None,
+        final_softcap=_float_or_none(d.get("final_logit_softcapping")) if family >= 2 else None,
+        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+        rope_theta=rope_theta,
+        rope_theta_local=rope_theta_local,
+        rope_scale=rope_scale,
+        name=str(d.get("_name_or_path") or ""),
+    )
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _hf_layer_types(d: dict[str, Any], family: int, n_layers: int, source: str) -> tuple[str, ...]:
+    names = _LAYER_TYPE_NAMES
+    if d.get("layer_types"):
+        types = d["layer_types"]
+        if len(types) != n_layers:
+            raise ValueError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={n_layers}")
+        unknown = sorted(set(types) - set(names))
+        if unknown:
+            raise ValueError(f"{source}: unsupported layer_types {unknown}")
+        return tuple(names[t] for t in types)
+    return layer_pattern(family, n_layers, int(d.get("sliding_window_pattern") or 6))
+
+
+def layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...]:
+    """The published local/global layout: Gemma 2 local on even layers; Gemma 3 five local, one global."""
+    if family == 1:
+        return (GLOBAL,) * n_layers
+    if family == 2:
+        return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(n_layers))
+    types = tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
+    if family == 4:  # Gemma 4 forces its last layer global
+        types = types[:-1] + (GLOBAL,)
+    return types
+
+
+def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
+    """(global theta, local theta, global linear scale) from either config spelling."""
+    params = d.get("rope_parameters")
+    if params:
+        if "full_attention" in params or "sliding_attention" in params:
+            full = params.get("full_attention") or {}
+            local = params.get("sliding_attention") or full
+        else:
+            full = local = params
+        theta = float(full.get("rope_theta", d["rope_theta"]))
+        theta_local = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
+        scale = _linear_factor(full, source)
+        if _linear_factor(local, source) != 1.0:
+            raise ValueError(f"{source}: RoPE scaling on sliding-window layers is not supported")
+        return theta, theta_local, scale
+    theta = float(d["rope_theta"])
+    theta_local = float(d.get("rope_local_base_freq", theta)) if family == 3 else theta
+    return theta, theta_local, _linear_factor(d.get("rope_scaling") or {}, source)
+
+
+def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in ("default", None):
+        return 1.0
+    if kind == "linear":
+        return float(rope["factor"])
+    raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
+
+
+# ---- Gemma 4 config.json (model_type gemma4_text, or gemma4 with the text tower under text_config) ----
+
+_GEMMA4_TYPES = {"gemma4_text", "gemma4"}
+# Gemma4TextConfig's defaults (transformers 5.24): save_pretrained leaves out keys that equal them.
+_GEMMA4_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+    rms_norm_eps=1e-6, sliding_window=512, final_logit_softcapping=None, vocab_size_per_layer_input=262144,
+    hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
+    use_double_wide_mlp=False, num_experts=None, top_k_experts=None, moe_intermediate_size=None,
+    global_head_dim=512, num_global_key_value_heads=None, use_bidirectional_attention=None,
+)
+_GEMMA4_ROPE_DEFAULTS = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                            "rope_theta": 1_000_000.0}}
+
+
+def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``GemmaConfig`` fields from a Gemma 4 ``config.json`` (``gemma4_text``, or ``gemma4`` with a text tower)."""
+    d = dict(d)
+    if d.get("model_type") == "gemma4":  # multimodal: the text tower's config sits under text_config
+        d = dict(d.get("text_config") or {})
+    given = {k: v for k, v in d.items() if v is not None or k == "final_logit_softcapping"}
+    d = {**_GEMMA4_DEFAULTS, **given}
+    if d["use_bidirectional_attention"] == "all":
+        raise ValueError(f"{source}: use_bidirectional_attention='all' (a non-causal Gemma 4) is not supported")
+    # ("vision" makes image tokens attend both ways; text-only runs are causal, as here.)
+    if d["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_accurate"):
+        raise ValueError(f"{source}: unsupported activation {d['hidden_activation']!r} (Gemma 4 uses tanh GELU)")
+    n_layers = int(d["num_hidden_layers"])
+    names = _LAYER_TYPE_NAMES
+    if d.get("layer_types"):
+        unknown = sorted(set(d["layer_types"]) - set(names))
+        if unknown or len(d["layer_types"]) != n_layers:
+            raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
+                             f"full_attention, got {len(d['layer_types'])} entries {unknown or ''}")
+        layer_types = tuple(names[t] for t in d["layer_types"])[:-1] + (GLOBAL,)  # transformers forces the last global
+    else:
+        layer_types = layer_pattern(4, n_layers)
+    d_head_global, n_kv_global = _gemma4_global_shapes(d, layer_types, source)
+    rope = {**_GEMMA4_ROPE_DEFAULTS, **(d.get("rope_parameters") or {})}
+    local, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(f"{source}: RoPE type {local.get('rope_type')!r} on sliding layers is not supported")
+    full_type = full.get("rope_type", "default")
+    if full_type not in ("default", "proportional"):
+        raise ValueError(f"{source}: RoPE type {full_type!r} on global layers is not supported "
+                         "(Gemma 4 uses proportional)")
+    moe = bool(d["enable_moe_block"])
+    d_per_layer = int(d["hidden_size_per_layer_input"] or 0)
+    return dict(
+        family=4,
+        vocab_size=int(d["vocab_size"]),
+        d_model=int(d["hidden_size"]),
+        n_layers=n_layers,
+        n_heads=int(d["num_attention_heads"]),
+        n_kv_heads=int(d["num_key_value_heads"]),
+        d_head=int(d["head_dim"]),
+        d_mlp=int(d["intermediate_size"]),
+        max_seq_len=int(d["max_position_embeddings"]),
+        norm_eps=float(d["rms_norm_eps"]),
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        final_softcap=_float_or_none(d["final_logit_softcapping"]),
+        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
+        rope_theta_local=float(local.get("rope_theta", 10_000.0)),
+        rope_scale=float(full.get("factor", 1.0)),
+        d_head_global=d_head_global,
+        n_kv_heads_global=n_kv_global,
+        # "default" RoPE ignores partial_rotary_factor in transformers; only "proportional" reads it.
+        rope_fraction_global=float(full.get("partial_rotary_factor", 1.0)) if full_type == "proportional" else 1.0,
+        k_eq_v=bool(d["attention_k_eq_v"]),
+        n_kv_shared_layers=int(d["num_kv_shared_layers"] or 0),
+        double_wide_mlp=bool(d["use_double_wide_mlp"]),
+        d_per_layer=d_per_layer,
+        vocab_per_layer=int(d["vocab_size_per_layer_input"]) if d_per_layer else 0,
+        n_experts=int(d["num_experts"]) if moe else 0,
+        n_experts_active=int(d["top_k_experts"]) if moe else 0,
+        d_expert=int(d["moe_intermediate_size"]) if moe else 0,
+        name=str(d.get("_name_or_path") or ""),
+    )
+
+
+def _gemma4_global_shapes(d: dict[str, Any], layer_types: tuple[str, ...], source: str) -> tuple[int, int | None]:
+    """(head width, kv heads or None) of the global layers, from either spelling.
+
+    Hub configs say ``global_head_dim`` and ``num_global_key_value_heads`` (the latter used only when
+    ``attention_k_eq_v``, as transformers does); transformers >= 5.24 saves ``per_layer_config``,
+    ``{layer: {"head_dim": ..., "num_key_value_heads": ...}}`` for each global layer.
+    """
+    per_layer = d.get("per_layer_config")
+    if not per_layer:
+        n_kv = d["num_global_key_value_heads"] if d["attention_k_eq_v"] else None
+        return int(d["global_head_dim"]), (int(n_kv) if n_kv is not None else None)
+    overrides = {}
+    for key, values in per_layer.items():
+        if not str(key).isdigit() or int(key) >= len(layer_types):
+            raise ValueError(f"{source}: per_layer_config key {key!r} is not a layer index")
+        unknown = sorted(set(values) - {"head_dim", "num_key_value_heads"})
+        if unknown or layer_types[int(key)] != GLOBAL:
+            raise ValueError(f"{source}: per_layer_config[{key}] = {values}: only head_dim and num_key_value_heads "
+                             "of global layers are supported")
+        overrides[int(key)] = (values.get("head_dim"), values.get("num_key_value_heads"))
+    distinct = {overrides.get(i, (None, None)) for i, kind in enumerate(layer_types) if kind == GLOBAL}
+    if len(distinct) != 1:
+        raise ValueError(f"{source}: per_layer_config gives global layers different shapes {sorted(map(str, distinct))}")
+    head_dim, n_kv = distinct.pop()
+    return int(head_dim or d["head_dim"]), (int(n_kv) if n_kv is not None else None)
+
+
+# ---- GemmaConfig -> config.json ------------------------------------------------------------------
+
+_MODEL_TYPES = {1: ("gemma", "GemmaForCausalLM"), 2: ("gemma2", "Gemma2ForCausalLM"),
+                3: ("gemma3_text", "Gemma3ForCausalLM")}
+
+
+def hf_config_dict(cfg: ConfigLike, *, bos_id: int = 2, eos_id: int = 1, pad_id: int = 0,
+                   dtype: str = "float32") -> dict[str, Any]:
+    """``config.json`` as transformers writes it for this architecture (read back by ``from_hf`` unchanged).
+
+    The token ids default to Gemma's (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2).
+    """
+    if cfg.family == 4:
+        return _gemma4_config_dict(cfg, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, dtype=dtype)
+    model_type, architecture = _MODEL_TYPES[cfg.family]
+    ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
+    d: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        # Gemma 1 spells the activation hidden_act, Gemma 2/3 hidden_activation.
+        ("hidden_act" if cfg.family == 1 else "hidden_activation"):
+            "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else "gelu_python",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+    }
+    if cfg.family >= 2:
+        d.update({
+            "query_pre_attn_scalar": int(cfg.query_pre_attn_scalar or cfg.d_head),  # transformers insists on an int
+            "sliding_window": cfg.sliding_window,
+            "layer_types": [ours_to_theirs[t] for t in cfg.layer_types],
+            "attn_logit_softcapping": cfg.attn_softcap,
+            "final_logit_softcapping": cfg.final_softcap,
+        })
+    if cfg.family == 3:
+        full = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+        if cfg.rope_scale != 1.0:
+            full = {"rope_theta": cfg.rope_theta, "rope_type": "linear", "factor": cfg.rope_scale}
+        d["rope_parameters"] = {"full_attention": full,
+                                "sliding_attention": {"rope_theta": cfg.rope_theta_local, "rope_type": "default"}}
+        d["use_bidirectional_attention"] = False
+    else:
+        d["rope_theta"] = cfg.rope_theta
+    d.update({
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": bos_id,
+        "dtype": dtype,
+    })
+    return d
+
+
+def _gemma4_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dtype: str) -> dict[str, Any]:
+    """Gemma 4's ``config.json`` in the hub's spelling (``global_head_dim``, ``num_global_key_value_heads``)."""
+    ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
+    global_layer = cfg.layer_types.index(GLOBAL)
+    full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_fraction_global != 1.0:
+        full = {"rope_type": "proportional", "partial_rotary_factor": cfg.rope_fraction_global,
+                "rope_theta": cfg.rope_theta}
+    if cfg.rope_scale != 1.0:
+        full["factor"] = cfg.rope_scale
+    return {
+        "architectures": ["Gemma4ForCausalLM"],
+        "model_type": "gemma4_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "global_head_dim": cfg.d_head_for(global_layer),
+        "num_global_key_value_heads": cfg.n_kv_heads_global,
+        "attention_k_eq_v": cfg.k_eq_v,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "sliding_window": cfg.sliding_window or 512,
+        "layer_types": [ours_to_theirs[t] for t in cfg.layer_types],
+        "rope_parameters": {"full_attention": full,
+                            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+        "final_logit_softcapping": cfg.final_softcap,
+        "num_kv_shared_layers": cfg.n_kv_shared_layers,
+        "use_double_wide_mlp": cfg.double_wide_mlp,
+        "hidden_size_per_layer_input": cfg.d_per_layer,  # 0 (no per-layer embeddings) must be written: the default is 256
+        "vocab_size_per_layer_input": cfg.vocab_per_layer or cfg.vocab_size,
+        "enable_moe_block": bool(cfg.n_experts),
+        "num_experts": cfg.n_experts or None,
+        "top_k_experts": cfg.n_experts_active or None,
+        "moe_intermediate_size": cfg.d_expert or None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": bos_id,
+        "dtype": dtype,
+    }
+
+
+# ---- tensor names ---------------------------------------------------------------------------------
+
+# Prefixes in front of the text model's names, by checkpoint kind.
+TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+# Multimodal Gemma 3 files also hold the vision tower and projector; the text model skips them.
+NON_TEXT = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
+
+
+def hf_name_table(config: ConfigLike) -> dict[str, str]:
+    """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
+    if config.family == 4:
+        return gemma4_name_table(config)
+    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
+    # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
+    norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
+    if config.sandwich_norms:
+        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
+                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
+    for layer in range(config.n_layers):
+        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
+        for hf_norm, our_norm in norms.items():
+            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            table[f"{theirs}self_attn.{proj}.weight"] = f"{ours}attn.{proj}.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
+        if config.qk_norm:
+            table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
+            table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
+    return table
+
+
+# ---- Gemma 4 tensor names ------------------------------------------------------------------------
+
+# Gemma4ForConditionalGeneration files also hold these towers; the text model skips them (saying so).
+GEMMA4_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\.")
+_GEMMA4_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
+                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
+_GEMMA4_MOE = {"router.proj.weight": "moe.router.proj.weight", "router.scale": "moe.router.scale",
+               "router.per_expert_scale": "moe.router.per_expert_scale",
+               "experts.gate_up_proj": "moe.experts.gate_up_proj", "experts.down_proj": "moe.experts.down_proj",
+               "post_feedforward_layernorm_1.weight": "moe.post_norm_dense.weight",
+               "pre_feedforward_layernorm_2.weight": "moe.pre_norm.weight",
+               "post_feedforward_layernorm_2.weight": "moe.post_norm.weight"}
+_GEMMA4_PER_LAYER = {"per_layer_input_gate.weight": "per_layer.gate.weight",
+                     "per_layer_projection.weight": "per_layer.projection.weight",
+                     "post_per_layer_input_norm.weight": "per_layer.post_norm.weight"}
+
+
+def gemma4_name_table(config: Any) -> dict[str, str]:
+    """transformers' Gemma 4 text names (without the prefix) -> ours, for every parameter and buffer."""
+    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
+    if config.d_per_layer:
+        table.update({"embed_tokens_per_layer.weight": "per_layer_embed.embed.weight",
+                      "per_layer_model_projection.weight": "per_layer_embed.model_projection.weight",
+                      "per_layer_projection_norm.weight": "per_layer_embed.projection_norm.weight"})
+    for layer in range(config.n_layers):
+        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
+        table[f"{theirs}layer_scalar"] = f"{ours}layer_scalar"
+        for hf_norm, our_norm in _GEMMA4_NORMS.items():
+            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
+        projections = ["q_proj", "o_proj", "q_norm"]
+        if not config.is_kv_shared(layer):  # shared layers have no keys or values of their own
+            projections += ["k_proj", "k_norm"] + (["v_proj"] if config.has_v_proj(layer) else [])
+        for part in projections:
+            table[f"{theirs}self_attn.{part}.weight"] = f"{ours}attn.{part}.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
+        groups = ([_GEMMA4_MOE] if config.n_experts else []) + ([_GEMMA4_PER_LAYER] if config.d_per_layer else [])
+        for group in groups:
+            table.update({theirs + name: ours + mine for name, mine in group.items()})
+    return table
+
+
+def gemma4_skip_reason(name: str, config: Any) -> str | None:
+    """Why a tensor of a Gemma 4 file is not loaded (None: it is loaded or unexpected)."""
+    if GEMMA4_NON_TEXT.match(name):
+        return "vision/audio tower tensors (gemma_lab loads the text model only)"
+    match = re.search(r"layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm)\.weight$", name)
+    if match and int(match.group(1)) < config.n_layers and config.is_kv_shared(int(match.group(1))):
+        return "key/value weights of KV-shared layers (unused: those layers read an earlier layer's keys and values)"
+    return None
+
+
+def our_name_table(config: ConfigLike) -> dict[str, str]:
+    """Ours -> transformers' full name (with the ``model.`` prefix): the names a saved checkpoint uses."""
+    return {ours: f"model.{theirs}" for theirs, ours in hf_name_table(config).items()}
+
+
+def strip_text_prefix(name: str) -> str | None:
+    """A checkpoint name without the text model's prefix, or None when it has none of them."""
+    for prefix in TEXT_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
