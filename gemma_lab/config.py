@@ -19,6 +19,11 @@ from typing import Any, Mapping
 
 GLOBAL, LOCAL = "global", "local"
 
+# Sanity bounds: far above every published Gemma (62 layers, 32 heads), far below what would make
+# building the model take minutes before anything could go wrong visibly.
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+
 
 @dataclass(frozen=True)
 class GemmaConfig:
@@ -54,13 +59,29 @@ class GemmaConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.family not in (1, 2, 3):
+        if type(self.family) is not int or self.family not in (1, 2, 3):
             raise ValueError(f"GemmaConfig.family must be 1, 2 or 3, got {self.family!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp",
                      "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:  # bool is an int to Python, not to us
                 raise ValueError(f"GemmaConfig.{name} must be a positive integer, got {value!r}")
+        for name, limit in (("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS), ("n_kv_heads", MAX_HEADS)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"GemmaConfig.{name} = {getattr(self, name)} exceeds the limit of {limit} "
+                                 f"(the largest Gemma has 62 layers and 32 heads)")
+        for name in ("norm_eps", "rope_theta", "rope_theta_local", "rope_scale", "query_pre_attn_scalar",
+                     "attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            if value is None and name in ("query_pre_attn_scalar", "attn_softcap", "final_softcap"):
+                continue  # None means "not used" (softcaps) or "d_head" (query scale)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                hint = " (use None for no softcap)" if name.endswith("softcap") else ""
+                raise ValueError(f"GemmaConfig.{name} must be a positive finite number, got {value!r}{hint}")
+        if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window < 1):
+            raise ValueError(f"GemmaConfig.sliding_window must be a positive integer or None, "
+                             f"got {self.sliding_window!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"GemmaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
@@ -78,8 +99,6 @@ class GemmaConfig:
             raise ValueError("GemmaConfig has local layers but no sliding_window")
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ValueError(f"GemmaConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
-        if self.rope_scale <= 0:
-            raise ValueError(f"GemmaConfig.rope_scale must be positive, got {self.rope_scale}")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -154,6 +173,8 @@ class GemmaConfig:
                 config = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{source}: a config must be a JSON object, got {type(config).__name__}")
         return _config_from_hf_dict(dict(config), source)
 
 
@@ -181,6 +202,9 @@ _MULTIMODAL = {"gemma3"}  # top-level model_type whose text tower sits under tex
 def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
     model_type = d.get("model_type")
     if model_type in _MULTIMODAL:
+        if not isinstance(d.get("text_config", {}), Mapping):
+            raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
+                             f"got {d.get('text_config')!r}")
         text = dict(d.get("text_config") or {})
         text.setdefault("model_type", "gemma3_text")
         d = text
@@ -192,7 +216,7 @@ def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
         )
     family = _FAMILY[model_type]
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
-    n_layers = int(d["num_hidden_layers"])
+    n_layers = _hf_int(d, "num_hidden_layers", source)
 
     # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
     # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24
@@ -205,24 +229,34 @@ def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
 
     layer_types = _hf_layer_types(d, family, n_layers, source)
     rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
+    try:
+        return _build_from_hf(d, family, n_layers, activations[act_name], layer_types,
+                              (rope_theta, rope_theta_local, rope_scale), source)
+    except ValueError as error:  # GemmaConfig's own checks: say which file they are about
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _build_from_hf(d: dict[str, Any], family: int, n_layers: int, activation: str, layer_types: tuple[str, ...],
+                   rope: tuple[float, float, float], source: str) -> GemmaConfig:
+    rope_theta, rope_theta_local, rope_scale = rope
     return GemmaConfig(
         family=family,
-        vocab_size=int(d["vocab_size"]),
-        d_model=int(d["hidden_size"]),
+        vocab_size=_hf_int(d, "vocab_size", source),
+        d_model=_hf_int(d, "hidden_size", source),
         n_layers=n_layers,
-        n_heads=int(d["num_attention_heads"]),
-        n_kv_heads=int(d["num_key_value_heads"]),
-        d_head=int(d["head_dim"]),
-        d_mlp=int(d["intermediate_size"]),
-        max_seq_len=int(d["max_position_embeddings"]),
-        norm_eps=float(d["rms_norm_eps"]),
-        activation=activations[act_name],
+        n_heads=_hf_int(d, "num_attention_heads", source),
+        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
+        d_head=_hf_int(d, "head_dim", source),
+        d_mlp=_hf_int(d, "intermediate_size", source),
+        max_seq_len=_hf_int(d, "max_position_embeddings", source),
+        norm_eps=_hf_float(d, "rms_norm_eps", source),
+        activation=activation,
         sandwich_norms=family >= 2,
         qk_norm=family == 3,
-        query_pre_attn_scalar=float(d["query_pre_attn_scalar"]) if family >= 2 else None,
-        attn_softcap=_float_or_none(d.get("attn_logit_softcapping")) if family >= 2 else None,
-        final_softcap=_float_or_none(d.get("final_logit_softcapping")) if family >= 2 else None,
-        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
+        query_pre_attn_scalar=_hf_float(d, "query_pre_attn_scalar", source) if family >= 2 else None,
+        attn_softcap=_hf_float(d, "attn_logit_softcapping", source, optional=True) if family >= 2 else None,
+        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True) if family >= 2 else None,
+        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
         layer_types=layer_types,
         rope_theta=rope_theta,
         rope_theta_local=rope_theta_local,
@@ -231,21 +265,45 @@ def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
     )
 
 
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _hf_int(d: Mapping[str, Any], key: str, source: str) -> int:
+    """``d[key]`` as a whole number; a fraction, a string or a bool is an error naming the field."""
+    value = d.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4.0 written by a JSON tool is still four layers
+    if type(value) is not int:
+        raise ValueError(f"{source}: {key} must be a whole number, got {value!r}")
+    return value
+
+
+def _hf_float(d: Mapping[str, Any], key: str, source: str, optional: bool = False) -> float | None:
+    """``d[key]`` as a float (None allowed when ``optional``); other types are an error naming the field."""
+    value = d.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{source}: {key} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        extra = " (null means no softcap)" if optional else ""
+        raise ValueError(f"{source}: {key} must be a positive finite number, got {value!r}{extra}")
+    return value
 
 
 def _hf_layer_types(d: dict[str, Any], family: int, n_layers: int, source: str) -> tuple[str, ...]:
     names = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
     if d.get("layer_types"):
         types = d["layer_types"]
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise ValueError(f"{source}: layer_types must be a list of strings, got {types!r}")
         if len(types) != n_layers:
             raise ValueError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={n_layers}")
         unknown = sorted(set(types) - set(names))
         if unknown:
             raise ValueError(f"{source}: unsupported layer_types {unknown}")
         return tuple(names[t] for t in types)
-    return _layer_pattern(family, n_layers, int(d.get("sliding_window_pattern") or 6))
+    period = _hf_int({"sliding_window_pattern": 6, **{k: v for k, v in d.items() if v is not None}},
+                     "sliding_window_pattern", source)
+    return _layer_pattern(family, n_layers, period)
 
 
 def _layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...]:
@@ -260,20 +318,23 @@ def _layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ..
 def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
     """(global theta, local theta, global linear scale) from either config spelling."""
     params = d.get("rope_parameters")
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"{source}: rope_parameters must be an object, got {params!r}")
     if params:
         if "full_attention" in params or "sliding_attention" in params:
             full = params.get("full_attention") or {}
             local = params.get("sliding_attention") or full
         else:
             full = local = params
-        theta = float(full.get("rope_theta", d["rope_theta"]))
-        theta_local = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
+        theta = _hf_float({"rope_theta": d["rope_theta"], **full}, "rope_theta", source)
+        theta_local = _hf_float({"rope_theta": d.get("rope_local_base_freq", theta), **local}, "rope_theta", source)
         scale = _linear_factor(full, source)
         if _linear_factor(local, source) != 1.0:
             raise ValueError(f"{source}: RoPE scaling on sliding-window layers is not supported")
         return theta, theta_local, scale
-    theta = float(d["rope_theta"])
-    theta_local = float(d.get("rope_local_base_freq", theta)) if family == 3 else theta
+    theta = _hf_float(d, "rope_theta", source)
+    theta_local = _hf_float({"rope_local_base_freq": theta, **d}, "rope_local_base_freq", source) if family == 3 \
+        else theta
     return theta, theta_local, _linear_factor(d.get("rope_scaling") or {}, source)
 
 
@@ -282,7 +343,7 @@ def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
     if kind in ("default", None):
         return 1.0
     if kind == "linear":
-        return float(rope["factor"])
+        return _hf_float(rope, "factor", source)
     raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
 
 

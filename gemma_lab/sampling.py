@@ -340,6 +340,8 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     """A ``torch.Generator`` seeded with ``seed`` on ``device`` (pass ``logits.device`` for GPU logits)."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**64:  # what torch.Generator can hold
+        raise ValueError(f"seed must lie in 0 to 2**64 - 1, got {seed}")
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
@@ -363,6 +365,9 @@ def sample(
     ``torch.multinomial`` from ``logits_to_probs(...)``, using ``generator`` (see
     ``make_generator``; it must live on the logits' device), so a fixed seed gives the same tokens.
     """
+    if torch.isnan(logits).any():  # argmax would pick the NaN's index, multinomial would raise deep inside
+        raise ValueError("sample: the logits hold NaN, so no token can be chosen (NaN weights, or a hook "
+                         "that wrote NaN into an activation?)")
     if temperature == 0:
         # Greedy: the other filters cannot change the argmax, so skip building a one-hot
         # distribution over the whole vocabulary (eight full-vocabulary passes per token).

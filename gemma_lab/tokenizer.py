@@ -47,6 +47,20 @@ _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 _ADDED_PIECE_TYPES = (_Piece.UNKNOWN, _Piece.CONTROL, _Piece.USER_DEFINED)
 
 
+def check_encodable(text: str) -> None:
+    """Raise a clear ValueError if ``text`` holds code points UTF-8 cannot hold (lone surrogates).
+
+    They come from bytes decoded with ``errors="surrogateescape"`` or from ``"\\ud800"``-style
+    escapes; the tokenizers would fail on them with an opaque binding error.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the text holds {text[error.start]!r} at position {error.start}, a lone surrogate "
+                         f"that is not valid Unicode; decode the input as UTF-8 (with errors='replace' if "
+                         f"it is not) before tokenizing") from None
+
+
 class GemmaTokenizer:
     """Gemma's tokenizer (Gemma 1, 2 and 3), backed by SentencePiece or by a tokenizers JSON file."""
 
@@ -113,6 +127,7 @@ class GemmaTokenizer:
         """Token ids for ``text``, with ``<bos>`` first unless ``add_bos=False``; no ``<eos>`` is appended."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes one string, got {type(text).__name__}")
+        check_encodable(text)
         ids = [self.bos_id] if add_bos else []
         if self._json is not None:
             return ids + self._json.encode(text, add_special_tokens=False).ids
