@@ -217,6 +217,9 @@ def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
     family = _FAMILY[model_type]
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
     n_layers = _hf_int(d, "num_hidden_layers", source)
+    if n_layers > MAX_LAYERS:  # before anything is built per layer
+        raise ValueError(f"{source}: num_hidden_layers = {n_layers} exceeds the limit of {MAX_LAYERS} "
+                         f"(the largest Gemma has 62)")
 
     # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
     # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24

@@ -20,6 +20,7 @@ become added tokens) and ``models/gemma/tokenization_gemma.py`` (decoder: "▁" 
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from pathlib import Path
@@ -230,7 +231,9 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
 
     A folder is searched for ``tokenizer.model`` (SentencePiece), then ``tokenizer.json`` (transformers).
     A ``.json`` file is read with the ``tokenizers`` library, any other file with SentencePiece.
-    ``chat_format`` ("gemma" or "gemma3") defaults to what the file looks like.
+    ``chat_format`` ("gemma" or "gemma3") defaults to the model's generation when a ``config.json``
+    sits beside the tokenizer (a small vocabulary such as the tiny model's says nothing about it),
+    else to what the file looks like.
     """
     if bundled.is_tiny_name(path):
         path = bundled.tiny_model_dir()
@@ -243,6 +246,8 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
         path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file or folder at {path}")
+    if chat_format is None:
+        chat_format = _chat_format_from_config(path.parent / "config.json")
 
     if path.suffix.lower() == ".json":
         try:
@@ -256,6 +261,17 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
         except (RuntimeError, OSError) as error:
             raise ValueError(f"{path} could not be read as a SentencePiece model: {error}") from error
     return GemmaTokenizer(backend, source=path, chat_format=chat_format)
+
+
+def _chat_format_from_config(config_path: Path) -> str | None:
+    """'gemma3' for a Gemma 3 checkpoint's config.json, 'gemma' for Gemma 1/2, None when unsure."""
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # no readable config: let the tokenizer file decide
+    if model_type in ("gemma3", "gemma3_text"):
+        return "gemma3"
+    return "gemma" if model_type in ("gemma", "gemma2") else None
 
 
 def readable_piece(piece: str) -> str:

@@ -491,3 +491,12 @@ def test_stream_candidates_show_pieces(tokenizer, text_model):
     assert [c.piece for c in record.candidates] == [
         tokenizer.id_to_piece(c.token_id).replace("▁", " ") for c in record.candidates]
     assert record.text is not None
+
+
+@pytest.mark.parametrize("seed, error, message", [("abc", TypeError, "seed must be an integer, or a list"),
+                                                  (1.5, TypeError, "seed must be an integer, or a list"),
+                                                  (2**64, ValueError, "seed must lie in 0 to 2"),
+                                                  ([1, 2], ValueError, "seed has 2 entries for 1 prompts")])
+def test_unusable_seeds_are_named(seed, error, message):
+    with pytest.raises(error, match=message):
+        gemma_lab.generate(random_model(1), [2, 3], max_new_tokens=2, temperature=1.0, seed=seed)

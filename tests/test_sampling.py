@@ -439,3 +439,20 @@ def test_sampling_imports_nothing_above_it():
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
     assert imported <= {"__future__", "dataclasses", "math", "numbers", "torch"}, imported
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5},
+                                    {"temperature": 1.0, "top_p": 0.9}, {"temperature": 1.0, "min_p": 0.1},
+                                    {"repetition_penalty": 1.3, "previous_tokens": torch.tensor([1, 2])}])
+def test_sample_refuses_nan_logits_in_every_mode(kwargs):
+    logits = random_logits()
+    logits[..., 3] = float("nan")
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        sample(logits, generator=make_generator(0), **kwargs)
+
+
+@pytest.mark.parametrize("seed, error", [("abc", TypeError), (1.5, TypeError), (True, TypeError),
+                                         (2**64, ValueError), (-1, ValueError)])
+def test_make_generator_names_an_unusable_seed(seed, error):
+    with pytest.raises(error, match="seed"):
+        make_generator(seed)
