@@ -449,7 +449,7 @@ def _files_from_index(index: Path) -> list[Path]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{index}: not a valid index file (not JSON: {exc})") from None
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: not a valid index file (expected an object with a 'weight_map' "
                               f"of tensor name -> shard file name)")
     folder = index.parent.resolve()

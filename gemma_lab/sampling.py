@@ -347,6 +347,18 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return generator
 
 
+def _check_non_finite(logits: torch.Tensor) -> None:
+    """-inf marks a removed token; NaN, +inf or a row with nothing left cannot give a token (argmax
+    would pick the NaN's index and multinomial would fail deep inside)."""
+    if bool(torch.isnan(logits).any()):
+        raise ValueError("sample: the logits hold NaN, so no token can be chosen (NaN weights, or a hook "
+                         "that wrote NaN into an activation?)")
+    if bool(torch.isposinf(logits).any()):
+        raise ValueError("sample: the logits hold +inf, so no probability can be computed")
+    if bool(torch.isneginf(logits).all(dim=-1).any()):
+        raise ValueError("sample: every logit of a row is -inf: no token is left to choose")
+
+
 def sample(
     logits: torch.Tensor,
     *,
@@ -365,9 +377,8 @@ def sample(
     ``torch.multinomial`` from ``logits_to_probs(...)``, using ``generator`` (see
     ``make_generator``; it must live on the logits' device), so a fixed seed gives the same tokens.
     """
-    if torch.isnan(logits).any():  # argmax would pick the NaN's index, multinomial would raise deep inside
-        raise ValueError("sample: the logits hold NaN, so no token can be chosen (NaN weights, or a hook "
-                         "that wrote NaN into an activation?)")
+    if not bool(torch.isfinite(logits).all()):  # one reduction in the usual, all-finite case
+        _check_non_finite(logits)
     if temperature == 0:
         # Greedy: the other filters cannot change the argmax, so skip building a one-hot
         # distribution over the whole vocabulary (eight full-vocabulary passes per token).
