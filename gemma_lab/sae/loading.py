@@ -59,6 +59,7 @@ _SAELENS_ARCHITECTURES = {
     "standard": ("relu", False, False), "jumprelu": ("jumprelu", False, False), "topk": ("topk", False, False),
     "transcoder": ("relu", True, False), "skip_transcoder": ("relu", True, True),
     "jumprelu_transcoder": ("jumprelu", True, False), "jumprelu_skip_transcoder": ("jumprelu", True, True),
+    "topk_transcoder": ("topk", True, False),  # gemma_lab's own (the bundled tiny transcoder); not in SAELens
 }
 
 TINY_SAES = {"tiny": "resid", "tiny-sae": "resid", "tiny-transcoder": "transcoder"}
