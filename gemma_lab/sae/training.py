@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (cfg, x, y, held_x, held_y) in runs.items():
         sae, log = train_sae(cfg, x, y, train)
         metrics = evaluate(sae, held_x, held_y)
-        command = "python -m gemma_lab.sae.training " + " ".join(argv if argv is not None else [])
+        command = "python -m gemma_lab.sae.training " + " ".join(argv if argv is not None else sys.argv[1:])
         extra = {"recipe": "TopK + AuxK (Gao et al., 2024)", "train": asdict(train), "train_tokens": x.shape[0],
                  "heldout": metrics, "seconds": log["seconds"], "command": command.strip(), "log": log}
         save_sae(sae, args.out / name, extra)
