@@ -86,3 +86,15 @@ def test_a_model_without_its_sae_is_refused(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="pass the SAE"):
         FeatureExplorer(model, tokenizer)
+
+
+def test_defaults_to_the_tiny_gemma_and_its_bundled_sae(monkeypatch):
+    monkeypatch.delenv("GEMMA_LAB_MODEL", raising=False)
+    explorer = FeatureExplorer(feature=288)  # the card's name feature
+    sae = load_sae("tiny")
+    tokens = torch.tensor([explorer.tokenizer.encode(explorer.text_box.value)])
+    expected = F.feature_activations(explorer.model, sae, tokens)[0, :, 288]
+    torch.testing.assert_close(explorer.prompt_acts, expected)
+    names = [explorer.tokenizer.to_str_tokens([c[i]], add_bos=False)[0]
+             for c, i, v in zip(explorer.contexts.contexts, explorer.contexts.centre, explorer.contexts.values) if v > 0]
+    assert names and all(name.strip().istitle() for name in names)  # names in the reference texts
