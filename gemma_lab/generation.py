@@ -4,7 +4,7 @@ Role. The model maps tokens to logits and nothing else; the KV cache (``kv_cache
 keys and values; sampling (``sampling.py``) turns logits into a token. This module wires them
 together as plain functions, in the spirit of gpt-fast's ``generate.py``:
 
-    logits, cache = prefill(model, prompt_tokens, kv_cache=max_len)   # step 0: the whole prompt
+    logits, cache = prefill(model, prompt_tokens, max_len=max_len)    # step 0: the whole prompt
     token = sample(logits, ...)
     logits = decode_step(model, token, cache)                          # steps 1, 2, ...: one token each
 
@@ -37,7 +37,7 @@ from typing import Iterator, Sequence, Union
 
 import torch
 
-from gemma_lab.cache import ActivationCache
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.hooks import HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.sampling import SamplingParams, filter_logits, logits_to_probs, make_generator, sample
@@ -67,14 +67,14 @@ STOP_TOKEN, STOP_STRING, MAX_NEW_TOKENS = "stop_token", "stop_string", "max_new_
 
 
 def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-            kv_cache: KVCache | int | None = None) -> tuple[torch.Tensor, KVCache]:
+            kv_cache: KVCache | None = None, max_len: int | None = None) -> tuple[torch.Tensor, KVCache]:
     """Run the prompt ``tokens [batch, pos]`` through the model, filling a KV cache.
 
     Returns the logits at the last position of each row, ``[batch, vocab]``, and the cache.
     With left padding (``attention_mask`` 0 on the left), the last column is every row's last
-    real token. ``kv_cache``: an existing ``KVCache`` to continue, the ``max_len`` of a new one,
-    or None for a new one with room for ``DEFAULT_PREFILL_ROOM`` more tokens (capped at the
-    model's ``max_seq_len``).
+    real token. ``kv_cache``: an existing ``KVCache`` to continue; without one, a new cache holding
+    ``max_len`` positions (default: the prompt plus ``DEFAULT_PREFILL_ROOM`` more tokens, capped at
+    the model's ``max_seq_len``).
     """
     tokens = torch.as_tensor(tokens, device=model.device)
     if tokens.ndim == 1:
@@ -83,10 +83,14 @@ def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None 
         attention_mask = torch.as_tensor(attention_mask, device=model.device)
         if attention_mask.ndim == 1:
             attention_mask = attention_mask[None]
+    if kv_cache is not None and not isinstance(kv_cache, KVCache):
+        raise TypeError(f"kv_cache must be a KVCache (pass a size as max_len=), got {type(kv_cache).__name__}")
+    if kv_cache is not None and max_len is not None:
+        raise ValueError("pass either kv_cache (an existing cache) or max_len (the size of a new one), not both")
     if kv_cache is None:
-        kv_cache = min(model.cfg.max_seq_len, tokens.shape[-1] + DEFAULT_PREFILL_ROOM)
-    if isinstance(kv_cache, numbers.Integral):
-        kv_cache = KVCache.for_model(model, tokens.shape[0], int(kv_cache))
+        if max_len is None:
+            max_len = min(model.cfg.max_seq_len, tokens.shape[-1] + DEFAULT_PREFILL_ROOM)
+        kv_cache = KVCache.for_model(model, tokens.shape[0], int(max_len))
     with torch.no_grad():
         logits = model(tokens, attention_mask=attention_mask, kv_cache=kv_cache, last_position_only=True)
     return logits[:, -1], kv_cache
@@ -189,8 +193,8 @@ def stream(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64, t
 
     top_k_candidates: how many of the most likely tokens each record lists (0 for none).
     names_filter: hook names (a name, a list, or a predicate) whose activations each record
-        carries, captured by hooks during that step's forward pass. The hooks stay attached
-        while the loop runs and are removed when it ends (or when the loop is left early).
+        carries, captured by hooks during that step's forward pass. The hooks are attached for
+        each step's forward pass only, never while a record is being handed out.
     Joining every record's ``text`` gives ``generate(...).text``.
     """
     if not isinstance(top_k_candidates, numbers.Integral) or isinstance(top_k_candidates, bool) \
@@ -216,19 +220,26 @@ def _records(run: "_Run", names: list[str], top_k_candidates: int) -> Iterator[S
         if not pass_positions and hook.positions is not None:
             pass_positions.append(hook.positions[0].clone())
 
-    with model.hooks(fwd_hooks=[(name, capture) for name in names]):
-        for step, logits in run.steps():
-            record = StepRecord(
-                step=step, token_id=run.generated[0][-1], position=prompt_len + step, text=run.new_text(0),
-                candidates=run.candidates(logits[0], 0, top_k_candidates), stop_reason=run.stop_reasons[0],
-            )
-            if names:
-                record.activations = ActivationCache(dict(captured), model)
-                record.positions = pass_positions[0] if pass_positions else None
-                record.key_positions = _key_positions(run.cache, step, prompt_len)
-            captured.clear()
-            pass_positions.clear()
-            yield record
+    steps = run.steps()
+    while True:
+        # The capture hooks are attached for one step's forward pass only, and detached before the
+        # record is yielded: a suspended (or abandoned) stream never fires on someone else's pass.
+        with model.hooks(fwd_hooks=[(name, capture) for name in names]):
+            try:
+                step, logits = next(steps)
+            except StopIteration:
+                return
+        record = StepRecord(
+            step=step, token_id=run.generated[0][-1], position=prompt_len + step, text=run.new_text(0),
+            candidates=run.candidates(logits[0], 0, top_k_candidates), stop_reason=run.stop_reasons[0],
+        )
+        if names:
+            record.activations = ActivationCache(dict(captured), model)
+            record.positions = pass_positions[0] if pass_positions else None
+            record.key_positions = _key_positions(run.cache, step, prompt_len)
+        captured.clear()
+        pass_positions.clear()
+        yield record
 
 
 def default_stop_ids(model, tokenizer=None) -> list[int]:
@@ -291,7 +302,12 @@ class _Run:
     def _generators(self, seed) -> list[torch.Generator | None]:
         if seed is None:
             return [None] * len(self.rows)
-        seeds = [seed] * len(self.rows) if isinstance(seed, numbers.Integral) else list(seed)
+        if isinstance(seed, numbers.Integral):
+            seeds = [seed] * len(self.rows)
+        elif isinstance(seed, (list, tuple)):
+            seeds = list(seed)
+        else:
+            raise TypeError(f"seed must be an integer, or a list of integers (one per prompt), got {seed!r}")
         if len(seeds) != len(self.rows):
             raise ValueError(f"seed has {len(seeds)} entries for {len(self.rows)} prompts")
         return [make_generator(s, self.model.device) for s in seeds]
@@ -307,13 +323,14 @@ class _Run:
             with torch.no_grad():
                 model.run_context.step = 0
                 logits, self.cache = prefill(model, tokens, attention_mask=mask,
-                                             kv_cache=tokens.shape[1] + self.max_new_tokens)
+                                             max_len=tokens.shape[1] + self.max_new_tokens)
                 for step in range(self.max_new_tokens):
                     if step > 0:
                         model.run_context.step = step
                         last = [row[-1] for row in self.generated]
                         logits = decode_step(model, last, self.cache)
                     self._choose(logits, last_step=step == self.max_new_tokens - 1)
+                    model.run_context.step = None  # no stale step for other passes while suspended
                     yield step, logits
                     if all(reason is not None for reason in self.stop_reasons):
                         break

@@ -11,7 +11,8 @@ The model is built on the ``meta`` device and each tensor is read from the memor
 straight into its parameter, so weights are copied once (a dtype change is that one copy).
 Every tensor is accounted for: a missing, unexpected or mis-shaped one raises an error naming it.
 
-The checkpoint's tensor names appear in this file only (``_hf_name_table``).
+The checkpoint's tensor names and config keys live in ``hf_format.py`` (``hf_name_table``); this
+file reads files and checks what it reads.
 """
 
 from __future__ import annotations
@@ -19,23 +20,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
+from gemma_lab.hf_format import NON_TEXT, hf_name_table, strip_text_prefix
 from gemma_lab.model import Gemma
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
 _PROGRESS_MIN_BYTES = 256 * 2**20
-# Prefixes in front of the text model's names, by checkpoint kind.
-_TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
-# Multimodal Gemma 3 files also hold the vision tower and projector; the text model skips them.
-_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 
 class CheckpointError(ValueError):
@@ -65,10 +66,11 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     total_bytes = source.total_bytes()
     show = progress if progress is not None else total_bytes >= _PROGRESS_MIN_BYTES
 
-    with torch.device("meta"), _skip_weight_init():
+    with torch.device("meta"), _SkipWeightInit():
         model = Gemma(config)
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     loaded: dict[str, torch.Tensor] = {}
+    non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
         for our_name, tensor, origin in source.tensors(config, dtype):
@@ -83,13 +85,20 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 )
             if our_name in loaded:
                 raise CheckpointError(f"{origin}: {our_name} appears twice in the checkpoint")
-            target_dtype = dtype or tensor.dtype
-            if not target_dtype.is_floating_point:
-                raise CheckpointError(f"{origin}: dtype {tensor.dtype} is not supported (quantized weights?)")
-            loaded[our_name] = tensor.to(device=device, dtype=target_dtype)
+            if tensor.dtype not in _FLOAT_DTYPES:  # judged on what is stored, before any conversion
+                raise CheckpointError(
+                    f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
+                    f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
+            loaded[our_name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+            if not bool(torch.isfinite(loaded[our_name]).all()):
+                non_finite.append(f"{origin} ({our_name})")
             bar.update(tensor.numel() * tensor.element_size())
     finally:
         bar.close()
+    if non_finite:  # loadable, but every forward pass will carry NaN: say where it comes from
+        more = f" and {len(non_finite) - 3} more" if len(non_finite) > 3 else ""
+        warnings.warn(f"{source.describe()}: NaN or inf values in {'; '.join(non_finite[:3])}{more}; "
+                      f"the model's outputs will not be meaningful", RuntimeWarning, stacklevel=2)
     missing = sorted(set(expected) - set(loaded))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -100,75 +109,46 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
-    model.checkpoint_path = path
     return model
 
 
-@contextmanager
-def _skip_weight_init() -> Iterator[None]:
+class _SkipWeightInit(TorchFunctionMode):
     """Build modules without drawing random initial weights: every one is overwritten by the file.
 
     On the meta device the draws cost nothing, but the first one imports torch's compiler stack
-    (about a second), which would double the time to load the tiny model.
+    (about a second), which would double the time to load the tiny model. The ``torch.nn.init``
+    functions dispatch through torch-function modes, so this mode sees each call and returns the
+    tensor untouched; it is active only inside its ``with`` block, on this thread, and patches nothing.
     """
-    names = ("kaiming_uniform_", "uniform_", "normal_")
-    saved = {name: getattr(torch.nn.init, name) for name in names}
 
-    def keep(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return tensor
-
-    try:
-        for name in names:
-            setattr(torch.nn.init, name, keep)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def _describe(config: GemmaConfig) -> str:
     return f"Gemma {config.family} ({config.n_layers} layers, d_model {config.d_model})"
 
 
+# What the model computes in; anything else (ints, bools, fp8) in a file is a quantized or broken checkpoint.
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None:
+        return dtype
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _FLOAT_DTYPES[:3]:
+            raise ValueError(f"dtype {dtype} is not supported; the model runs in torch.float32, torch.bfloat16 "
+                             f"or torch.float16 (quantized weights are not supported)")
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
+    if not isinstance(dtype, str) or dtype not in names:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(names)}")
     return names[dtype]
-
-
-# ---- tensor name tables ------------------------------------------------------------------------------
-
-def _hf_name_table(config: GemmaConfig) -> dict[str, str]:
-    """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
-    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
-    # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
-    norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
-    if config.sandwich_norms:
-        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
-                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
-    for layer in range(config.n_layers):
-        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
-        for hf_norm, our_norm in norms.items():
-            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            table[f"{theirs}self_attn.{proj}.weight"] = f"{ours}attn.{proj}.weight"
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
-        if config.qk_norm:
-            table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
-            table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
-    return table
-
-
-def _strip_text_prefix(name: str) -> str | None:
-    for prefix in _TEXT_PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return None
 
 
 # ---- checkpoint sources ----------------------------------------------------------------------------
@@ -211,7 +191,7 @@ class _SafetensorsFolder(_Source):
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         from safetensors import SafetensorError, safe_open
 
-        table = _hf_name_table(config)
+        table = hf_name_table(config)
         embed_at: tuple[Path, str] | None = None
         lm_head_at: tuple[Path, str, str] | None = None
         for file in self.files:
@@ -220,12 +200,12 @@ class _SafetensorsFolder(_Source):
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():
                         origin = f"{file}: tensor {name!r}"
-                        if _NON_TEXT.match(name):
+                        if NON_TEXT.match(name):
                             continue
                         if name.endswith("lm_head.weight"):
                             lm_head_at = (file, name, origin)
                             continue
-                        stripped = _strip_text_prefix(name)
+                        stripped = strip_text_prefix(name)
                         ours = table.get(stripped) if stripped is not None else None
                         if ours is None:
                             raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
@@ -272,7 +252,16 @@ def _check_safetensors_header(file: Path) -> None:
             header = json.loads(handle.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{file}: corrupt safetensors header (not JSON)") from None
-    data_end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header (a {type(header).__name__}, not an object)")
+    data_end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            raise CheckpointError(f"{file}: corrupt safetensors header: tensor {key!r} has no valid data_offsets")
+        data_end = max(data_end, offsets[1])
     if 8 + header_len + data_end > size:
         raise CheckpointError(
             f"{file}: truncated safetensors file: tensors need {8 + header_len + data_end} bytes, file has {size}"
@@ -296,7 +285,8 @@ class _GemmaPytorchCheckpoint(_Source):
                 try:
                     loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 except Exception as exc:  # torch raises many kinds; all mean "not a safe, valid checkpoint"
-                    raise CheckpointError(f"{file}: not a readable gemma_pytorch checkpoint ({exc})") from None
+                    raise CheckpointError(f"{file}: not a readable gemma_pytorch checkpoint "
+                                          f"({_without_unsafe_advice(exc)})") from None
                 state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else None
                 if not isinstance(state, dict):
                     raise CheckpointError(f"{file}: expected a dict with 'model_state_dict'")
@@ -313,7 +303,7 @@ class _GemmaPytorchCheckpoint(_Source):
 
     def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
-        table = _hf_name_table(config)
+        table = hf_name_table(config)
         q_rows = config.n_heads * config.d_head
         kv_rows = config.n_kv_heads * config.d_head
         renames = {"embedder.weight": "embed_tokens.weight", "text_token_embedder.weight": "embed_tokens.weight",
@@ -328,7 +318,7 @@ class _GemmaPytorchCheckpoint(_Source):
                 raise CheckpointError(f"{origin}: int8-quantized checkpoints are not supported; use the bf16 one")
             hf_name = renames.get(name, name)
             hf_name = hf_name.replace("self_attn.query_norm", "self_attn.q_norm").replace("self_attn.key_norm", "self_attn.k_norm")
-            stripped = _strip_text_prefix(hf_name) if hf_name.startswith("model.") else hf_name
+            stripped = strip_text_prefix(hf_name) if hf_name.startswith("model.") else hf_name
             if stripped is not None and stripped.endswith("self_attn.qkv_proj.weight"):
                 if tensor.shape[0] != q_rows + 2 * kv_rows:
                     raise CheckpointError(
@@ -344,6 +334,14 @@ class _GemmaPytorchCheckpoint(_Source):
             if ours is None:
                 raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
             yield ours, tensor, origin
+
+
+def _without_unsafe_advice(error: Exception) -> str:
+    """torch's load error, minus its advice to load with weights_only=False (never safe for a download)."""
+    if isinstance(error, __import__("pickle").UnpicklingError) or "weights_only" in str(error):
+        return ("it holds Python objects besides tensors, which gemma_lab never unpickles; "
+                "re-save it as a plain state dict or safetensors")
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def _config_from_shapes(state: dict[str, torch.Tensor], where: str) -> GemmaConfig:
@@ -365,6 +363,8 @@ def _config_from_shapes(state: dict[str, torch.Tensor], where: str) -> GemmaConf
 
 
 def _find_checkpoint(path: Path) -> _Source:
+    if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe or device?); checkpoints are read from files")
     if path.is_file():
         if path.suffix in (".ckpt", ".bin", ".pt", ".pth"):
             config = path.parent / "config.json"
@@ -378,21 +378,22 @@ def _find_checkpoint(path: Path) -> _Source:
     single = path / "model.safetensors"
     if single.is_file():
         return _safetensors_folder(path, [single])
-    shards = sorted(path.glob("*.safetensors"))
+    shards = sorted(p for p in path.glob("*.safetensors") if p.is_file())  # is_file: never open a FIFO
     if shards:
         return _safetensors_folder(path, shards)
     torch_index = path / "pytorch_model.bin.index.json"
     if torch_index.is_file():
         config = path / "config.json"
         return _GemmaPytorchCheckpoint(_files_from_index(torch_index), config if config.is_file() else None)
-    ckpts = sorted(path.glob("*.ckpt"))
-    if len(ckpts) == 1:
+    ckpts = sorted(p for p in path.glob("*.ckpt") if p.is_file())
+    bins = [path / "pytorch_model.bin"] if (path / "pytorch_model.bin").is_file() else []
+    if len(ckpts + bins) == 1:
         config = path / "config.json"
-        return _GemmaPytorchCheckpoint(ckpts, config if config.is_file() else None)
+        return _GemmaPytorchCheckpoint(ckpts + bins, config if config.is_file() else None)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
     raise FileNotFoundError(
         f"{path}: no checkpoint found (looked for model.safetensors, model.safetensors.index.json, "
-        f"*.safetensors, a gemma_pytorch *.ckpt); the folder holds: {found}"
+        f"*.safetensors, pytorch_model.bin, one gemma_pytorch *.ckpt); the folder holds: {found}"
     )
 
 
@@ -405,10 +406,20 @@ def _safetensors_folder(folder: Path, files: list[Path]) -> _SafetensorsFolder:
 
 def _files_from_index(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid index file ({exc!r})") from None
-    files = [index.parent / name for name in dict.fromkeys(weight_map.values())]
+        content = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not a valid index file (not JSON: {exc})") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid index file (expected an object with a 'weight_map' "
+                              f"of tensor name -> shard file name)")
+    folder = index.parent.resolve()
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        file = (index.parent / name)
+        if Path(name).is_absolute() or folder not in file.resolve().parents:
+            raise CheckpointError(f"{index}: shard {name!r} lies outside the checkpoint folder; refused")
+        files.append(file)
     for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"{index}: lists shard {file.name}, which is missing")

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
-from gemma_lab.hooks import HookedModule, HookPoint
+from gemma_lab.hooks import HookedModule, HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache
 
 
@@ -271,8 +272,8 @@ class Gemma(HookedModule):
         if positions is None:
             start = kv_cache.next_positions()[:, None] if kv_cache is not None else 0
             positions = (start + valid.long().cumsum(dim=-1) - 1).clamp(min=0)
-        elif positions.shape != tokens.shape:
-            raise ValueError(f"positions has shape {tuple(positions.shape)}; tokens have {tuple(tokens.shape)}")
+        else:
+            self._check_positions(positions, tokens)
         self.run_context.positions = positions
 
         weight = self.embed.weight
@@ -289,16 +290,36 @@ class Gemma(HookedModule):
         if kv_cache is not None:
             kv_cache.advance(valid)
 
-        resid = self.ln_final(resid)
+        return self.hook_logits(self.unembed(resid, last_position_only=last_position_only))
+
+    def unembed(self, resid: torch.Tensor, *, last_position_only: bool = False) -> torch.Tensor:
+        """Logits ``[..., vocab]`` from a residual-stream state ``[..., d_model]``: the final RMSNorm,
+        the tied unembedding and (Gemma 2) the final softcap.
+
+        ``forward`` ends with it; the logit lens applies it to the stream after any layer. It runs
+        ``ln_final``, so hooks on ``ln_final`` see every call.
+        """
+        normalized = self.ln_final(resid)
         if last_position_only:
             # Unembed the last row as a 2-D matrix: a [batch, 1, d_model] slice keeps the long
             # stride of its parent, which sends torch 2.13's bf16 CPU matmul down a path ~50x slower.
-            logits = F.linear(resid[:, -1], weight)[:, None]
+            logits = F.linear(normalized[:, -1], self.embed.weight)[:, None]
         else:
-            logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
+            logits = F.linear(normalized, self.embed.weight)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
-        return self.hook_logits(logits)
+        return logits
+
+    def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
+                       incl_bwd: bool = False, remove_batch_dim: bool = False,
+                       **kwargs) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and an ``ActivationCache`` of the requested activations (``cache["pattern", 3]``).
+
+        Arguments as ``HookedModule.run_with_cache``, which stores the activations in a plain dict.
+        """
+        logits, store = super().run_with_cache(*args, names_filter=names_filter, device=device,
+                                               incl_bwd=incl_bwd, remove_batch_dim=remove_batch_dim, **kwargs)
+        return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
@@ -309,11 +330,25 @@ class Gemma(HookedModule):
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ValueError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the model's max_seq_len of {self.cfg.max_seq_len}")
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.cfg.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the vocabulary (valid ids: 0 to {self.cfg.vocab_size - 1})")
         return tokens.long()
+
+    def _check_positions(self, positions: torch.Tensor, tokens: torch.Tensor) -> None:
+        if not isinstance(positions, torch.Tensor) or positions.shape != tokens.shape:
+            shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise ValueError(f"positions has shape {shape}; tokens have {tuple(tokens.shape)}")
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+            raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+        if int(positions.min()) < 0 or int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"positions must lie in 0 to {self.cfg.max_seq_len - 1} (max_seq_len), "
+                             f"got {int(positions.min())} to {int(positions.max())}")
+        if bool((positions.diff(dim=-1) < 0).any()):  # RoPE and the causal mask assume reading order
+            raise ValueError("positions must not decrease along a sequence")
 
     def _check_mask(self, attention_mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
         if attention_mask is None:
@@ -322,6 +357,8 @@ class Gemma(HookedModule):
             attention_mask = attention_mask[None]
         if attention_mask.shape != tokens.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; tokens have {tuple(tokens.shape)}")
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token), got other values")
         return attention_mask.bool()
 
     @property

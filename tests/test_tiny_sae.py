@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import gemma_lab
-from gemma_lab import corpus
+from gemma_lab.tiny import corpus
+from gemma_lab.tiny.sae import tiny_token_rows
 from gemma_lab.sae import Transcoder, load_sae
 from gemma_lab.sae import features as F
 from gemma_lab.sae import training
@@ -82,14 +83,14 @@ def test_card_figures_are_the_saved_ones():
     for name, figures in card_figures().items():
         saved = json.loads((ROOT / "data" / "tiny-sae" / name / "cfg.json").read_text())["gemma_lab"]["heldout"]
         assert figures == {key: saved[key] for key in figures}, name
-    assert "python -m gemma_lab.sae.training --out data/tiny-sae" in CARD.read_text()
+    assert "python -m gemma_lab.tiny.sae --out data/tiny-sae" in CARD.read_text()
 
 
 @pytest.mark.slow
 def test_card_figures_are_reproduced_on_the_heldout_documents(model, tokenizer):
     saved = json.loads((ROOT / "data" / "tiny-sae" / "resid" / "cfg.json").read_text())["gemma_lab"]
     n_docs = 600  # --eval-docs of the card's command
-    rows, _ = training.tiny_token_rows(tokenizer, n_docs, seed=saved["train"]["seed"], split="heldout")
+    rows, _ = tiny_token_rows(tokenizer, n_docs, seed=saved["train"]["seed"], split="heldout")
     sites = ["blocks.1.hook_resid_post", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"]
     acts = training.collect_activations(model, rows, sites, progress=False)
     figures = card_figures()

@@ -18,18 +18,17 @@ Activations are collected once (``collect_activations``), without the ``<bos>`` 
 stream is an outlier that every feature would otherwise spend capacity on; then shuffled with a
 seeded generator. Same seed, same data and same machine: the same weights.
 
-    python -m gemma_lab.sae.training --out data/tiny-sae     # rebuild the bundled SAEs (~1-2 min on a CPU)
+The bundled tiny SAEs are made with these functions by ``gemma_lab/tiny/sae.py``
+(``python -m gemma_lab.tiny.sae``; see ``data/tiny-sae/README.md``).
 
-Imports: torch, tqdm, the model and the SAE module; the tiny model's corpus only in ``main``.
+Imports: torch, safetensors, tqdm and the SAE module; the model is passed in.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -259,67 +258,3 @@ def save_sae(sae: SAE, folder: str | Path, extra: dict | None = None) -> Path:
     save_file(tensors, folder / "sae_weights.safetensors")
     (folder / "cfg.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# The bundled tiny SAEs
-# ---------------------------------------------------------------------------------------------
-
-
-def tiny_token_rows(tokenizer, n_docs: int, seed: int, split: str) -> tuple[list[list[int]], list[str]]:
-    """``<bos> document`` token rows of the tiny model's corpus and each document's kind."""
-    import itertools
-
-    from gemma_lab import corpus
-
-    rows, kinds = [], []
-    for kind, text in itertools.islice(corpus.iter_tagged_documents(seed, split), n_docs):
-        rows.append(tokenizer.encode(text, add_bos=True))
-        kinds.append(kind)
-    return rows, kinds
-
-
-def main(argv: list[str] | None = None) -> int:
-    import gemma_lab
-
-    parser = argparse.ArgumentParser(description="Train the bundled tiny SAE and transcoder on the tiny Gemma.")
-    parser.add_argument("--out", type=Path, default=Path("data/tiny-sae"))
-    parser.add_argument("--layer", type=int, default=1)
-    parser.add_argument("--docs", type=int, default=6000, help="training documents of the tiny corpus")
-    parser.add_argument("--eval-docs", type=int, default=1000, help="held-out documents for the metrics")
-    for field, default in asdict(TrainConfig()).items():
-        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
-    args = parser.parse_args(argv)
-    train = TrainConfig(**{field: getattr(args, field) for field in asdict(TrainConfig())})
-    torch.manual_seed(train.seed)
-
-    model = gemma_lab.load_pretrained("tiny")
-    tokenizer = gemma_lab.load_tokenizer("tiny")
-    resid, mlp_in, mlp_out = (f"blocks.{args.layer}.hook_resid_post", f"blocks.{args.layer}.ln2.hook_normalized",
-                              f"blocks.{args.layer}.hook_mlp_out")
-    rows, _ = tiny_token_rows(tokenizer, args.docs, seed=train.seed, split="train")
-    held_rows, _ = tiny_token_rows(tokenizer, args.eval_docs, seed=train.seed, split="heldout")
-    acts = collect_activations(model, rows, [resid, mlp_in, mlp_out])
-    held = collect_activations(model, held_rows, [resid, mlp_in, mlp_out])
-
-    common = dict(d_sae=train.d_sae, architecture="topk", k=train.k, model_name="tiny-gemma")
-    runs = {
-        "resid": (SAEConfig(d_in=model.cfg.d_model, hook_name=resid, apply_b_dec_to_input=True, **common),
-                  acts[resid], None, held[resid], None),
-        "transcoder": (SAEConfig(d_in=model.cfg.d_model, hook_name=mlp_in, hook_name_out=mlp_out, **common),
-                       acts[mlp_in], acts[mlp_out], held[mlp_in], held[mlp_out]),
-    }
-    for name, (cfg, x, y, held_x, held_y) in runs.items():
-        sae, log = train_sae(cfg, x, y, train)
-        metrics = evaluate(sae, held_x, held_y)
-        command = "python -m gemma_lab.sae.training " + " ".join(argv if argv is not None else sys.argv[1:])
-        extra = {"recipe": "TopK + AuxK (Gao et al., 2024)", "train": asdict(train), "train_tokens": x.shape[0],
-                 "heldout": metrics, "seconds": log["seconds"], "command": command.strip(), "log": log}
-        save_sae(sae, args.out / name, extra)
-        print(f"{name}: L0 {metrics['l0']}, FVU {metrics['fvu']}, dead {metrics['dead']}/{cfg.d_sae}, "
-              f"{log['seconds']} s, {x.shape[0]} training tokens")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -22,9 +23,17 @@ from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
 from gemma_lab import viz
+from gemma_lab.hook_points import hook_axes  # noqa: F401  (the widgets' axis labels, from the hook table)
 
 #: Widgets refuse prompts longer than this many tokens: every picture is per position.
 MAX_PROMPT_TOKENS = 128
+#: The tokenizer widget tokenizes at most this many characters (its table has a row per token).
+MAX_TOKENIZER_CHARS = 20_000
+#: Seed boxes take 0 to this (a browser's number input is exact only up to 2**53).
+MAX_SEED = 2**32 - 1
+
+#: The prompt every model widget opens with (an indirect-object sentence the tiny model completes).
+DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
 
 _lesson_model = None  # (model, tokenizer), loaded once per kernel and shared by every widget
 
@@ -37,6 +46,13 @@ def resolve_model(model=None, tokenizer=None):
     tokenizer (or the reverse) is refused: ids only mean something in the vocabulary they came from.
     """
     global _lesson_model
+    if isinstance(model, (str, Path)):  # "tiny" or a checkpoint folder: load it, with its own tokenizer
+        from gemma_lab.loading import load_pretrained
+        from gemma_lab.tokenizer import load_tokenizer
+
+        model, tokenizer = load_pretrained(model), tokenizer or load_tokenizer(model)
+    if model is not None and not hasattr(model, "cfg"):
+        raise TypeError(f"model must be a gemma_lab model, a checkpoint path or 'tiny', got {type(model).__name__}")
     if model is None and tokenizer is None:
         if _lesson_model is None:
             from gemma_lab.notebook import load_lesson_model
@@ -85,51 +101,9 @@ def token_label(tokenizer, token_id: int) -> str:
     return viz.readable_token(tokenizer.to_str_tokens([int(token_id)])[0])
 
 
-#: Axis names of each kind of activation, by the end of its hook name (see model.py's vocabulary).
-_AXES = {
-    "hook_embed": ("batch", "pos", "d_model"),
-    "hook_resid_pre": ("batch", "pos", "d_model"),
-    "hook_resid_mid": ("batch", "pos", "d_model"),
-    "hook_resid_post": ("batch", "pos", "d_model"),
-    "hook_attn_out": ("batch", "pos", "d_model"),
-    "hook_mlp_out": ("batch", "pos", "d_model"),
-    "attn.hook_q": ("batch", "pos", "head", "d_head"),
-    "attn.hook_rot_q": ("batch", "pos", "head", "d_head"),
-    "attn.hook_z": ("batch", "pos", "head", "d_head"),
-    "attn.hook_k": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_rot_k": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_v": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_attn_scores_pre_softcap": ("batch", "head", "q_pos", "k_pos"),
-    "attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
-    "attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
-    "q_norm.hook_normalized": ("batch", "pos", "head", "d_head"),
-    "k_norm.hook_normalized": ("batch", "pos", "kv_head", "d_head"),
-    "mlp.hook_pre": ("batch", "pos", "d_mlp"),
-    "mlp.hook_pre_linear": ("batch", "pos", "d_mlp"),
-    "mlp.hook_post": ("batch", "pos", "d_mlp"),
-    "hook_normalized": ("batch", "pos", "d_model"),
-    "hook_logits": ("batch", "pos", "vocab"),
-}
-
-
-def hook_axes(name: str) -> tuple[str, ...]:
-    """Axis names of the activation at hook ``name``, e.g. ``("batch", "pos", "head", "d_head")``."""
-    for suffix in sorted(_AXES, key=len, reverse=True):
-        if name == suffix or name.endswith("." + suffix):
-            return _AXES[suffix]
-    raise KeyError(f"no axis names known for hook {name!r}")
-
-
 def shape_string(tensor: torch.Tensor, axes: Sequence[str]) -> str:
     """``[batch=1, pos=7, d_model=64]``."""
     return "[" + ", ".join(f"{a}={n}" for a, n in zip(axes, tensor.shape, strict=True)) + "]"
-
-
-def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kwargs):
-    """``(fig, axes)`` made with interactive mode off, so only ``display`` ever shows it."""
-    with plt.ioff():
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False, **kwargs)
-    return fig, axes
 
 
 def show(out: widgets.Output, figures: Iterable[Figure] = (), html_parts: Iterable[str] = ()) -> None:
@@ -164,6 +138,8 @@ class WidgetBase:
 
     def __init__(self) -> None:
         self.out = widgets.Output()
+        self.notice = widgets.HTML()  # what the constructor could not use as given, shown above the controls
+        self.notes: list[str] = []
         self.figures: list[Figure] = []  # what the last redraw displayed
         self.redraws = 0
 
@@ -174,9 +150,25 @@ class WidgetBase:
 
     def _root(self, children: Sequence[widgets.Widget]) -> widgets.VBox:
         """The outer box, with a CSS class naming the widget (``gemma-lab-inferencestepper``) for browsers."""
-        box = widgets.VBox(list(children))
+        box = widgets.VBox([self.notice, *children])
         box.add_class(f"gemma-lab-{type(self).__name__.lower()}")
         return box
+
+    def _setting(self, name: str, value, valid: bool, fallback, allowed: str):
+        """``value`` if ``valid``, else ``fallback`` with a note in the widget (never a traceback)."""
+        if valid:
+            return value
+        self.notes.append(f"{name}={value!r} cannot be used ({allowed}); showing {name}={fallback!r} instead")
+        self.notice.value = "".join(message_html(note, "error") for note in self.notes)
+        return fallback
+
+    def _int_setting(self, name: str, value, low: int, high: int, fallback: int) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return self._setting(name, value, ok, fallback, f"a whole number from {low} to {high}")
+
+    def _float_setting(self, name: str, value, low: float, high: float, fallback: float) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+        return self._setting(name, value, ok, fallback, f"a number from {low:g} to {high:g}")
 
     def _show(self, figures: Sequence[Figure] = (), html_parts: Sequence[str] = ()) -> None:
         self.figures = list(figures)

@@ -18,8 +18,15 @@ import torch
 
 from gemma_lab.sae import SAE, load_sae
 from gemma_lab.sae import features as sae_features
-from gemma_lab.widgets._common import ModelWidget, encode, message_html, str_tokens, table_html, token_label
-from gemma_lab.widgets.stepper import DEFAULT_TEXT
+from gemma_lab.widgets._common import (
+    DEFAULT_TEXT,
+    ModelWidget,
+    encode,
+    message_html,
+    str_tokens,
+    table_html,
+    token_label,
+)
 
 #: Texts the explorer searches for a feature's top contexts when none are given: one of each kind
 #: of document the tiny Gemma was trained on (names and IOI, colours, capitals, repeats, counting).
