@@ -13,8 +13,9 @@
 * ``training``: training an SAE or a transcoder on a model's activations (TopK with AuxK).
 * ``features``: reading features: top-activating contexts, logit effects, ablation, steering.
 
-Role: the interpretability layer; it imports the hook layer and (for training and feature tools)
-generation-level helpers, never plotting or widgets.
+Role: the interpretability layer (beside loading, generation and interp): it imports the hook layer
+and the bundled-file locations; the model is passed in. Never plotting or widgets. The bundled tiny
+SAEs are made by ``gemma_lab/tiny/sae.py``.
 """
 
 from gemma_lab.sae.autoencoder import ARCHITECTURES, SAE, SAEConfig, SAEConfigError, Transcoder, make_sae
