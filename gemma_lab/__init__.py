@@ -17,6 +17,7 @@ from gemma_lab.hooks import HookPoint
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.loading import CheckpointError, load_pretrained
 from gemma_lab.model import Gemma, init_weights
+from gemma_lab.sae import SAE, Transcoder, load_sae
 from gemma_lab.sampling import SamplingParams, logits_to_probs, sample
 from gemma_lab.tokenizer import GemmaTokenizer, load_tokenizer
 
@@ -32,13 +33,16 @@ __all__ = [
     "HookPoint",
     "KVCache",
     "PRESETS",
+    "SAE",
     "SamplingParams",
     "StepRecord",
+    "Transcoder",
     "act_name",
     "decode_step",
     "generate",
     "init_weights",
     "load_pretrained",
+    "load_sae",
     "load_tokenizer",
     "logits_to_probs",
     "prefill",

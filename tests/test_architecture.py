@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.model")),
     ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.generation", "gemma_lab.interp",
-                                     "gemma_lab.notebook", "gemma_lab")),
+                                     "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab")),
     ("viz", ("gemma_lab.viz",)),
     ("widgets", ("gemma_lab.widgets",)),
     ("exercises (the notebooks' support)", ("gemma_lab.exercises",)),
