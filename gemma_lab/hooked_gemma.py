@@ -31,6 +31,7 @@ or widgets.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -123,6 +124,74 @@ class TLConfig:
     tokenizer_prepends_bos = property(lambda self: True)
     default_padding_side = property(lambda self: "right")
     ungroup_grouped_query_attention = property(lambda self: False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: transformers' names over GemmaTokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+class TLTokenizer:
+    """``model.tokenizer``: the GemmaTokenizer with the transformers names TransformerLens code uses
+    (``bos_token_id``, ``decode`` keeping special tokens, ``batch_decode``, ``tokenizer(text)``).
+
+    Everything else reads through to GemmaTokenizer (``encode`` adds ``<bos>``, ``id_to_piece``, ...).
+    """
+
+    def __init__(self, tokenizer: GemmaTokenizer, owner: "HookedGemma") -> None:
+        self._tokenizer = tokenizer
+        self._owner = owner
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._tokenizer, name)
+
+    def __repr__(self) -> str:
+        return f"TLTokenizer({self._tokenizer!r})"
+
+    def __len__(self) -> int:
+        return self._tokenizer.vocab_size
+
+    bos_token_id = property(lambda self: self._tokenizer.bos_id)
+    eos_token_id = property(lambda self: self._tokenizer.eos_id)
+    pad_token_id = property(lambda self: self._tokenizer.pad_id)
+    unk_token_id = property(lambda self: self._tokenizer.unk_id)
+    bos_token = property(lambda self: self._tokenizer.id_to_piece(self._tokenizer.bos_id))
+    eos_token = property(lambda self: self._tokenizer.id_to_piece(self._tokenizer.eos_id))
+    pad_token = property(lambda self: self._tokenizer.id_to_piece(self._tokenizer.pad_id))
+
+    @property
+    def padding_side(self) -> str:
+        return self._owner.padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        self._owner.padding_side = self._owner._padding_side(side)
+
+    def decode(self, ids, skip_special_tokens: bool = False, **_: object) -> str:
+        """Text of one sequence; ``<bos>``/``<eos>``/``<pad>`` kept by name unless ``skip_special_tokens``."""
+        return self._tokenizer.decode(ids) if skip_special_tokens else self._owner.to_string(ids)
+
+    def batch_decode(self, rows, skip_special_tokens: bool = False, **_: object) -> list[str]:
+        rows = rows.tolist() if hasattr(rows, "tolist") else rows
+        return [self.decode(row, skip_special_tokens) for row in rows]
+
+    def convert_ids_to_tokens(self, ids):
+        if isinstance(ids, int):
+            return self._tokenizer.id_to_piece(ids)
+        return [self._tokenizer.id_to_piece(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+
+    def __call__(self, text, return_tensors: str | None = None, padding: bool = True, add_special_tokens: bool = True,
+                 **_: object) -> dict:
+        """``{"input_ids", "attention_mask"}`` for a text or a list of texts (``return_tensors="pt"``: tensors)."""
+        tokens, mask = self._owner._encode(text, add_special_tokens, None)
+        mask = torch.ones_like(tokens) if mask is None else mask
+        if return_tensors == "pt":
+            return {"input_ids": tokens, "attention_mask": mask}
+        if isinstance(text, str):
+            return {"input_ids": tokens[0].tolist(), "attention_mask": mask[0].tolist()}
+        return {"input_ids": tokens.tolist(), "attention_mask": mask.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +659,8 @@ class HookedGemma(HookedModule):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.model = model
-        self.tokenizer = tokenizer
+        self.gemma_tokenizer = tokenizer
+        self.tokenizer = TLTokenizer(tokenizer, self)  # transformers' names, for TL code
         self.padding_side = padding_side
         self.cfg = TLConfig(model, tokenizer.source)
         self.run_context = model.run_context
@@ -602,7 +672,8 @@ class HookedGemma(HookedModule):
         self._unembed = _UnembedView(model.embed, self, "unembed")
         self._ln_final = _NormView(model.ln_final, self, "ln_final")
         self._blocks = [_BlockView(block, self, f"blocks.{i}") for i, block in enumerate(model.blocks)]
-        self._permanent: list[tuple[HookPoint, HookFn, str]] = []
+        self._permanent: list[tuple[HookPoint, HookFn, str]] = []  # add_hook(..., is_permanent=True)
+        self._scoped: list[tuple[HookPoint, HookFn, str]] = []  # attached by hooks() blocks still open
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike = "tiny", *, dtype: torch.dtype | str | None = None,
@@ -692,26 +763,68 @@ class HookedGemma(HookedModule):
         """List ``hook_mlp_in``."""
         self.cfg.use_hook_mlp_in = use_hook_mlp_in
 
+    @contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
-              reset_hooks_end: bool = True, clear_contexts: bool = False):
-        """As ``HookedModule.hooks``; alias hooks are attached after the others of the same call, so
-        they see the activations those hooks edited, as TransformerLens's later hook points would."""
-        def alias_last(specs):
-            specs = list(specs)
-            is_alias = [isinstance(n, str) and n in self._aliases for n, _ in specs]
-            return [s for s, a in zip(specs, is_alias) if not a] + [s for s, a in zip(specs, is_alias) if a]
-        return super().hooks(alias_last(fwd_hooks), alias_last(bwd_hooks), reset_hooks_end)
+              reset_hooks_end: bool = True, clear_contexts: bool = False) -> Iterator["HookedGemma"]:
+        """As ``HookedModule.hooks``: attach for the block, remove on exit. Alias hooks are attached
+        after the others of the same call, so they see the activations those hooks edited, as
+        TransformerLens's later hook points would."""
+        attached: list[tuple[HookPoint, HookFn, str]] = []
+        try:
+            for specs, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                specs = list(specs)
+                is_alias = [isinstance(name, str) and name in self._aliases for name, _ in specs]
+                ordered = [s for s, a in zip(specs, is_alias) if not a] + [s for s, a in zip(specs, is_alias) if a]
+                for name_or_predicate, fn in ordered:
+                    for name in self.resolve_hook_names(name_or_predicate):
+                        point = self._hook_points[name]
+                        point.add_hook(fn, direction)
+                        attached.append((point, fn, direction))
+                        self._scoped.append((point, fn, direction))
+            yield self
+        finally:
+            for entry in attached:
+                self._scoped.remove(entry)
+            if reset_hooks_end:
+                for point, fn, direction in reversed(attached):
+                    point.remove_hook(fn, direction)
 
     def run_with_hooks(self, *args, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
                        reset_hooks_end: bool = True, clear_contexts: bool = False, **kwargs):
+        """One forward pass with these hooks. As in TransformerLens, ``reset_hooks_end`` also removes
+        hooks attached outside any ``hooks()`` block (``add_hook``, ``HookPoint.add_hook``) unless
+        they are permanent; hooks of enclosing ``hooks()`` blocks stay."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end):
-            return self(*args, **kwargs)
+            out = self(*args, **kwargs)
+        if reset_hooks_end:
+            self._remove_unscoped_hooks()
+        return out
+
+    def _remove_unscoped_hooks(self) -> None:
+        keep = {(id(point), id(fn), direction) for point, fn, direction in self._scoped + self._permanent}
+        kept_adapters = set()
+        for alias in self._aliases.values():
+            for fn, direction, adapters in list(alias._attached):
+                if (id(alias), id(fn), direction) in keep:
+                    kept_adapters.update((id(point), id(adapter), direction) for point, adapter in adapters)
+                else:
+                    alias.remove_hook(fn, direction)
+        for name, point in self._hook_points.items():
+            if isinstance(point, AliasHookPoint):
+                continue
+            for direction in ("fwd", "bwd"):
+                for fn in list(point._fns(direction)):
+                    entry = (id(point), id(fn), direction)
+                    if entry not in keep and entry not in kept_adapters:
+                        point.remove_hook(fn, direction)
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
                        remove_batch_dim: bool = False, incl_bwd: bool = False, return_cache_object: bool = True,
-                       **kwargs):
+                       reset_hooks_end: bool = True, clear_contexts: bool = False, **kwargs):
         """TransformerLens's ``run_with_cache``: the forward pass's output (``return_type`` etc. in
-        ``kwargs``) and a ``TLActivationCache`` (a dict with ``return_cache_object=False``)."""
+        ``kwargs``) and a ``TLActivationCache`` (a dict with ``return_cache_object=False``).
+        ``incl_bwd`` calls ``backward()`` on the output, as TransformerLens does (so ask for
+        ``return_type="loss"`` or another scalar), and stores the gradients as ``name + "_grad"``."""
         if incl_bwd and not torch.is_grad_enabled():
             raise RuntimeError("incl_bwd=True needs gradients; call run_with_cache outside torch.no_grad()")
         names = self.resolve_hook_names(names_filter)
@@ -721,14 +834,20 @@ class HookedGemma(HookedModule):
         fwd = [(name, saver.save) for name in names]
         bwd = [(name, saver.save_grad) for name in names
                if incl_bwd and getattr(points[name], "supports_backward", True)]
-        out = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
+        with self.hooks(fwd, bwd, reset_hooks_end):
+            out = self(*args, **kwargs)
+            if incl_bwd:
+                out.backward()
+        if reset_hooks_end:
+            self._remove_unscoped_hooks()
         cache = TLActivationCache(store, self, has_batch_dim=not remove_batch_dim)
         return out, (cache if return_cache_object else store)
 
     def add_hook(self, name: str | callable, hook: HookFn, dir: str = "fwd", is_permanent: bool = False,
                  prepend: bool = False) -> None:
-        """Attach ``hook`` until ``reset_hooks()`` (TL's unscoped form; prefer ``hooks()``).
-        ``is_permanent`` hooks survive ``reset_hooks()`` unless ``including_permanent=True``."""
+        """Attach ``hook`` until ``reset_hooks()`` or the end of the next ``run_with_hooks`` /
+        ``run_with_cache`` (TransformerLens's unscoped form; prefer ``hooks()``).
+        ``is_permanent`` hooks stay until ``reset_hooks(including_permanent=True)``."""
         for hook_name in self.resolve_hook_names(name):
             point = self._hook_points[hook_name]
             point.add_hook(hook, dir)
@@ -740,6 +859,7 @@ class HookedGemma(HookedModule):
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both",
                     including_permanent: bool = False) -> None:
+        """Remove every hook (permanent ones too with ``including_permanent``)."""
         keep = [] if including_permanent else list(self._permanent)
         for point in self._hook_points.values():
             point.remove_hooks(direction)
@@ -764,14 +884,14 @@ class HookedGemma(HookedModule):
         if not texts or not all(isinstance(text, str) for text in texts):
             raise TypeError("to_tokens takes a string or a list of strings")
         add_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-        rows = [self.tokenizer.encode(text, add_bos=add_bos) for text in texts]
+        rows = [self.gemma_tokenizer.encode(text, add_bos=add_bos) for text in texts]
         if truncate:
             rows = [row[: self.cfg.n_ctx] for row in rows]
         width = max(len(row) for row in rows)
         if width == 0:
             raise ValueError("to_tokens: the input encodes to no tokens (pass prepend_bos=True or some text)")
         side = self._padding_side(padding_side)
-        tokens = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
+        tokens = torch.full((len(rows), width), self.gemma_tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
@@ -787,7 +907,7 @@ class HookedGemma(HookedModule):
 
     def _token_str(self, token_id: int) -> str:
         """One token as its own text (special tokens by name, "▁" as a space), as TL shows it."""
-        tokenizer = self.tokenizer
+        tokenizer = self.gemma_tokenizer
         if token_id in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id):
             return tokenizer.id_to_piece(token_id)
         return tokenizer.decode([token_id])
@@ -816,19 +936,19 @@ class HookedGemma(HookedModule):
             ids = [ids]
         if ids and isinstance(ids[0], list):
             return [self.to_string(row) for row in ids]
-        boundary = {self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.pad_id}
+        boundary = {self.gemma_tokenizer.bos_id, self.gemma_tokenizer.eos_id, self.gemma_tokenizer.pad_id}
         parts, run = [], []
         for token_id in ids:
             if token_id in boundary:
-                parts += [self.tokenizer.decode(run), self.tokenizer.id_to_piece(token_id)]
+                parts += [self.gemma_tokenizer.decode(run), self.gemma_tokenizer.id_to_piece(token_id)]
                 run = []
             else:
                 run.append(token_id)
-        return "".join(parts) + self.tokenizer.decode(run)
+        return "".join(parts) + self.gemma_tokenizer.decode(run)
 
     def to_single_token(self, string: str) -> int:
         """The id of ``string``, which must be exactly one token (without ``<bos>``)."""
-        ids = self.tokenizer.encode(string, add_bos=False)
+        ids = self.gemma_tokenizer.encode(string, add_bos=False)
         if len(ids) != 1:
             raise ValueError(f"{string!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
         return ids[0]
@@ -894,7 +1014,7 @@ class HookedGemma(HookedModule):
 
     def _left_padding_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
         """0 on the leading ``<pad>`` tokens of each row (None when there are none)."""
-        real = (tokens != self.tokenizer.pad_id).long().cummax(dim=-1).values
+        real = (tokens != self.gemma_tokenizer.pad_id).long().cummax(dim=-1).values
         return None if bool(real.all()) else real
 
     def _run_until(self, tokens: torch.Tensor, mask: torch.Tensor | None, stop_at_layer: int) -> torch.Tensor:
@@ -943,7 +1063,7 @@ class HookedGemma(HookedModule):
             text_in = True
         mask = self._left_padding_mask(prompt)
         rows = [row[m.bool()].tolist() for row, m in zip(prompt, mask)] if mask is not None else prompt.tolist()
-        eos = self.tokenizer.eos_id
+        eos = self.gemma_tokenizer.eos_id
         if not stop_at_eos:
             stop = []
         elif eos_token_id is not None:
@@ -951,14 +1071,14 @@ class HookedGemma(HookedModule):
             eos = stop[0]
         else:
             stop = [eos]
-        result = generate_tokens(self.model, rows, tokenizer=self.tokenizer, max_new_tokens=max_new_tokens,
+        result = generate_tokens(self.model, rows, tokenizer=self.gemma_tokenizer, max_new_tokens=max_new_tokens,
                                  temperature=temperature if do_sample else 0.0, top_k=top_k, top_p=top_p,
                                  stop=stop, seed=seed)
         width = max(map(len, result.token_ids))
         new = torch.tensor([list(ids) + [eos] * (width - len(ids)) for ids in result.token_ids], dtype=torch.long)
         if return_type == "tokens" or (return_type == "input" and not text_in):
             return torch.cat([prompt.cpu(), new.reshape(len(rows), width)], dim=1).to(self.cfg.device)
-        bos = self.tokenizer.bos_id
+        bos = self.gemma_tokenizer.bos_id
         texts = [self.to_string((row[1:] if row and row[0] == bos else row) + list(ids))
                  for row, ids in zip(rows, result.token_ids)]
         return texts[0] if isinstance(input, str) else texts
@@ -1048,4 +1168,4 @@ class HookedGemma(HookedModule):
             return getattr(self._modules["model"], name)
 
     def extra_repr(self) -> str:
-        return f"tokenizer={self.tokenizer.source}"
+        return f"tokenizer={self.gemma_tokenizer.source}"

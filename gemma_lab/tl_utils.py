@@ -74,6 +74,22 @@ def to_numpy(tensor) -> np.ndarray:
     return np.array(tensor)
 
 
+def get_device() -> torch.device:
+    """CUDA if available, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_corner(tensor, n: int = 3):
+    """The first ``n`` entries along every axis (a FactoredMatrix's corner is multiplied out)."""
+    if hasattr(tensor, "get_corner"):
+        return tensor.get_corner(n)
+    return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
+
+
 def lm_cross_entropy_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           per_token: bool = False) -> torch.Tensor:
     """Next-token cross-entropy: mean of ``-log p(tokens[t+1] | tokens[:t+1])``.
