@@ -677,14 +677,19 @@ class HookedGemma(HookedModule):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike = "tiny", *, dtype: torch.dtype | str | None = None,
-                        device: str | torch.device = "cpu", padding_side: str = "right",
+                        device: str | torch.device = "cpu", padding_side: str = "right", requires_grad: bool = True,
                         **load_kwargs) -> "HookedGemma":
         """Load a checkpoint (``"tiny"`` or a folder) and its tokenizer, as ``load_pretrained`` and
-        ``load_tokenizer`` do. ``dtype`` / ``device`` go to the loader."""
+        ``load_tokenizer`` do. ``dtype`` / ``device`` go to the loader.
+
+        The weights require gradients, as TransformerLens's do (``load_pretrained`` freezes them),
+        so gradient idioms work; call ``torch.set_grad_enabled(False)`` when you only run forward
+        passes, as TransformerLens notebooks do, or pass ``requires_grad=False``.
+        """
         from gemma_lab.loading import load_pretrained
         from gemma_lab.tokenizer import load_tokenizer
 
-        model = load_pretrained(path, dtype=dtype, device=device, **load_kwargs)
+        model = load_pretrained(path, dtype=dtype, device=device, **load_kwargs).requires_grad_(requires_grad)
         return cls(model, load_tokenizer(path), padding_side=padding_side)
 
     # ---- hook points: the model's, hook_tokens and the aliases ---------------------------------
