@@ -674,6 +674,7 @@ class HookedGemma(HookedModule):
         self._blocks = [_BlockView(block, self, f"blocks.{i}") for i, block in enumerate(model.blocks)]
         self._permanent: list[tuple[HookPoint, HookFn, str]] = []  # add_hook(..., is_permanent=True)
         self._scoped: list[tuple[HookPoint, HookFn, str]] = []  # attached by hooks() blocks still open
+        self.train(model.training)  # the pair is in the model's mode (loaded models are in eval mode)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike = "tiny", *, dtype: torch.dtype | str | None = None,
