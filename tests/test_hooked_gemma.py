@@ -384,3 +384,31 @@ def test_cache_tl_spellings_and_methods(tiny):
     logits = tiny(PROMPT)[0, -1]
     torch.testing.assert_close(attrs.sum(0)[0], logits[tiny.to_single_token(" Mary")] - logits[tiny.to_single_token(" John")],
                                rtol=1e-4, atol=1e-4)
+
+
+# ---- docs/transformerlens.md ------------------------------------------------------------------------
+
+def test_transformerlens_doc_code_runs_as_written(capsys):
+    """Every python block of the page, in order, in one namespace (as a reader would paste them)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "transformerlens.md").read_text()
+    blocks = re.findall(r"```python\n(.+?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    try:
+        for block in blocks:
+            exec(compile(block, "docs/transformerlens.md", "exec"), namespace)
+    finally:
+        torch.set_grad_enabled(True)  # the page turns gradients off, as TL notebooks do
+    out = capsys.readouterr().out
+    assert "['<bos>', 'When', ' Mary', ' and']" in out and "Ranks of the answer tokens" in out
+
+
+def test_readme_links_the_transformerlens_page():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "docs/transformerlens.md" in readme
