@@ -25,7 +25,6 @@ Imports: torch only.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Union
 
 import torch
 
@@ -89,7 +88,7 @@ class FactoredMatrix:
         return self.B @ self.A
 
     @property
-    def T(self) -> "FactoredMatrix":
+    def T(self) -> FactoredMatrix:
         """The transpose ``(AB).T = B.T A.T``."""
         return FactoredMatrix(self.B.transpose(-2, -1), self.A.transpose(-2, -1))
 
@@ -138,7 +137,7 @@ class FactoredMatrix:
         """Frobenius norm of ``AB``, ``[...]``."""
         return self.S.pow(2).sum(dim=-1).sqrt()
 
-    def make_even(self) -> "FactoredMatrix":
+    def make_even(self) -> FactoredMatrix:
         """The same product with balanced factors ``U sqrt(S)`` and ``sqrt(S) Vh.T``."""
         U, S, V = self.svd()
         root = S.sqrt()
@@ -160,7 +159,7 @@ class FactoredMatrix:
         return (self.A[lead + (slice(0, k), slice(None))] @ self.B[lead + (slice(None), slice(0, k))])
 
     # ---- arithmetic ---------------------------------------------------------------------------
-    def __matmul__(self, other: Union[torch.Tensor, "FactoredMatrix"]) -> Union[torch.Tensor, "FactoredMatrix"]:
+    def __matmul__(self, other: torch.Tensor | FactoredMatrix) -> torch.Tensor | FactoredMatrix:
         if isinstance(other, FactoredMatrix):
             # Keep the narrower hidden dimension of the two.
             if self.mdim <= other.mdim:
@@ -170,23 +169,23 @@ class FactoredMatrix:
             return self.A @ (self.B @ other)
         return FactoredMatrix(self.A, self.B @ other)
 
-    def __rmatmul__(self, other: torch.Tensor) -> Union[torch.Tensor, "FactoredMatrix"]:
+    def __rmatmul__(self, other: torch.Tensor) -> torch.Tensor | FactoredMatrix:
         if other.ndim == 1:
             return (other @ self.A) @ self.B
         return FactoredMatrix(other @ self.A, self.B)
 
-    def __mul__(self, scalar: float | torch.Tensor) -> "FactoredMatrix":
+    def __mul__(self, scalar: float | torch.Tensor) -> FactoredMatrix:
         if isinstance(scalar, torch.Tensor) and scalar.numel() != 1:
             raise ValueError("a FactoredMatrix can only be multiplied by a scalar (use @ for products)")
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scalar: float | torch.Tensor) -> "FactoredMatrix":
+    def __truediv__(self, scalar: float | torch.Tensor) -> FactoredMatrix:
         return self * (1.0 / scalar)
 
     # ---- indexing -----------------------------------------------------------------------------
-    def __getitem__(self, index) -> "FactoredMatrix":
+    def __getitem__(self, index) -> FactoredMatrix:
         """Index batch axes (both factors), then rows (of A) and columns (of B).
 
         ``OV[3]`` is layer 3's heads, ``OV[3, 1]`` one head, ``full[rows, cols]`` the sub-matrix
@@ -208,7 +207,7 @@ class FactoredMatrix:
             B = B[..., :, rest[1]] if not isinstance(rest[1], int) else B[..., :, rest[1]:rest[1] + 1]
         return FactoredMatrix(A, B)
 
-    def unsqueeze(self, dim: int = 0) -> "FactoredMatrix":
+    def unsqueeze(self, dim: int = 0) -> FactoredMatrix:
         """A new batch axis at ``dim`` (counted among the batch axes)."""
         if dim < 0:
             dim += self.ndim - 1

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gemma_lab
 from gemma_lab import FactoredMatrix, GemmaConfig, HookedGemma, init_weights, load_tokenizer
-from gemma_lab.hooked_gemma import rms_norm
 from gemma_lab.model import Gemma
+from gemma_lab.tl_aliases import rms_norm
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -190,7 +189,7 @@ def test_weight_views_reproduce_the_activations(any_family):
         assert bias.shape == shape and not bias.any()
     assert torch.equal(model.blocks[0].ln1.w, 1 + model.model.blocks[0].ln1.weight)
     with pytest.raises(AttributeError, match="RoPE"):
-        model.W_pos
+        model.W_pos  # noqa: B018 (the access itself raises)
 
 
 def test_ov_and_qk_circuits(any_family):
@@ -395,12 +394,12 @@ def test_transformerlens_doc_code_runs_as_written(capsys):
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "transformerlens.md").read_text()
-    blocks = re.findall(r"```python\n(.+?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n(.+?)```", text, flags=re.DOTALL)
     assert len(blocks) >= 2
     namespace: dict = {}
     try:
         for block in blocks:
-            exec(compile(block, "docs/transformerlens.md", "exec"), namespace)
+            exec(compile(block, "docs/transformerlens.md", "exec"), namespace)  # noqa: S102 (the page's own code)
     finally:
         torch.set_grad_enabled(True)  # the page turns gradients off, as TL notebooks do
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ import torch
 import gemma_lab
 from gemma_lab import FactoredMatrix, HookedGemma, HookPoint, interp
 from gemma_lab import tl_utils as utils
-from gemma_lab.hooked_gemma import TLActivationCache
+from gemma_lab.tl_views import TLActivationCache
 
 UNCHANGED: dict[str, str] = {}
 DIFFERENT: dict[str, str] = {}
@@ -752,13 +752,13 @@ def model() -> HookedGemma:
 
 
 def run(code: str, model: HookedGemma) -> None:
-    namespace = dict(model=model, utils=utils, FactoredMatrix=FactoredMatrix, HookPoint=HookPoint,
-                     ActivationCache=TLActivationCache, torch=torch, t=torch, einops=einops, np=np,
-                     functools=functools, pytest=pytest, gemma_lab=gemma_lab, interp=interp,
-                     text=TEXT, clean_prompt=CLEAN, corrupted_prompt=CORRUPTED)
+    namespace = {"model": model, "utils": utils, "FactoredMatrix": FactoredMatrix, "HookPoint": HookPoint,
+                 "ActivationCache": TLActivationCache, "torch": torch, "t": torch, "einops": einops, "np": np,
+                 "functools": functools, "pytest": pytest, "gemma_lab": gemma_lab, "interp": interp,
+                 "text": TEXT, "clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED}
     torch.manual_seed(0)
     try:
-        exec(compile(code, "<idiom>", "exec"), namespace)
+        exec(compile(code, "<idiom>", "exec"), namespace)  # noqa: S102 (the idioms written above)
     finally:
         model.reset_hooks(including_permanent=True)
         for switch in ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in"):

@@ -12,10 +12,14 @@ import pytest
 import torch
 
 transformer_lens = pytest.importorskip("transformer_lens")
-from transformer_lens import patching, utilities  # noqa: E402
+from transformer_lens import patching, utilities
 
-from gemma_lab import FactoredMatrix, HookedGemma, interp  # noqa: E402
-from gemma_lab import tl_utils  # noqa: E402
+from gemma_lab import (
+    FactoredMatrix,
+    HookedGemma,
+    interp,
+    tl_utils,
+)
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -59,7 +63,7 @@ def test_transformerlens_factored_matrix_agrees(setup):
     signs = torch.sign((ours.U * theirs.U).sum(dim=-2, keepdim=True))
     torch.testing.assert_close(ours.U * signs, theirs.U, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(ours.Vh * signs, theirs.Vh, rtol=1e-3, atol=1e-4)
-    by_size = lambda values: values.gather(-1, values.abs().argsort(dim=-1))  # noqa: E731
+    by_size = lambda values: values.gather(-1, values.abs().argsort(dim=-1))
     torch.testing.assert_close(by_size(ours.eigenvalues), by_size(theirs.eigenvalues), rtol=1e-4, atol=1e-5)
     assert isinstance(model.W_E @ ours @ model.W_U, FactoredMatrix)
 
@@ -82,4 +86,4 @@ def test_transformerlens_test_prompt_ranks_agree(setup, capsys):
     theirs = capsys.readouterr().out
     ours = tl_utils.test_prompt("The capital of France is", " Paris", model, print_details=False)
     assert f"Rank: {ours.ranks[0]}" in theirs
-    assert "Ranks of the answer tokens: [(' Paris', %d)]" % ours.ranks[0] in theirs
+    assert f"Ranks of the answer tokens: [(' Paris', {ours.ranks[0]})]" in theirs
