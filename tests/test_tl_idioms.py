@@ -728,8 +728,8 @@ idiom(DIFFERENT, "from transformer_lens import patching (not a dependency)", """
         return logits[0, -1, model.to_single_token(" Mary")] - logits[0, -1, model.to_single_token(" John")]
     # patching.get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric) runs when
     # transformer-lens is installed (test_tl_oracle.py); without it, gemma_lab's own:
-    result = interp.patch_by_layer_pos(model, corrupted_tokens, clean_cache, metric, progress=False)
-    assert result.shape == (model.cfg.n_layers, clean_tokens.shape[1])
+    result = interp.patch_by_layer(model, corrupted_tokens, clean_cache, metric, activation="resid_pre", progress=False)
+    assert result.shape == (model.cfg.n_layers,)
 """)
 idiom(DIFFERENT, "cache['scale', L] without naming the norm", """
     _, cache = model.run_with_cache(text)
@@ -757,8 +757,11 @@ def run(code: str, model: HookedGemma) -> None:
                  "functools": functools, "pytest": pytest, "gemma_lab": gemma_lab, "interp": interp,
                  "text": TEXT, "clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED}
     torch.manual_seed(0)
+    # Forward-only idioms run without gradients, as TransformerLens notebooks set themselves up.
+    needs_grad = "backward" in code or "incl_bwd" in code
     try:
-        exec(compile(code, "<idiom>", "exec"), namespace)  # noqa: S102 (the idioms written above)
+        with torch.set_grad_enabled(needs_grad):
+            exec(compile(code, "<idiom>", "exec"), namespace)  # noqa: S102 (the idioms written above)
     finally:
         model.reset_hooks(including_permanent=True)
         for switch in ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in"):
