@@ -76,9 +76,6 @@ class HookedGemma(HookedModule):
 
     def __init__(self, model: Gemma, tokenizer: GemmaTokenizer, padding_side: str = "right") -> None:
         super().__init__()
-        if tokenizer.vocab_size > model.cfg.vocab_size:
-            raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens, more than the "
-                             f"model's vocab_size {model.cfg.vocab_size}")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.model = model
@@ -410,8 +407,8 @@ class HookedGemma(HookedModule):
         (negative counts from the end) instead. Padded text batches get their attention mask; so
         do token batches when padding is on the left (positions then count real tokens only).
         """
-        if start_at_layer is not None:
-            raise NotImplementedError("start_at_layer is not supported; replace blocks.{L}.hook_resid_pre with "
+        if start_at_layer is not None or tokens is not None:
+            raise NotImplementedError("start_at_layer (and its tokens=) is not supported; replace blocks.{L}.hook_resid_pre with "
                                       "your residual stream in a hook instead (docs/transformerlens.md)")
         if past_kv_cache is not None:
             raise NotImplementedError("past_kv_cache: use gemma_lab.prefill / decode_step with a KVCache")
@@ -479,7 +476,12 @@ class HookedGemma(HookedModule):
         """TransformerLens's ``generate`` on ``gemma_lab.generate``: samples by default (``do_sample``,
         ``temperature=1``), stops at ``<eos>``; returns text for text input (prompt + continuation,
         without ``<bos>``), else ``[batch, pos + new]`` tokens (finished rows padded with ``<eos>``).
-        ``return_type``: "input" (as the input), "str" or "tokens". Always uses the KV cache."""
+        ``return_type``: "input" (as the input), "str" or "tokens". ``seed`` makes sampling repeatable.
+
+        Accepted for TransformerLens's signature, without changing the result: ``use_past_kv_cache``
+        (the KV cache is always used; the tokens are the same), ``verbose`` (no progress bar) and
+        ``padding_side`` (a batch of prompts is always left-padded, so each row continues as it
+        would alone)."""
         if freq_penalty:
             raise ValueError("freq_penalty is not supported; gemma_lab.generate has repetition_penalty")
         if return_type not in ("input", "str", "tokens"):
