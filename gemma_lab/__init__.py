@@ -10,7 +10,7 @@ hooks on every activation, interpretability tools, widgets and notebooks.
 Importing the package loads the model code only; plotting and widgets load when first used.
 """
 
-from gemma_lab.cache import ActivationCache, act_name
+from gemma_lab.activation_cache import ActivationCache, act_name
 from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.factored_matrix import FactoredMatrix
 from gemma_lab.generation import GenerationResult, StepRecord, decode_step, generate, prefill, stream

@@ -26,7 +26,7 @@ def tiny_model_dir() -> Path:
     tried = ", ".join(str(c) for c in candidates)
     raise FileNotFoundError(
         f"the bundled tiny Gemma was not found (looked in {tried}); "
-        "reinstall gemma_lab or run `python -m gemma_lab.train_tiny` to rebuild it"
+        "reinstall gemma_lab or run `python -m gemma_lab.tiny.train` to rebuild it"
     )
 
 

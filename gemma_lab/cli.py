@@ -373,11 +373,11 @@ def _size(n_bytes: float) -> str:
 
 def run_train_tiny(argv: list[str]) -> int:
     try:
-        module = importlib.import_module("gemma_lab.train_tiny")
+        module = importlib.import_module("gemma_lab.tiny.train")
     except ModuleNotFoundError as error:
-        if error.name != "gemma_lab.train_tiny":
+        if error.name != "gemma_lab.tiny.train":
             raise
-        raise CLIError("train-tiny is not available: this installation has no gemma_lab.train_tiny") from None
+        raise CLIError("train-tiny is not available: this installation has no gemma_lab.tiny.train") from None
     return module.main(argv) or 0
 
 

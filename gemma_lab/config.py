@@ -2,22 +2,27 @@
 
 Presets reproduce the published architectures (figures from Google's model cards and the configs
 shipped with the checkpoints; see ``docs/architecture.md``). ``GemmaConfig.from_hf`` reads a
-transformers ``config.json``, in both the current spelling (``rope_parameters``, ``layer_types``)
-and the legacy one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``,
-``rope_scaling``, ``sliding_window_pattern``).
+transformers ``config.json``; how transformers spells each field lives in ``hf_format.py``.
 
-This module imports nothing but the standard library: it is the bottom layer of the package.
+Imports the standard library and ``hf_format`` (itself standard library only): the bottom of the
+package, with no torch.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-GLOBAL, LOCAL = "global", "local"
+from gemma_lab.hf_format import (
+    GLOBAL,
+    LOCAL,
+    config_fields_from_hf,
+    hf_config_dict,
+    layer_pattern,
+    read_config_json,
+)
 
 
 @dataclass(frozen=True)
@@ -124,11 +129,18 @@ class GemmaConfig:
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (layer_types is rebuilt when n_layers changes)."""
         if "n_layers" in changes and "layer_types" not in changes:
-            changes["layer_types"] = _layer_pattern(self.family, changes["n_layers"])
+            changes["layer_types"] = layer_pattern(self.family, changes["n_layers"])
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_hf(self, **token_ids: int) -> dict[str, Any]:
+        """The transformers ``config.json`` of this architecture (``from_hf`` reads it back unchanged).
+
+        ``token_ids``: ``bos_id``, ``eos_id``, ``pad_id`` when they differ from Gemma's 2, 1, 0.
+        """
+        return hf_config_dict(self, **token_ids)
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
@@ -142,148 +154,8 @@ class GemmaConfig:
     @classmethod
     def from_hf(cls, config: Mapping[str, Any] | str | Path) -> "GemmaConfig":
         """Read a transformers ``config.json`` (a dict, the file, or the checkpoint folder)."""
-        source = "config"
-        if isinstance(config, (str, Path)):
-            path = Path(config)
-            if path.is_dir():
-                path = path / "config.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such config file")
-            source = str(path)
-            try:
-                config = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return _config_from_hf_dict(dict(config), source)
-
-
-# ---- transformers config.json ------------------------------------------------------------
-
-# Defaults of the transformers config classes: save_pretrained may leave out keys that equal them.
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, max_position_embeddings=8192,
-                  rms_norm_eps=1e-6, rope_theta=10000.0),
-    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
-                   rms_norm_eps=1e-6, rope_theta=10000.0, query_pre_attn_scalar=256, sliding_window=4096,
-                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
-    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                        max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-                        rope_local_base_freq=10_000.0, query_pre_attn_scalar=256, sliding_window=4096,
-                        sliding_window_pattern=6, attn_logit_softcapping=None, final_logit_softcapping=None),
-}
-_FAMILY = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
-_MULTIMODAL = {"gemma3"}  # top-level model_type whose text tower sits under text_config
-
-
-def _config_from_hf_dict(d: dict[str, Any], source: str) -> GemmaConfig:
-    model_type = d.get("model_type")
-    if model_type in _MULTIMODAL:
-        text = dict(d.get("text_config") or {})
-        text.setdefault("model_type", "gemma3_text")
-        d = text
-        model_type = "gemma3_text"
-    if model_type not in _FAMILY:
-        raise ValueError(
-            f"{source}: model_type {model_type!r} is not a Gemma text model "
-            f"(supported: gemma, gemma2, gemma3_text, gemma3); architectures={d.get('architectures')}"
-        )
-    family = _FAMILY[model_type]
-    d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
-    n_layers = int(d["num_hidden_layers"])
-
-    # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
-    # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24
-    # rewrites it the same way); "gelu_exact"-style names mean the erf form.
-    act_name = d.get("hidden_act" if family == 1 else "hidden_activation") or d.get("hidden_act") or "gelu"
-    activations = {"gelu": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                   "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "gelu_accurate": "gelu_tanh"}
-    if act_name not in activations:
-        raise ValueError(f"{source}: unsupported activation {act_name!r} (Gemma uses GELU)")
-
-    layer_types = _hf_layer_types(d, family, n_layers, source)
-    rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
-    return GemmaConfig(
-        family=family,
-        vocab_size=int(d["vocab_size"]),
-        d_model=int(d["hidden_size"]),
-        n_layers=n_layers,
-        n_heads=int(d["num_attention_heads"]),
-        n_kv_heads=int(d["num_key_value_heads"]),
-        d_head=int(d["head_dim"]),
-        d_mlp=int(d["intermediate_size"]),
-        max_seq_len=int(d["max_position_embeddings"]),
-        norm_eps=float(d["rms_norm_eps"]),
-        activation=activations[act_name],
-        sandwich_norms=family >= 2,
-        qk_norm=family == 3,
-        query_pre_attn_scalar=float(d["query_pre_attn_scalar"]) if family >= 2 else None,
-        attn_softcap=_float_or_none(d.get("attn_logit_softcapping")) if family >= 2 else None,
-        final_softcap=_float_or_none(d.get("final_logit_softcapping")) if family >= 2 else None,
-        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
-        layer_types=layer_types,
-        rope_theta=rope_theta,
-        rope_theta_local=rope_theta_local,
-        rope_scale=rope_scale,
-        name=str(d.get("_name_or_path") or ""),
-    )
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _hf_layer_types(d: dict[str, Any], family: int, n_layers: int, source: str) -> tuple[str, ...]:
-    names = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
-    if d.get("layer_types"):
-        types = d["layer_types"]
-        if len(types) != n_layers:
-            raise ValueError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={n_layers}")
-        unknown = sorted(set(types) - set(names))
-        if unknown:
-            raise ValueError(f"{source}: unsupported layer_types {unknown}")
-        return tuple(names[t] for t in types)
-    return _layer_pattern(family, n_layers, int(d.get("sliding_window_pattern") or 6))
-
-
-def _layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...]:
-    """The published local/global layout: Gemma 2 local on even layers; Gemma 3 five local, one global."""
-    if family == 1:
-        return (GLOBAL,) * n_layers
-    if family == 2:
-        return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(n_layers))
-    return tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
-
-
-def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
-    """(global theta, local theta, global linear scale) from either config spelling."""
-    params = d.get("rope_parameters")
-    if params:
-        if "full_attention" in params or "sliding_attention" in params:
-            full = params.get("full_attention") or {}
-            local = params.get("sliding_attention") or full
-        else:
-            full = local = params
-        theta = float(full.get("rope_theta", d["rope_theta"]))
-        theta_local = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
-        scale = _linear_factor(full, source)
-        if _linear_factor(local, source) != 1.0:
-            raise ValueError(f"{source}: RoPE scaling on sliding-window layers is not supported")
-        return theta, theta_local, scale
-    theta = float(d["rope_theta"])
-    theta_local = float(d.get("rope_local_base_freq", theta)) if family == 3 else theta
-    return theta, theta_local, _linear_factor(d.get("rope_scaling") or {}, source)
-
-
-def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind in ("default", None):
-        return 1.0
-    if kind == "linear":
-        return float(rope["factor"])
-    raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
+        d, source = read_config_json(config)
+        return cls(**config_fields_from_hf(d, source))
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -295,14 +167,14 @@ def _gemma1(name: str, **kw: Any) -> GemmaConfig:
 def _gemma2(name: str, n_layers: int, **kw: Any) -> GemmaConfig:
     return GemmaConfig(family=2, vocab_size=256000, n_layers=n_layers, max_seq_len=8192, sandwich_norms=True,
                        attn_softcap=50.0, final_softcap=30.0, sliding_window=4096,
-                       layer_types=_layer_pattern(2, n_layers), name=name, **kw)
+                       layer_types=layer_pattern(2, n_layers), name=name, **kw)
 
 
 def _gemma3(name: str, n_layers: int, *, vocab_size: int = 262208, window: int = 1024,
             max_seq_len: int = 131072, rope_scale: float = 8.0, **kw: Any) -> GemmaConfig:
     return GemmaConfig(family=3, vocab_size=vocab_size, n_layers=n_layers, max_seq_len=max_seq_len,
                        sandwich_norms=True, qk_norm=True, sliding_window=window,
-                       layer_types=_layer_pattern(3, n_layers), rope_theta=1_000_000.0,
+                       layer_types=layer_pattern(3, n_layers), rope_theta=1_000_000.0,
                        rope_theta_local=10_000.0, rope_scale=rope_scale, name=name, **kw)
 
 
@@ -339,10 +211,10 @@ PRESETS: dict[str, GemmaConfig] = {
     "test-gemma2": GemmaConfig(
         family=2, vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
         max_seq_len=256, sandwich_norms=True, query_pre_attn_scalar=16.0, attn_softcap=50.0,
-        final_softcap=30.0, sliding_window=8, layer_types=_layer_pattern(2, 4), name="test-gemma2"),
+        final_softcap=30.0, sliding_window=8, layer_types=layer_pattern(2, 4), name="test-gemma2"),
     "test-gemma3": GemmaConfig(
         family=3, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
         max_seq_len=256, sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=16.0, sliding_window=8,
-        layer_types=_layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
+        layer_types=layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
         rope_scale=8.0, name="test-gemma3"),
 }

@@ -4,7 +4,7 @@ Role. The model maps tokens to logits and nothing else; the KV cache (``kv_cache
 keys and values; sampling (``sampling.py``) turns logits into a token. This module wires them
 together as plain functions, in the spirit of gpt-fast's ``generate.py``:
 
-    logits, cache = prefill(model, prompt_tokens, kv_cache=max_len)   # step 0: the whole prompt
+    logits, cache = prefill(model, prompt_tokens, max_len=max_len)    # step 0: the whole prompt
     token = sample(logits, ...)
     logits = decode_step(model, token, cache)                          # steps 1, 2, ...: one token each
 
@@ -37,7 +37,7 @@ from typing import Iterator, Sequence, Union
 
 import torch
 
-from gemma_lab.cache import ActivationCache
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.hooks import HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.sampling import SamplingParams, filter_logits, logits_to_probs, make_generator, sample
@@ -67,14 +67,14 @@ STOP_TOKEN, STOP_STRING, MAX_NEW_TOKENS = "stop_token", "stop_string", "max_new_
 
 
 def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-            kv_cache: KVCache | int | None = None) -> tuple[torch.Tensor, KVCache]:
+            kv_cache: KVCache | None = None, max_len: int | None = None) -> tuple[torch.Tensor, KVCache]:
     """Run the prompt ``tokens [batch, pos]`` through the model, filling a KV cache.
 
     Returns the logits at the last position of each row, ``[batch, vocab]``, and the cache.
     With left padding (``attention_mask`` 0 on the left), the last column is every row's last
-    real token. ``kv_cache``: an existing ``KVCache`` to continue, the ``max_len`` of a new one,
-    or None for a new one with room for ``DEFAULT_PREFILL_ROOM`` more tokens (capped at the
-    model's ``max_seq_len``).
+    real token. ``kv_cache``: an existing ``KVCache`` to continue; without one, a new cache holding
+    ``max_len`` positions (default: the prompt plus ``DEFAULT_PREFILL_ROOM`` more tokens, capped at
+    the model's ``max_seq_len``).
     """
     tokens = torch.as_tensor(tokens, device=model.device)
     if tokens.ndim == 1:
@@ -83,10 +83,14 @@ def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None 
         attention_mask = torch.as_tensor(attention_mask, device=model.device)
         if attention_mask.ndim == 1:
             attention_mask = attention_mask[None]
+    if kv_cache is not None and not isinstance(kv_cache, KVCache):
+        raise TypeError(f"kv_cache must be a KVCache (pass a size as max_len=), got {type(kv_cache).__name__}")
+    if kv_cache is not None and max_len is not None:
+        raise ValueError("pass either kv_cache (an existing cache) or max_len (the size of a new one), not both")
     if kv_cache is None:
-        kv_cache = min(model.cfg.max_seq_len, tokens.shape[-1] + DEFAULT_PREFILL_ROOM)
-    if isinstance(kv_cache, numbers.Integral):
-        kv_cache = KVCache.for_model(model, tokens.shape[0], int(kv_cache))
+        if max_len is None:
+            max_len = min(model.cfg.max_seq_len, tokens.shape[-1] + DEFAULT_PREFILL_ROOM)
+        kv_cache = KVCache.for_model(model, tokens.shape[0], int(max_len))
     with torch.no_grad():
         logits = model(tokens, attention_mask=attention_mask, kv_cache=kv_cache, last_position_only=True)
     return logits[:, -1], kv_cache
@@ -307,7 +311,7 @@ class _Run:
             with torch.no_grad():
                 model.run_context.step = 0
                 logits, self.cache = prefill(model, tokens, attention_mask=mask,
-                                             kv_cache=tokens.shape[1] + self.max_new_tokens)
+                                             max_len=tokens.shape[1] + self.max_new_tokens)
                 for step in range(self.max_new_tokens):
                     if step > 0:
                         model.run_context.step = step

@@ -23,13 +23,10 @@ import difflib
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from gemma_lab.cache import ActivationCache
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
@@ -224,8 +221,8 @@ class HookedModule(nn.Module):
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
                        incl_bwd: bool = False, remove_batch_dim: bool = False,
-                       **kwargs) -> tuple[torch.Tensor, "ActivationCache"]:
-        """Forward pass that also returns the activations at the requested hook points.
+                       **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass that also returns the activations at the requested hook points, by name.
 
         names_filter: a name, a list of names, or a predicate on names (default: every point).
             Only the requested activations are stored (detached, moved to ``device`` if given).
@@ -233,9 +230,9 @@ class HookedModule(nn.Module):
             once you call ``backward`` on something computed from the returned logits (the model
             returns logits, not a loss, so the choice of what to differentiate is yours).
         remove_batch_dim: for a batch of one, store ``[pos, ...]`` instead of ``[1, pos, ...]``.
-        """
-        from gemma_lab.cache import ActivationCache
 
+        Returns the output and a plain dict; ``Gemma.run_with_cache`` wraps it in an ``ActivationCache``.
+        """
         if incl_bwd and not torch.is_grad_enabled():
             raise RuntimeError("incl_bwd=True needs gradients; call run_with_cache outside torch.no_grad()")
         names = self.resolve_hook_names(names_filter)
@@ -244,7 +241,7 @@ class HookedModule(nn.Module):
         fwd = [(name, saver.save) for name in names]
         bwd = [(name, saver.save_grad) for name in names] if incl_bwd else []
         logits = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
-        return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+        return logits, store
 
 
 class _Saver:

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gemma_lab.cache import ActivationCache, act_name
+from gemma_lab.activation_cache import ActivationCache
+from gemma_lab.hook_points import SHORT_NAMES, act_name, head_axis, hook_axes
 from gemma_lab.hooks import HookFn, HookPoint
 
 if TYPE_CHECKING:
@@ -55,15 +55,12 @@ def _batched(tokens: torch.Tensor) -> torch.Tensor:
 
 def unembed(model: "Gemma", resid: torch.Tensor) -> torch.Tensor:
     """Logits ``[..., vocab]`` that a residual-stream state ``[..., d_model]`` would give if it were
-    the last layer's output: the model's own final RMSNorm, tied unembedding and (Gemma 2) softcap.
+    the last layer's output: ``model.unembed`` (final RMSNorm, tied unembedding, Gemma 2's softcap).
 
     For the final ``resid_post`` this is exactly the model's output. It runs ``model.ln_final``,
     so hooks attached to ``ln_final`` see these calls too.
     """
-    logits = F.linear(model.ln_final(resid), model.embed.weight)
-    if model.cfg.final_softcap is not None:  # as in Gemma.forward: Gemma 2 bounds logits to (-30, 30)
-        logits = model.cfg.final_softcap * torch.tanh(logits / model.cfg.final_softcap)
-    return logits
+    return model.unembed(resid)
 
 
 @dataclass
@@ -107,7 +104,7 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
     top_probs, top_tokens, all_probs = [], [], []
     with torch.no_grad():
         for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
-            probs = torch.softmax(unembed(model, resid).float(), dim=-1)[0]
+            probs = torch.softmax(model.unembed(resid).float(), dim=-1)[0]
             values, ids = probs.topk(k, dim=-1)
             top_probs.append(values)
             top_tokens.append(ids)
@@ -273,8 +270,9 @@ def _ablation_value(model: "Gemma", name: str, mode: str,
 # Activation patching
 # ---------------------------------------------------------------------------------------------
 
-_HEAD_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "rot_q": 2, "rot_k": 2, "result": 2,
-              "pattern": 1, "attn_scores": 1, "attn_scores_pre_softcap": 1}
+# Activations with a head (or kv_head) axis, and where it sits: read off the hook-point table.
+_HEAD_AXIS = {short: head_axis(short) for short in SHORT_NAMES
+              if {"head", "kv_head"} & set(hook_axes(act_name(short, 0)))}
 
 
 def _patched_metric(model: "Gemma", corrupted_tokens: torch.Tensor, name: str, hook: HookFn,
@@ -435,8 +433,20 @@ def repeated_tokens(vocab_size: int, seq_len: int, batch: int = 1, *, seed: int 
     return torch.cat(parts, dim=1)
 
 
+def _repeated_or_given(model: "Gemma", tokens: torch.Tensor | None, seq_len: int, batch: int, seed: int,
+                       bos: int | None) -> torch.Tensor:
+    """``tokens`` checked against ``seq_len`` and ``bos``, or fresh ``repeated_tokens``."""
+    if tokens is None:
+        return repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    expected = 2 * seq_len + (0 if bos is None else 1)
+    if tokens.ndim != 2 or tokens.shape[1] != expected:
+        raise ValueError(f"tokens must be [batch, {expected}] (a span of {seq_len} written twice"
+                         f"{'' if bos is None else ' after <bos>'}), got {tuple(tokens.shape)}")
+    return tokens.to(model.device)
+
+
 def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
-                bos: int | None = 2) -> dict[str, torch.Tensor]:
+                bos: int | None = 2, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``{"previous_token", "induction", "duplicate_token"}`` -> ``[layer, head]`` scores on repeated
     random tokens (``repeated_tokens``): the mean attention, over the batch and every query ``i``
     in the second copy, to ``i - 1`` (previous token), to ``i - seq_len + 1`` (the token after
@@ -444,8 +454,11 @@ def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int 
 
     A score of 1 means the head does only that. On sliding-window layers a head cannot reach
     further back than the window, so keep ``seq_len`` below it to see induction there.
+
+    ``tokens``: repeated tokens of your own to score instead (``[batch, 1 + 2 * seq_len]`` with
+    ``<bos>``, or ``[batch, 2 * seq_len]`` with ``bos=None``); ``batch`` and ``seed`` are then unused.
     """
-    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    tokens = _repeated_or_given(model, tokens, seq_len, batch, seed, bos)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     patterns = cache.stack_activation("pattern").float()  # [layer, batch, head, q_pos, k_pos]
@@ -460,15 +473,16 @@ def head_scores(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int 
 
 
 def in_context_loss(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: int = 0,
-                    bos: int | None = 2) -> dict[str, torch.Tensor]:
+                    bos: int | None = 2, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Next-token loss on repeated random tokens: high on the first copy (random), low on the second
     if the model has induction heads.
 
     Returns ``"per_position"``: ``[pos - 1]`` loss of predicting token ``t + 1`` from position ``t``
     (mean over the batch), and ``"first_copy"``/``"second_copy"``: the mean over each copy's
-    tokens after its first (a copy's first token cannot be predicted from context).
+    tokens after its first (a copy's first token cannot be predicted from context). ``tokens``: as
+    in ``head_scores``.
     """
-    tokens = repeated_tokens(model.cfg.vocab_size, seq_len, batch, seed=seed, bos=bos).to(model.device)
+    tokens = _repeated_or_given(model, tokens, seq_len, batch, seed, bos)
     with torch.no_grad():
         logits = model(tokens).float()
     log_probs = torch.log_softmax(logits[:, :-1], dim=-1)

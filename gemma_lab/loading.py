@@ -11,7 +11,8 @@ The model is built on the ``meta`` device and each tensor is read from the memor
 straight into its parameter, so weights are copied once (a dtype change is that one copy).
 Every tensor is accounted for: a missing, unexpected or mis-shaped one raises an error naming it.
 
-The checkpoint's tensor names appear in this file only (``_hf_name_table``).
+The checkpoint's tensor names and config keys live in ``hf_format.py`` (``hf_name_table``); this
+file reads files and checks what it reads.
 """
 
 from __future__ import annotations
@@ -19,23 +20,20 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
+from gemma_lab.hf_format import NON_TEXT, hf_name_table, strip_text_prefix
 from gemma_lab.model import Gemma
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
 _PROGRESS_MIN_BYTES = 256 * 2**20
-# Prefixes in front of the text model's names, by checkpoint kind.
-_TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
-# Multimodal Gemma 3 files also hold the vision tower and projector; the text model skips them.
-_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 
 class CheckpointError(ValueError):
@@ -65,7 +63,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     total_bytes = source.total_bytes()
     show = progress if progress is not None else total_bytes >= _PROGRESS_MIN_BYTES
 
-    with torch.device("meta"), _skip_weight_init():
+    with torch.device("meta"), _SkipWeightInit():
         model = Gemma(config)
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     loaded: dict[str, torch.Tensor] = {}
@@ -100,30 +98,23 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
-    model.checkpoint_path = path
     return model
 
 
-@contextmanager
-def _skip_weight_init() -> Iterator[None]:
+class _SkipWeightInit(TorchFunctionMode):
     """Build modules without drawing random initial weights: every one is overwritten by the file.
 
     On the meta device the draws cost nothing, but the first one imports torch's compiler stack
-    (about a second), which would double the time to load the tiny model.
+    (about a second), which would double the time to load the tiny model. The ``torch.nn.init``
+    functions dispatch through torch-function modes, so this mode sees each call and returns the
+    tensor untouched; it is active only inside its ``with`` block, on this thread, and patches nothing.
     """
-    names = ("kaiming_uniform_", "uniform_", "normal_")
-    saved = {name: getattr(torch.nn.init, name) for name in names}
 
-    def keep(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return tensor
-
-    try:
-        for name in names:
-            setattr(torch.nn.init, name, keep)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def _describe(config: GemmaConfig) -> str:
@@ -138,37 +129,6 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in names:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(names)}")
     return names[dtype]
-
-
-# ---- tensor name tables ------------------------------------------------------------------------------
-
-def _hf_name_table(config: GemmaConfig) -> dict[str, str]:
-    """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
-    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
-    # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
-    norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
-    if config.sandwich_norms:
-        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
-                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
-    for layer in range(config.n_layers):
-        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
-        for hf_norm, our_norm in norms.items():
-            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            table[f"{theirs}self_attn.{proj}.weight"] = f"{ours}attn.{proj}.weight"
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
-        if config.qk_norm:
-            table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
-            table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
-    return table
-
-
-def _strip_text_prefix(name: str) -> str | None:
-    for prefix in _TEXT_PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return None
 
 
 # ---- checkpoint sources ----------------------------------------------------------------------------
@@ -211,7 +171,7 @@ class _SafetensorsFolder(_Source):
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         from safetensors import SafetensorError, safe_open
 
-        table = _hf_name_table(config)
+        table = hf_name_table(config)
         embed_at: tuple[Path, str] | None = None
         lm_head_at: tuple[Path, str, str] | None = None
         for file in self.files:
@@ -220,12 +180,12 @@ class _SafetensorsFolder(_Source):
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():
                         origin = f"{file}: tensor {name!r}"
-                        if _NON_TEXT.match(name):
+                        if NON_TEXT.match(name):
                             continue
                         if name.endswith("lm_head.weight"):
                             lm_head_at = (file, name, origin)
                             continue
-                        stripped = _strip_text_prefix(name)
+                        stripped = strip_text_prefix(name)
                         ours = table.get(stripped) if stripped is not None else None
                         if ours is None:
                             raise CheckpointError(f"{origin}: unexpected tensor (not part of a {_describe(config)} model)")
@@ -313,7 +273,7 @@ class _GemmaPytorchCheckpoint(_Source):
 
     def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
-        table = _hf_name_table(config)
+        table = hf_name_table(config)
         q_rows = config.n_heads * config.d_head
         kv_rows = config.n_kv_heads * config.d_head
         renames = {"embedder.weight": "embed_tokens.weight", "text_token_embedder.weight": "embed_tokens.weight",
@@ -328,7 +288,7 @@ class _GemmaPytorchCheckpoint(_Source):
                 raise CheckpointError(f"{origin}: int8-quantized checkpoints are not supported; use the bf16 one")
             hf_name = renames.get(name, name)
             hf_name = hf_name.replace("self_attn.query_norm", "self_attn.q_norm").replace("self_attn.key_norm", "self_attn.k_norm")
-            stripped = _strip_text_prefix(hf_name) if hf_name.startswith("model.") else hf_name
+            stripped = strip_text_prefix(hf_name) if hf_name.startswith("model.") else hf_name
             if stripped is not None and stripped.endswith("self_attn.qkv_proj.weight"):
                 if tensor.shape[0] != q_rows + 2 * kv_rows:
                     raise CheckpointError(

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
-from gemma_lab.hooks import HookedModule, HookPoint
+from gemma_lab.hooks import HookedModule, HookPoint, NameFilter
 from gemma_lab.kv_cache import KVCache
 
 
@@ -289,16 +290,36 @@ class Gemma(HookedModule):
         if kv_cache is not None:
             kv_cache.advance(valid)
 
-        resid = self.ln_final(resid)
+        return self.hook_logits(self.unembed(resid, last_position_only=last_position_only))
+
+    def unembed(self, resid: torch.Tensor, *, last_position_only: bool = False) -> torch.Tensor:
+        """Logits ``[..., vocab]`` from a residual-stream state ``[..., d_model]``: the final RMSNorm,
+        the tied unembedding and (Gemma 2) the final softcap.
+
+        ``forward`` ends with it; the logit lens applies it to the stream after any layer. It runs
+        ``ln_final``, so hooks on ``ln_final`` see every call.
+        """
+        normalized = self.ln_final(resid)
         if last_position_only:
             # Unembed the last row as a 2-D matrix: a [batch, 1, d_model] slice keeps the long
             # stride of its parent, which sends torch 2.13's bf16 CPU matmul down a path ~50x slower.
-            logits = F.linear(resid[:, -1], weight)[:, None]
+            logits = F.linear(normalized[:, -1], self.embed.weight)[:, None]
         else:
-            logits = F.linear(resid, weight)  # unembed with the embedding matrix itself
+            logits = F.linear(normalized, self.embed.weight)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
-        return self.hook_logits(logits)
+        return logits
+
+    def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
+                       incl_bwd: bool = False, remove_batch_dim: bool = False,
+                       **kwargs) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and an ``ActivationCache`` of the requested activations (``cache["pattern", 3]``).
+
+        Arguments as ``HookedModule.run_with_cache``, which stores the activations in a plain dict.
+        """
+        logits, store = super().run_with_cache(*args, names_filter=names_filter, device=device,
+                                               incl_bwd=incl_bwd, remove_batch_dim=remove_batch_dim, **kwargs)
+        return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):

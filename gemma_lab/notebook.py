@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.loading import load_pretrained
 from gemma_lab.model import Gemma
 from gemma_lab.tokenizer import GemmaTokenizer, load_tokenizer
@@ -47,9 +48,22 @@ def load_lesson_model(path: str | os.PathLike | None = None, dtype: torch.dtype 
     return model, tokenizer
 
 
-def describe(model: Gemma) -> str:
-    """One line naming the model a lesson runs on (printed at the top of each notebook)."""
+def lesson_checkpoint(path: str | os.PathLike | None = None) -> Path:
+    """The checkpoint folder or file behind ``lesson_model_path`` (the bundled folder for ``"tiny"``).
+
+    The model holds no file path, so a lesson that wants the files (to open them with transformers,
+    say) asks here.
+    """
+    chosen = lesson_model_path(path)
+    return tiny_model_dir() if is_tiny_name(chosen) else Path(chosen)
+
+
+def describe(model: Gemma, source: str | os.PathLike | None = None) -> str:
+    """One line naming the model a lesson runs on (printed at the top of each notebook).
+
+    ``source``: where it was loaded from (default: the lesson checkpoint, ``lesson_checkpoint()``).
+    """
     cfg = model.cfg
-    source = getattr(model, "checkpoint_path", None)
+    source = source if source is not None else lesson_checkpoint()
     return (f"Gemma {cfg.family} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
             f"({cfg.attention_kind}) · {model.n_params():,} parameters · from {source}")

@@ -6,7 +6,7 @@ draws, and returns; it keeps no state and never talks to a model.
 
 Must not import: torch (tensors are recognised by duck typing, so this module works without it),
 the model, loading or generation code, or ``ipywidgets``. Figures are made by pyplot with
-interactive mode off and closed at once (see ``_new_figure``), so pyplot never keeps them and a
+interactive mode off and closed at once (see ``new_figure``), so pyplot never keeps them and a
 notebook shows each one exactly once: when it is the value of a cell, or through ``display(fig)``.
 All drawing uses the object-oriented API on the returned Figure and its Axes.
 
@@ -21,7 +21,11 @@ Conventions shared by every function:
   input, masked entries included underneath the mask), only tick *labels* are thinned on long sequences.
 * Heatmaps put ``layer`` (or the query position) on rows with index 0 at the top, like the array.
 * Signed quantities use the diverging ``RdBu`` map centred on zero (red negative, blue positive).
-* Token labels go through :func:`readable_token` and are drawn with mathtext off, so ``$`` stays ``$``.
+* Token labels go through :func:`readable_token` and are drawn with mathtext off, so ``$`` stays ``$``;
+  the widgets label tokens the same way, and make their figures with ``new_figure``/``new_subplots``.
+
+Why one module above 600 lines: it is one job (every picture the lessons show), its functions share
+the conventions above and a handful of private helpers, and a reader looks for a picture by name here.
 
 References: logit lens (nostalgebraist, 2020); activation patching (Meng et al., 2022, "Locating and
 Editing Factual Associations in GPT"); rotary embeddings (Su et al., 2021, "RoFormer"), drawn in the
@@ -116,8 +120,8 @@ def _root_figure(ax: Axes) -> Figure:
     return ax.figure.figure
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
-    """A figure made by pyplot, then closed at once.
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure made by pyplot, then closed at once: the one figure factory of viz and the widgets.
 
     Made by pyplot so that it gets the session's canvas, and in Jupyter the display integration
     with it: a bare ``Figure()`` is shown as ``<Figure size ...>`` text until something has switched
@@ -130,10 +134,17 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def new_subplots(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1,
+                 **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """``(fig, axes[nrows, ncols])`` on a ``new_figure``; ``kwargs`` go to ``Figure.subplots``."""
+    fig = new_figure(figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+
+
 def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return _root_figure(ax), ax
-    fig = _new_figure(figsize)
+    fig = new_figure(figsize)
     return fig, fig.add_subplot()
 
 
@@ -294,7 +305,7 @@ def attention_heads_grid(
     nrows = math.ceil(n_head / ncols)
     panel = _clip(1.2 + 0.12 * k_len, 2.2, 4.0)
     if fig is None:
-        fig = _new_figure((panel * ncols + 1.0, panel * nrows + 0.6))
+        fig = new_figure((panel * ncols + 1.0, panel * nrows + 0.6))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     top = _pattern_vmax(patterns, np.broadcast_to(masked, patterns.shape), vmax)
 
@@ -582,7 +593,7 @@ def rotary_illustration(
     ncols = min(len(pairs), 4)
     nrows = math.ceil(len(pairs) / ncols)
     if fig is None:
-        fig = _new_figure((2.9 * ncols + 1.0, 3.1 * nrows + 0.5))
+        fig = new_figure((2.9 * ncols + 1.0, 3.1 * nrows + 0.5))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     cmap = matplotlib.colormaps["viridis"]
     pos_norm = mcolors.Normalize(min(positions), max(positions) if max(positions) > min(positions) else

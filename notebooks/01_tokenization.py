@@ -61,7 +61,7 @@ if MODEL:
 import matplotlib.pyplot as plt
 import torch
 
-import gemma_lab.exercises.model_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson01_tokenization  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import viz
 from gemma_lab.exercises import check, solution  # noqa: F401
 from gemma_lab.notebook import describe, load_lesson_model

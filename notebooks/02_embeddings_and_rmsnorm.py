@@ -63,7 +63,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-import gemma_lab.exercises.model_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson02_embeddings_and_rmsnorm  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import viz
 from gemma_lab.config import PRESETS
 from gemma_lab.exercises import check, solution  # noqa: F401

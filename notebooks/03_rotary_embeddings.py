@@ -62,7 +62,7 @@ import matplotlib.pyplot as plt
 import torch
 from einops import rearrange
 
-import gemma_lab.exercises.model_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson03_rotary_embeddings  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import model as gemma_model
 from gemma_lab import viz
 from gemma_lab.exercises import check, solution  # noqa: F401

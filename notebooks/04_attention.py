@@ -64,7 +64,7 @@ from einops import einsum, rearrange, repeat  # noqa: F401  (einsum and rearrang
 from gemma_lab import model as gemma_model
 from gemma_lab import viz
 from gemma_lab.config import PRESETS
-from gemma_lab.exercises import check, model_parts, solution  # noqa: F401  (model_parts: the package's answers)
+from gemma_lab.exercises import check, lesson04_attention, solution  # noqa: F401  (lesson04_attention: the package's answers)
 from gemma_lab.notebook import describe, load_lesson_model
 from gemma_lab.widgets import AttentionExplorer
 
@@ -273,7 +273,7 @@ allowed0 = gemma_model.attention_mask(positions, positions, torch.ones_like(posi
                                       attn0.window)
 scalar = cfg.query_pre_attn_scalar or cfg.d_head
 expected = cache["pattern", 0]  # shorthand for blocks.0.attn.hook_pattern
-package = model_parts.attention_pattern(q0, k0, allowed0, scalar, cfg.attn_softcap)
+package = lesson04_attention.attention_pattern(q0, k0, allowed0, scalar, cfg.attn_softcap)
 print(f"package pieces vs hook_pattern: max |difference| {(package - expected).abs().max().item():.2g}")
 try:
     mine = attention_pattern(q0, k0, allowed0, scalar, cfg.attn_softcap)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 
 from gemma_lab import model as gemma_model
 from gemma_lab import viz
-from gemma_lab.exercises import check, model_parts, solution  # noqa: F401  (model_parts: the package's answers)
+from gemma_lab.exercises import check, lesson05_mlp_and_block, solution  # noqa: F401  (lesson05_mlp_and_block: the package's answers)
 from gemma_lab.notebook import describe, load_lesson_model
 
 torch.set_grad_enabled(False)
@@ -211,8 +211,8 @@ no_norm = torch.nn.Identity()
 post_attn = block.ln1_post if block.ln1_post is not None else no_norm
 post_mlp = block.ln2_post if block.ln2_post is not None else no_norm
 resid_pre, resid_post = cache["resid_pre", 0], cache["resid_post", 0]
-package = model_parts.transformer_block(resid_pre, block0_attention, block.mlp, block.ln1, post_attn, block.ln2,
-                                        post_mlp)
+package = lesson05_mlp_and_block.transformer_block(resid_pre, block0_attention, block.mlp, block.ln1, post_attn,
+                                                   block.ln2, post_mlp)
 print("package pieces equal blocks.0.hook_resid_post:", torch.equal(package, resid_post))
 try:
     mine = transformer_block(resid_pre, block0_attention, block.mlp, block.ln1, post_attn, block.ln2, post_mlp)

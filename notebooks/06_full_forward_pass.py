@@ -65,19 +65,14 @@ from einops import rearrange  # noqa: F401  (for your exercises)
 
 from gemma_lab import viz
 from gemma_lab.exercises import check, solution  # noqa: F401
-from gemma_lab.notebook import describe, load_lesson_model
+from gemma_lab.notebook import describe, lesson_checkpoint, load_lesson_model
 
 # The pieces of lessons 02-05, in the package's versions (same names and arguments as your exercises),
 # so that a slip in an earlier lesson does not follow you here. Paste in your own if you prefer.
-from gemma_lab.exercises.model_parts import (  # noqa: F401
-    apply_rotary,
-    attention_mask,
-    embed,
-    geglu,
-    grouped_attention,
-    rms_norm,
-    rotary_cos_sin,
-)
+from gemma_lab.exercises.lesson02_embeddings_and_rmsnorm import embed, rms_norm  # noqa: F401
+from gemma_lab.exercises.lesson03_rotary_embeddings import apply_rotary, rotary_cos_sin  # noqa: F401
+from gemma_lab.exercises.lesson04_attention import attention_mask, grouped_attention  # noqa: F401
+from gemma_lab.exercises.lesson05_mlp_and_block import geglu  # noqa: F401
 
 torch.set_grad_enabled(False)
 model, tokenizer = load_lesson_model()
@@ -223,7 +218,7 @@ plt.show()
 # weights with transformers and compares the logits. (Importing transformers takes a few seconds.)
 
 # %%
-checkpoint = getattr(model, "checkpoint_path", None)
+checkpoint = lesson_checkpoint()
 if COMPARE_WITH_TRANSFORMERS:
     import transformers
 

@@ -107,7 +107,7 @@ print("same tokens as generate():", reference.token_ids == by_hand)
 # absolute positions. On sliding-window layers the cache only needs the last `window` tokens.
 
 # %%
-logits, cache = prefill(model, torch.tensor([prompt_ids]), kv_cache=len(prompt_ids) + N_NEW)  # [batch, vocab]
+logits, cache = prefill(model, torch.tensor([prompt_ids]), max_len=len(prompt_ids) + N_NEW)  # [batch, vocab]
 cached_ids, gaps = list(prompt_ids), []
 for step in range(N_NEW):
     token = int(logits[0].argmax())

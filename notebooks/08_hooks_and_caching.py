@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson08_hooks_and_caching  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
 from gemma_lab.exercises import check, solution  # noqa: F401
 from gemma_lab.notebook import describe, load_lesson_model

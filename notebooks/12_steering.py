@@ -63,7 +63,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
-import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson12_steering  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
 from gemma_lab.exercises import check, get_exercise, solution  # noqa: F401
 from gemma_lab.generation import generate

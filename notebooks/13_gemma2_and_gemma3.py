@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson13_gemma2_and_gemma3  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import PRESETS, Gemma, init_weights, viz
 from gemma_lab.exercises import check, solution  # noqa: F401
 from gemma_lab.model import attention_mask

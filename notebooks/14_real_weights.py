@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
-import gemma_lab.exercises.interp_parts  # noqa: F401  (registers this lesson's exercises)
+import gemma_lab.exercises.lesson14_real_weights  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import PRESETS, viz
 from gemma_lab.exercises import check, get_exercise, solution  # noqa: F401
 from gemma_lab.generation import generate

@@ -1,7 +1,7 @@
-"""gemma_lab.bench runs end to end on tiny shapes and reports a ratio for every comparison.
+"""tools.bench runs end to end on tiny shapes and reports a ratio for every comparison.
 
 No assertion is about speed: timings on a shared CPU are noise at these sizes. The point is that
-``python -m gemma_lab.bench all`` keeps working as the model, loader and generation change.
+``python -m tools.bench all`` keeps working as the model, loader and generation change.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from gemma_lab import bench
+from tools import bench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +23,7 @@ def test_quick_benchmark_reports_every_section(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert bench.main(["all", "--quick", "--repeats", "2", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "python -m gemma_lab.bench all --quick" in printed  # the command line is printed
+    assert "python -m tools.bench all --quick" in printed  # the command line is printed
     assert "ratio" in printed and "target" in printed
     rows = json.loads(out.read_text())["rows"]
     assert {row["section"] for row in rows} == set(bench.SECTIONS)
@@ -42,7 +41,7 @@ def test_memory_is_measured_in_a_fresh_process(tmp_path):
     """The child process the memory section starts, run by hand: it reports a peak and the model's size."""
     shape = bench.tiny_shape()
     folder = bench.write_checkpoint(tmp_path / "checkpoint", shape)
-    done = subprocess.run([sys.executable, "-m", "gemma_lab.bench", "_memory_child", "ours", str(folder), "bf16",
+    done = subprocess.run([sys.executable, "-m", "tools.bench", "_memory_child", "ours", str(folder), "bf16",
                            "4", str(shape.vocab)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

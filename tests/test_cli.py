@@ -1,7 +1,7 @@
 """The gemma-lab command, run in-process through ``main([...])`` and once as ``python -m gemma_lab``.
 
 The checkpoint is a random-weight Gemma 2 written by transformers; its tokenizer.model is trained
-here with SentencePiece (``gemma_lab.corpus.train_tokenizer``), so no file is downloaded.
+here with SentencePiece (``gemma_lab.tiny.tokenizer_training``), so no file is downloaded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from hf_checkpoints import write_checkpoint
 
 import gemma_lab
 from gemma_lab import cli
-from gemma_lab.corpus import generate_corpus, train_tokenizer
+from gemma_lab.tiny.corpus import generate_corpus
+from gemma_lab.tiny.tokenizer_training import train_tokenizer
 from gemma_lab.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,12 +194,12 @@ def test_help_documents_every_flag(capsys):
 
 def test_train_tiny_dispatches_lazily(capsys, monkeypatch):
     calls = []
-    fake = types.ModuleType("gemma_lab.train_tiny")
+    fake = types.ModuleType("gemma_lab.tiny.train")
     fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "gemma_lab.train_tiny", fake)
+    monkeypatch.setitem(sys.modules, "gemma_lab.tiny.train", fake)
     assert cli.main(["train-tiny", "--steps", "3", "--help"]) == 0
     assert calls == [["--steps", "3", "--help"]]
-    monkeypatch.setitem(sys.modules, "gemma_lab.train_tiny", None)  # as if the module were missing
+    monkeypatch.setitem(sys.modules, "gemma_lab.tiny.train", None)  # as if the module were missing
     code, _, err = run(capsys, "train-tiny")
     assert code == 1 and "train-tiny is not available" in err
 

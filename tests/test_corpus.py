@@ -1,4 +1,4 @@
-"""Tests of the synthetic corpus and its tokenizer (gemma_lab/corpus.py).
+"""Tests of the synthetic corpus and its tokenizer (gemma_lab/tiny/corpus.py, tables.py, tokenizer_training.py).
 
 What they pin down: the corpus is a pure function of its seed; the held-out split really is held
 out (name pairs and templates never seen in training); every IOI answer is one token; and the
@@ -8,16 +8,14 @@ of the shipped one (a couple of seconds).
 
 from __future__ import annotations
 
-import ast
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from gemma_lab import corpus
-from gemma_lab.corpus import (
+from gemma_lab.tiny import corpus
+from gemma_lab.tiny.corpus import (
     HELDOUT_TEMPLATES,
     KIND_WEIGHTS,
     NAMES,
@@ -31,8 +29,8 @@ from gemma_lab.corpus import (
     is_heldout_pair,
     iter_documents,
     repeated_random_tokens,
-    train_tokenizer,
 )
+from gemma_lab.tiny.tokenizer_training import train_tokenizer
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -273,18 +271,3 @@ def test_tokenizer_training_is_byte_identical(tmp_path):
     first = train_tokenizer(texts, tmp_path / "a").read_bytes()
     second = train_tokenizer(texts, tmp_path / "b").read_bytes()
     assert first == second
-
-
-# --------------------------------------------------------------------------------------- layering
-
-
-def test_corpus_imports_only_the_standard_library_and_sentencepiece():
-    tree = ast.parse(Path(corpus.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"sentencepiece"}
-    assert imported <= allowed, imported - allowed

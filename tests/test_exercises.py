@@ -10,8 +10,6 @@ so each mistake really is one slip away from the right answer.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -23,7 +21,6 @@ from gemma_lab.exercises import (
     ERROR,
     FAILED,
     NOT_ATTEMPTED,
-    PASSED,
     CheckResult,
     check,
     fill_in_solutions,
@@ -33,7 +30,14 @@ from gemma_lab.exercises import (
     solution,
     solutions_dir,
 )
-from gemma_lab.exercises import model_parts
+from gemma_lab.exercises import (
+    checking,
+    lesson01_tokenization,
+    lesson02_embeddings_and_rmsnorm,
+    lesson04_attention,
+    lesson06_full_forward_pass,
+)
+from gemma_lab.exercises._trials import _grouped
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = list_exercises()
@@ -137,13 +141,13 @@ def test_an_exception_is_reported_with_its_message():
 
 def test_wrong_shape_dtype_and_missing_return_are_named():
     def flat(x, weight, eps):
-        return model_parts.rms_norm(x, weight, eps).flatten()
+        return lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps).flatten()
 
     def stays_fp64(x, weight, eps):
-        return model_parts.rms_norm(x, weight, eps).double()
+        return lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps).double()
 
     def forgets_return(x, weight, eps):
-        model_parts.rms_norm(x, weight, eps)
+        lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps)
 
     assert "has shape" in check("rms_norm", flat).message
     assert "dtype float64, expected float32" in check("rms_norm", stays_fp64).message
@@ -151,7 +155,7 @@ def test_wrong_shape_dtype_and_missing_return_are_named():
 
 
 def test_result_displays():
-    passed = check("rms_norm", model_parts.rms_norm)
+    passed = check("rms_norm", lesson02_embeddings_and_rmsnorm.rms_norm)
     assert passed and str(passed).startswith("✔ rms_norm") and "✔" in passed._repr_html_()
     failed = CheckResult("demo", FAILED, "x < y & z", hint="Is <b> escaped?")
     assert not failed and str(failed).startswith("✘ demo") and "Hint: Is <b> escaped?" in str(failed)
@@ -183,7 +187,7 @@ def test_registering_an_exercise_and_unknown_names():
         assert check("double_it_demo", lambda x: x + x).message == "passed all 3 trials"
         assert check("double_it_demo", lambda x: x + 2).hint == "Did you add instead of multiply?"
     finally:
-        exercises._REGISTRY.pop("double_it_demo", None)
+        checking._REGISTRY.pop("double_it_demo", None)
     with pytest.raises(KeyError, match="did you mean 'rms_norm'"):
         get_exercise("rms_nrom")
     with pytest.raises(ValueError):
@@ -220,8 +224,26 @@ def test_fill_in_solutions_replaces_exercise_cells():
         fill_in_solutions(nb)
 
 
-def test_every_model_parts_exercise_has_a_tagged_cell_in_its_notebook():
-    for name in model_parts.__all__:
+def lesson_modules():
+    """Every ``gemma_lab/exercises/lesson<NN>_<notebook>.py``, imported."""
+    folder = ROOT / "gemma_lab" / "exercises"
+    return [importlib.import_module(f"gemma_lab.exercises.{path.stem}")
+            for path in sorted(folder.glob(f"{checking.LESSON_PREFIX}*.py"))]
+
+
+def test_one_exercise_file_per_lesson_named_after_its_notebook():
+    modules = lesson_modules()
+    assert len(modules) == 14
+    for module in modules:
+        stem = module.__name__.rsplit(".", 1)[1][len(checking.LESSON_PREFIX):]
+        assert module.NOTEBOOK == stem and (ROOT / "notebooks" / f"{stem}.py").is_file()
+        mine = list_exercises(stem)
+        assert mine and all(get_exercise(name).reference.__module__ == module.__name__ for name in mine)
+    assert sorted(name for module in modules for name in list_exercises(module.NOTEBOOK)) == sorted(NAMES)
+
+
+def test_every_exercise_has_a_tagged_cell_in_its_notebook():
+    for name in NAMES:
         notebook = ROOT / "notebooks" / f"{get_exercise(name).notebook}.ipynb"
         nb = nbformat.read(notebook, as_version=4)
         tagged = [cell for cell in nb.cells if "exercise" in cell.metadata.get("tags", [])
@@ -237,18 +259,18 @@ def test_every_model_parts_exercise_has_a_tagged_cell_in_its_notebook():
 def test_written_out_forward_equals_the_model(trial):
     model, tokens = get_exercise("gemma_forward").inputs(trial)
     with torch.no_grad():
-        torch.testing.assert_close(model_parts._gemma_forward(model, tokens), model(tokens))
+        torch.testing.assert_close(lesson06_full_forward_pass._gemma_forward(model, tokens), model(tokens))
 
 
 @pytest.mark.parametrize("trial", range(6))
 def test_written_out_attention_equals_the_package(trial):
     attn, x, positions = get_exercise("attention_layer").inputs(trial)
     with torch.no_grad():
-        torch.testing.assert_close(model_parts._attention_layer(attn, x, positions),
-                                   model_parts.attention_layer(attn, x, positions))
+        torch.testing.assert_close(lesson06_full_forward_pass._attention_layer(attn, x, positions),
+                                   lesson06_full_forward_pass.attention_layer(attn, x, positions))
     q, k, v, allowed, scalar, softcap = get_exercise("grouped_attention").inputs(trial)
-    torch.testing.assert_close(model_parts._grouped(q, k, v, allowed, scalar ** -0.5, softcap),
-                               model_parts.grouped_attention(q, k, v, allowed, scalar, softcap),
+    torch.testing.assert_close(_grouped(q, k, v, allowed, scalar ** -0.5, softcap),
+                               lesson04_attention.grouped_attention(q, k, v, allowed, scalar, softcap),
                                rtol=1.6e-2, atol=1e-2)
 
 
@@ -257,11 +279,12 @@ def test_embed_reference_is_what_the_model_computes():
     for dtype in (torch.float32, torch.bfloat16):
         model = model.to(dtype)
         _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
-        assert torch.equal(model_parts.embed(tokens, model.embed.weight), cache["hook_embed"])
+        assert torch.equal(lesson02_embeddings_and_rmsnorm.embed(tokens, model.embed.weight), cache["hook_embed"])
 
 
 def test_decode_pieces_reference_equals_the_tokenizer(tmp_path):
-    from gemma_lab.corpus import generate_corpus, train_tokenizer
+    from gemma_lab.tiny.corpus import generate_corpus
+    from gemma_lab.tiny.tokenizer_training import train_tokenizer
     from gemma_lab.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(train_tokenizer(generate_corpus(seed=0, n_documents=200), tmp_path, vocab_size=600))
@@ -269,12 +292,4 @@ def test_decode_pieces_reference_equals_the_tokenizer(tmp_path):
                  "<start_of_turn>user\nhi<end_of_turn>\n", "a  b\n\nc 1234"]:
         ids = tokenizer.encode(text) + [tokenizer.eos_id]
         pieces = [tokenizer.id_to_piece(i) for i in ids]
-        assert model_parts.decode_pieces(pieces) == tokenizer.decode(ids)
-
-
-def test_exercise_modules_import_no_plotting_or_widgets():
-    code = ("import sys, gemma_lab.exercises as e; e.list_exercises(); "
-            "print(sorted(m for m in ('ipywidgets', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""}).stdout
-    assert out.strip() == "[]"
+        assert lesson01_tokenization.decode_pieces(pieces) == tokenizer.decode(ids)

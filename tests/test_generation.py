@@ -17,7 +17,8 @@ from hf_checkpoints import hf_model
 import gemma_lab
 from gemma_lab import generation
 from gemma_lab.config import PRESETS
-from gemma_lab.corpus import generate_corpus, train_tokenizer
+from gemma_lab.tiny.corpus import generate_corpus
+from gemma_lab.tiny.tokenizer_training import train_tokenizer
 from gemma_lab.generation import decode_step, default_stop_ids, prefill
 from gemma_lab.model import Gemma, init_weights
 from gemma_lab.tokenizer import load_tokenizer
@@ -61,7 +62,7 @@ def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
 def teacher_forced(model, tokens, prompt_len, attention_mask=None):
     """Logits [batch, n, vocab] predicting positions prompt_len.. of ``tokens``, via prefill + decode_step."""
     logits, cache = prefill(model, tokens[:, :prompt_len], attention_mask=attention_mask,
-                            kv_cache=tokens.shape[1])
+                            max_len=tokens.shape[1])
     steps = [logits]
     for i in range(prompt_len, tokens.shape[1]):
         steps.append(decode_step(model, tokens[:, i], cache))
@@ -483,3 +484,14 @@ def test_stream_candidates_show_pieces(tokenizer, text_model):
     assert [c.piece for c in record.candidates] == [
         tokenizer.id_to_piece(c.token_id).replace("▁", " ") for c in record.candidates]
     assert record.text is not None
+
+
+def test_prefill_takes_a_cache_or_a_size_never_an_int_as_the_cache():
+    model = init_weights(Gemma(PRESETS["test-gemma"]))
+    tokens = torch.tensor([[2, 5, 7]])
+    with pytest.raises(TypeError, match="max_len"):
+        prefill(model, tokens, kv_cache=16)
+    _, cache = prefill(model, tokens, max_len=16)
+    assert cache.max_len == 16
+    with pytest.raises(ValueError, match="not both"):
+        prefill(model, tokens, kv_cache=cache, max_len=16)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from hf_checkpoints import load_hf, write_checkpoint
 
+from tools import hook_table
+
 import gemma_lab
-from gemma_lab import hook_table
+from gemma_lab import hook_points
 
 SEQ = 20  # longer than the sliding window (8) of the test configs
 FAMILIES = [1, 2, 3]
@@ -77,7 +79,7 @@ def test_hook_names_are_pinned_and_fire_in_listed_order(family):
     model = small_model(family)
     names = model.hook_names()
     assert hook_table.family_hook_names(family) == PINNED[family]
-    layer_names = [hook_table.generic_name(n) for n in names if n.startswith("blocks.0.")]
+    layer_names = [hook_points.generic_name(n) for n in names if n.startswith("blocks.0.")]
     assert ["hook_embed"] + layer_names + _FINAL == PINNED[family]
     fired = []
     with torch.no_grad():
@@ -94,15 +96,15 @@ def test_every_listed_shape_matches_real_activations(family):
     sizes = hook_table.axis_sizes(model.cfg, batch, seq)
     assert sorted(cache) == sorted(model.hook_names())
     for name, activation in cache.items():
-        shape, _ = hook_table.HOOKS[hook_table.generic_name(name)]
+        shape, _ = hook_points.HOOKS[hook_points.generic_name(name)]
         assert tuple(activation.shape) == hook_table.expected_shape(shape, sizes), name
 
 
 def test_docs_table_is_generated_from_the_model():
     text = DOCS.read_text()
     table = text.split(hook_table.BEGIN, 1)[1].split(hook_table.END, 1)[0]
-    assert table.strip() == hook_table.markdown_table().strip(), "run: python -m gemma_lab.hook_table --update docs/hooks.md"
-    assert set(hook_table.HOOKS) == {name for family in FAMILIES for name in PINNED[family]}
+    assert table.strip() == hook_table.markdown_table().strip(), "run: python -m tools.hook_table --update docs/hooks.md"
+    assert set(hook_points.HOOKS) == {name for family in FAMILIES for name in PINNED[family]}
 
 
 # ---- against transformers ----------------------------------------------------------------------------------

@@ -159,6 +159,24 @@ def test_loaded_model_is_ready(checkpoint):
     assert model.blocks[0].attn.q_proj.weight.device.type == "cpu"
     # tied: the unembedding is the embedding tensor itself
     assert model.embed.weight.data_ptr() == model.embed.weight.data_ptr()
+    assert not hasattr(model, "checkpoint_path")  # the model holds no file path
+
+
+def test_loading_leaves_torch_init_alone(checkpoint, monkeypatch):
+    """Weights are not drawn while loading, but torch.nn.init itself is never replaced."""
+    originals = {name: getattr(torch.nn.init, name) for name in ("kaiming_uniform_", "uniform_", "normal_")}
+    seen = []
+
+    class Spy(torch.overrides.TorchFunctionMode):  # sees every torch call made while loading
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append({name: getattr(torch.nn.init, name) for name in originals})
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        gemma_lab.load_pretrained(checkpoint)
+    assert seen and all(current == originals for current in seen)
+    drawn = torch.nn.init.normal_(torch.zeros(64), generator=torch.Generator().manual_seed(0))
+    assert drawn.std() > 0.5  # initialisation still draws after a load
 
 
 @pytest.mark.parametrize("bad, message", [

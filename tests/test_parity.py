@@ -292,3 +292,24 @@ def test_last_position_only_equals_the_last_row(preset):
     assert last.shape == (2, 1, 512)
     # One row through the unembedding may take another matmul kernel than many: equal to rounding.
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", list(gemma_lab.PRESETS))
+def test_config_json_written_by_us_reads_back_and_transformers_agrees(preset):
+    """hf_format both ways: GemmaConfig -> config.json -> GemmaConfig, and transformers' reading of it."""
+    cfg = gemma_lab.GemmaConfig.from_preset(preset)
+    written = cfg.to_hf()
+    assert gemma_lab.GemmaConfig.from_hf(written).replace(name=cfg.name) == cfg
+    config_class = transformers.AutoConfig.for_model(written["model_type"]).__class__
+    theirs = config_class(**{k: v for k, v in written.items() if k != "model_type"})
+    assert gemma_lab.GemmaConfig.from_hf(theirs.to_dict()).replace(name=cfg.name) == cfg
+
+
+@pytest.mark.parametrize("preset", ["test-gemma", "test-gemma2", "test-gemma3"])
+def test_unembed_is_the_end_of_forward(preset):
+    model = gemma_lab.init_weights(gemma_lab.Gemma(gemma_lab.GemmaConfig.from_preset(preset)), seed=1)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens(vocab=512), names_filter=lambda name: "resid_post" in name)
+    assert isinstance(cache, gemma_lab.ActivationCache)
+    assert torch.equal(model.unembed(cache["resid_post", -1]), logits)
+    assert not torch.equal(model.unembed(cache["resid_post", 0]), logits)

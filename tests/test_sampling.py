@@ -3,10 +3,8 @@ greedy and seeded draws, parameter validation, and the per-filter report."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +19,6 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from gemma_lab import sampling
 from gemma_lab.sampling import (
     FILTER_ORDER,
     SamplingParams,
@@ -423,19 +420,3 @@ def test_probs_are_a_distribution_and_top_p_set_is_minimal(seed, temperature, to
         smallest_kept = torch.where(kept, before, INF).amin(-1)
         assert (mass >= top_p - 1e-6).all()
         assert (mass - smallest_kept < top_p + 1e-6).all()
-
-
-# ----------------------------------------------------------------------------------------------
-# Layering
-# ----------------------------------------------------------------------------------------------
-
-
-def test_sampling_imports_nothing_above_it():
-    tree = ast.parse(Path(sampling.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add("." * node.level + (node.module or ""))
-    assert imported <= {"__future__", "dataclasses", "math", "numbers", "torch"}, imported

@@ -1,7 +1,7 @@
 """The bundled tiny Gemma (data/tiny-gemma): it loads like any checkpoint, in gemma_lab and in
 transformers with the same logits, and it has the circuits its model card promises.
 
-Also a smoke test of the script that trains it (``gemma_lab.train_tiny``), at toy size, so the
+Also a smoke test of the script that trains it (``gemma_lab.tiny.train``), at toy size, so the
 script keeps working. The thresholds here are the issue's; the card reports the measured figures.
 """
 
@@ -16,7 +16,9 @@ import pytest
 import torch
 
 import gemma_lab
-from gemma_lab import corpus, tiny_eval, train_tiny
+from gemma_lab.tiny import corpus
+from gemma_lab.tiny import evaluate as tiny_eval
+from gemma_lab.tiny import train as train_tiny
 from gemma_lab.bundled import tiny_model_dir
 from gemma_lab.tokenizer import load_tokenizer
 

@@ -7,7 +7,6 @@ digits), and transformers' own ``GemmaTokenizer`` built from the same file is th
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 from pathlib import Path
@@ -350,16 +349,3 @@ def test_loading_errors_name_the_path(tmp_path):
     corrupt_json.write_text("{ not json")
     with pytest.raises(ValueError, match=re.escape(str(corrupt_json))):
         load_tokenizer(corrupt_json)
-
-
-def test_module_imports_no_torch_model_or_widgets():
-    source = Path(__file__).resolve().parents[1] / "gemma_lab" / "tokenizer.py"
-    imported = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-    roots = {name.split(".")[0] for name in imported}
-    assert roots <= {"__future__", "operator", "re", "pathlib", "sentencepiece", "tokenizers", "gemma_lab"}
-    assert {name for name in imported if name.startswith("gemma_lab")} == {"gemma_lab.bundled"}

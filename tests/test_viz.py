@@ -6,9 +6,6 @@ matplotlib.use("Agg")
 
 import html
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
@@ -330,20 +327,6 @@ def test_every_figure_renders():
     ]
     for fig in figures:
         fig.savefig(__import__("io").BytesIO(), format="png", dpi=40)
-
-
-def test_importing_viz_pulls_in_neither_widgets_nor_torch():
-    # torch is judged against importing the package itself (whose __init__ loads the model), so that
-    # only viz's own imports count; ipywidgets must not be loaded at all.
-    code = (
-        "import sys, gemma_lab; before = set(sys.modules); import gemma_lab.viz; "
-        "added = set(sys.modules) - before; "
-        "print(sorted(m for m in added if m.split('.')[0] in ('ipywidgets', 'torch', 'IPython'))); "
-        "print('ipywidgets' in sys.modules)"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
-    assert out.stdout.split() == ["[]", "False"]
 
 
 def test_html_escape_is_the_standard_one():

@@ -50,10 +50,10 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A Gemma-style SentencePiece tokenizer (512 pieces, byte fallback) trained on the synthetic corpus."""
-    from gemma_lab import corpus
+    from gemma_lab.tiny import corpus, tokenizer_training
 
     folder = tmp_path_factory.mktemp("tokenizer")
-    corpus.train_tokenizer(corpus.generate_corpus(n_documents=1500), folder, vocab_size=512)
+    tokenizer_training.train_tokenizer(corpus.generate_corpus(n_documents=1500), folder, vocab_size=512)
     return gemma_lab.load_tokenizer(folder)
 
 

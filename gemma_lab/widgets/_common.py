@@ -22,9 +22,13 @@ from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
 from gemma_lab import viz
+from gemma_lab.hook_points import hook_axes  # noqa: F401  (the widgets' axis labels, from the hook table)
 
 #: Widgets refuse prompts longer than this many tokens: every picture is per position.
 MAX_PROMPT_TOKENS = 128
+
+#: The prompt every model widget opens with (an indirect-object sentence the tiny model completes).
+DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
 
 _lesson_model = None  # (model, tokenizer), loaded once per kernel and shared by every widget
 
@@ -85,51 +89,9 @@ def token_label(tokenizer, token_id: int) -> str:
     return viz.readable_token(tokenizer.to_str_tokens([int(token_id)])[0])
 
 
-#: Axis names of each kind of activation, by the end of its hook name (see model.py's vocabulary).
-_AXES = {
-    "hook_embed": ("batch", "pos", "d_model"),
-    "hook_resid_pre": ("batch", "pos", "d_model"),
-    "hook_resid_mid": ("batch", "pos", "d_model"),
-    "hook_resid_post": ("batch", "pos", "d_model"),
-    "hook_attn_out": ("batch", "pos", "d_model"),
-    "hook_mlp_out": ("batch", "pos", "d_model"),
-    "attn.hook_q": ("batch", "pos", "head", "d_head"),
-    "attn.hook_rot_q": ("batch", "pos", "head", "d_head"),
-    "attn.hook_z": ("batch", "pos", "head", "d_head"),
-    "attn.hook_k": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_rot_k": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_v": ("batch", "pos", "kv_head", "d_head"),
-    "attn.hook_attn_scores_pre_softcap": ("batch", "head", "q_pos", "k_pos"),
-    "attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
-    "attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
-    "q_norm.hook_normalized": ("batch", "pos", "head", "d_head"),
-    "k_norm.hook_normalized": ("batch", "pos", "kv_head", "d_head"),
-    "mlp.hook_pre": ("batch", "pos", "d_mlp"),
-    "mlp.hook_pre_linear": ("batch", "pos", "d_mlp"),
-    "mlp.hook_post": ("batch", "pos", "d_mlp"),
-    "hook_normalized": ("batch", "pos", "d_model"),
-    "hook_logits": ("batch", "pos", "vocab"),
-}
-
-
-def hook_axes(name: str) -> tuple[str, ...]:
-    """Axis names of the activation at hook ``name``, e.g. ``("batch", "pos", "head", "d_head")``."""
-    for suffix in sorted(_AXES, key=len, reverse=True):
-        if name == suffix or name.endswith("." + suffix):
-            return _AXES[suffix]
-    raise KeyError(f"no axis names known for hook {name!r}")
-
-
 def shape_string(tensor: torch.Tensor, axes: Sequence[str]) -> str:
     """``[batch=1, pos=7, d_model=64]``."""
     return "[" + ", ".join(f"{a}={n}" for a, n in zip(axes, tensor.shape, strict=True)) + "]"
-
-
-def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kwargs):
-    """``(fig, axes)`` made with interactive mode off, so only ``display`` ever shows it."""
-    with plt.ioff():
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False, **kwargs)
-    return fig, axes
 
 
 def show(out: widgets.Output, figures: Iterable[Figure] = (), html_parts: Iterable[str] = ()) -> None:

@@ -22,17 +22,16 @@ from matplotlib.patches import Rectangle
 
 from gemma_lab import interp, sampling, viz
 from gemma_lab.widgets._common import (
+    DEFAULT_TEXT,
     ModelWidget,
     WidgetBase,
     encode,
     message_html,
-    new_figure,
     run_prompt,
     str_tokens,
     table_html,
     token_label,
 )
-from gemma_lab.widgets.stepper import DEFAULT_TEXT
 
 _SLIDER = {"continuous_update": False, "layout": widgets.Layout(width="320px"),
            "style": {"description_width": "90px"}}
@@ -354,7 +353,7 @@ class SamplingPlayground(_PromptWidget):
         removed_any = set().union(*map(set, self.removed.values()))
         n = min(self.bars, self.logits.shape[-1])
         top = original.topk(n).indices.tolist()
-        fig, axes = new_figure((12, max(3.0, 0.3 * n + 1)), 1, 2)
+        fig, axes = viz.new_subplots((12, max(3.0, 0.3 * n + 1)), 1, 2)
         left, right = axes[0]
         viz.top_k_bars(original, self._label, k=n, ax=left,
                        title="the model's distribution (T=1, no filter); red: removed",

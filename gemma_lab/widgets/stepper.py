@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from gemma_lab import generation, sampling, viz
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.widgets._common import (
+    DEFAULT_TEXT,
     ModelWidget,
     encode,
     hook_axes,
@@ -40,8 +41,6 @@ from gemma_lab.widgets._common import (
     table_html,
     token_label,
 )
-
-DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
 
 #: How many tokens "Append token" may add to one prompt (the KV cache is allocated for them).
 MAX_NEW_TOKENS = 32
@@ -329,7 +328,7 @@ class InferenceStepper(ModelWidget):
             return
         if self.kv_cache is None:  # prefill: the prompt's keys and values, stored once
             max_len = min(self.cfg.max_seq_len, self.prompt_length + MAX_NEW_TOKENS)
-            _, self.kv_cache = generation.prefill(self.model, self.tokens, kv_cache=max_len)
+            _, self.kv_cache = generation.prefill(self.model, self.tokens, max_len=max_len)
         new = torch.tensor([[self.chosen_token]], dtype=torch.long, device=self.model.device)
         position = self.tokens.shape[1]
         self.tokens = torch.cat([self.tokens, new], dim=1)

@@ -8,15 +8,10 @@ so a solution uses only what the notebook has imported by then: here also the pi
 import torch
 from einops import rearrange
 
-from gemma_lab.exercises.model_parts import (
-    apply_rotary,
-    attention_mask,
-    embed,
-    geglu,
-    grouped_attention,
-    rms_norm,
-    rotary_cos_sin,
-)
+from gemma_lab.exercises.lesson02_embeddings_and_rmsnorm import embed, rms_norm
+from gemma_lab.exercises.lesson03_rotary_embeddings import apply_rotary, rotary_cos_sin
+from gemma_lab.exercises.lesson04_attention import attention_mask, grouped_attention
+from gemma_lab.exercises.lesson05_mlp_and_block import geglu
 
 
 def attention_layer(attn, x, positions):

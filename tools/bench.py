@@ -1,6 +1,6 @@
 """Benchmarks: our Gemma against transformers' on the same weights, reported as ratios.
 
-    python -m gemma_lab.bench [forward|memory|hooks|generate|all] [--layers N] [--repeats R] [--quick]
+    python -m tools.bench [forward|memory|hooks|generate|all] [--layers N] [--repeats R] [--quick]
 
 Role. Answers "what does readability cost?" with numbers a user can reproduce on their own
 machine. Every figure that matters is a RATIO against a peer measured side by side in the same
@@ -222,7 +222,7 @@ def ours_prefill(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
 
         cache = KVCache.for_model(model, batch_size=1, max_len=ids.shape[1] + new_tokens)
         return model(ids, kv_cache=cache, **_last_position_only(model))[:, -1]
-    return prefill(model, ids, kv_cache=ids.shape[1] + new_tokens)[0]
+    return prefill(model, ids, max_len=ids.shape[1] + new_tokens)[0]
 
 
 def _last_position_only(model) -> dict:
@@ -406,7 +406,7 @@ def _memory_children(cases: list[tuple[str, str]], folder: Path, shape: Shape, a
     """
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    commands = [[sys.executable, "-m", "gemma_lab.bench", "_memory_child", impl, str(folder), dtype_name or "none",
+    commands = [[sys.executable, "-m", "tools.bench", "_memory_child", impl, str(folder), dtype_name or "none",
                  str(shape.prompt_len), str(shape.vocab)] for impl, dtype_name in cases]
     reports = []
     running = []
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         impl, folder, dtype_name, prompt_len, vocab = argv[1:6]
         _memory_child(impl, folder, dtype_name, int(prompt_len), int(vocab))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m gemma_lab.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=(*SECTIONS, "all"))
     parser.add_argument("--layers", type=int, default=2, help="transformer layers (Gemma 2B has 18; default 2)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or 3
     gen_repeats = max(2, (repeats + 1) // 2)
     sections = list(SECTIONS) if args.what == "all" else [args.what]
-    command = "python -m gemma_lab.bench " + shlex.join(argv)
+    command = "python -m tools.bench " + shlex.join(argv)
     print(f"gemma_lab benchmark: {command}")
     print(f"machine: {machine_description()}")
     print(f"weights: random, Gemma-2B-shaped{' (tiny: --quick)' if args.quick else ''}: {shape.describe()}")

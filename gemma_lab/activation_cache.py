@@ -3,7 +3,7 @@ with the residual-stream bookkeeping that logit attribution needs.
 
 ``cache["blocks.3.attn.hook_pattern"]`` and ``cache["pattern", 3]`` are the same tensor
 (``cache["pattern", -1]`` is the last layer); the shorthand follows TransformerLens's
-``get_act_name``, and the analysis methods follow its ``ActivationCache`` (same names, same
+``get_act_name`` and is derived from the hook-point table (``hook_points.act_name``), and the analysis methods follow its ``ActivationCache`` (same names, same
 arguments), so its tutorials read unchanged. Two things differ because Gemma is not GPT-2:
 
 * Gemma's norms are RMSNorms with a gain ``1 + w`` that is not folded into other weights, so
@@ -20,59 +20,31 @@ arguments), so its tutorials read unchanged. Two things differ because Gemma is 
 Helpers that do arithmetic (``apply_ln_to_stack``, ``stack_head_results``, ``logit_attrs``) work
 in float32 and return float32; stacking helpers return the cached dtype.
 
-Imports: torch and einops only. The model is passed in, never imported; no plotting, widgets
-or tokenizer here.
+Imports: torch, einops and the hook-point table. The model is described by a Protocol (``CachedModel``), never
+imported, so ``model.py`` can build on this module; no plotting, widgets or tokenizer here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
 
 import torch
 from einops import einsum, rearrange
+from torch import nn
 
-if TYPE_CHECKING:
-    from gemma_lab.model import Gemma
+from gemma_lab.hook_points import act_name  # the shorthand cache["pattern", 3] (re-exported here)
 
-# Shorthand -> where the hook point sits: "block" (blocks.{i}.hook_X), "attn", "mlp", or a norm.
-_BLOCK_LEVEL = {"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"}
-_ATTN_LEVEL = {"q", "k", "v", "rot_q", "rot_k", "attn_scores", "attn_scores_pre_softcap", "pattern", "z",
-               "result"}
-_MLP_LEVEL = {"pre", "pre_linear", "post"}
-_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "scores": "attn_scores", "neurons": "post"}
+
+class CachedModel(Protocol):
+    """What the analysis methods read from the model: its config and the weights of its parts."""
+
+    cfg: Any  # a GemmaConfig: n_layers, n_heads
+    embed: nn.Embedding  # the tied (un)embedding
+    blocks: Sequence[Any]  # each with ln1, ln1_post (or None), ln2 and attn.o_proj
+    ln_final: nn.Module  # the final RMSNorm (its .weight)
 
 # Which positions a residual stack covers: an int (the axis is dropped), a slice, or a list of positions.
 PosSlice = Union[int, slice, Sequence[int], torch.Tensor, None]
-
-
-def act_name(name: str, layer: int | None = None, sublayer: str | None = None) -> str:
-    """Full hook name from a shorthand: ``act_name("pattern", 3) == "blocks.3.attn.hook_pattern"``.
-
-    Norms: ``act_name("normalized", 3, "ln1")`` -> ``blocks.3.ln1.hook_normalized``;
-    ``act_name("normalized", None, "ln_final")`` -> ``ln_final.hook_normalized``.
-    """
-    if "." in name or name.startswith("hook_"):
-        return name
-    name = _ALIASES.get(name, name)
-    if name in ("embed", "logits"):
-        return f"hook_{name}"
-    if name in ("normalized", "inv_rms"):
-        if sublayer is None:
-            raise KeyError(f"norm activation {name!r} needs the norm's name, e.g. ('{name}', 3, 'ln1')")
-        if sublayer == "ln_final":
-            return f"ln_final.hook_{name}"
-        if sublayer in ("q_norm", "k_norm"):
-            return f"blocks.{layer}.attn.{sublayer}.hook_{name}"
-        return f"blocks.{layer}.{sublayer}.hook_{name}"
-    if layer is None:
-        raise KeyError(f"activation {name!r} needs a layer index, e.g. cache[{name!r}, 0]")
-    if name in _BLOCK_LEVEL:
-        return f"blocks.{layer}.hook_{name}"
-    if name in _ATTN_LEVEL:
-        return f"blocks.{layer}.attn.hook_{name}"
-    if name in _MLP_LEVEL:
-        return f"blocks.{layer}.mlp.hook_{name}"
-    raise KeyError(f"unknown activation shorthand {name!r}")
 
 
 def slice_pos(tensor: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tensor:
@@ -87,7 +59,7 @@ def slice_pos(tensor: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Activations from one run, keyed by hook name; ``cache["pattern", 3]`` shorthand works too."""
 
-    def __init__(self, store: dict[str, torch.Tensor], model: "Gemma | None" = None,
+    def __init__(self, store: dict[str, torch.Tensor], model: "CachedModel | None" = None,
                  has_batch_dim: bool = True) -> None:
         self._store = store
         self.model = model
@@ -143,7 +115,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return ActivationCache({k: v[0] for k, v in self._store.items()}, self.model, has_batch_dim=False)
 
     # ---- stacks over layers ------------------------------------------------------------------
-    def _model(self) -> "Gemma":
+    def _model(self) -> CachedModel:
         if self.model is None:
             raise ValueError("this cache has no model; use the one run_with_cache returns")
         return self.model

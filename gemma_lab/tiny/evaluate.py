@@ -11,10 +11,12 @@ Each function takes ``(model, tokenizer)`` (and a seed where it draws data) and 
 * ``factual_recall``: greedy top-1 accuracy on "The capital of France is" -> " Paris" style prompts.
 * ``sample_generations``: greedy continuations of a few prompts.
 
-``evaluate`` gathers them all; ``python -m gemma_lab.tiny_eval [--model tiny]`` prints them.
+``evaluate`` gathers them all; ``python -m gemma_lab.tiny.evaluate [--model tiny]`` prints them.
 
-This module reads the model through its hooks only (``run_with_cache``); it never imports plotting
-or widgets, and the data it evaluates on comes from ``gemma_lab.corpus``.
+Head scores and the copying loss are ``gemma_lab.interp``'s (on this module's repeated tokens),
+continuations are ``gemma_lab.generation.generate``'s: the card's figures come from the same code
+the notebooks use. It never imports plotting or widgets, and the data it evaluates on comes from
+``gemma_lab.tiny.corpus``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import json
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from gemma_lab import corpus
+from gemma_lab import interp
+from gemma_lab.generation import generate
+from gemma_lab.tiny import corpus
 
 __all__ = [
     "repeated_tokens_batch",
@@ -61,35 +64,18 @@ def repeated_tokens_batch(tokenizer, batch: int = 8, span: int = 50, seed: int =
     return torch.tensor(rows)
 
 
-@torch.no_grad()
 def head_scores(model, tokens: torch.Tensor, span: int) -> dict[str, torch.Tensor]:
-    """Per-head ``[layer, head]`` scores on ``tokens`` = ``<bos>`` + span + span.
-
-    induction: mean attention from each token of the second copy to the token *after* its earlier
-        occurrence (query ``q`` looks at key ``q - span + 1``).
-    previous_token: mean attention from each token (bos and the first real token excluded) to the
-        one just before it (key ``q - 1``).
-    """
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    induction, previous = [], []
-    second_copy = torch.arange(1 + span, 1 + 2 * span)
-    all_positions = torch.arange(2, tokens.shape[1])
-    for layer in range(model.cfg.n_layers):
-        pattern = cache["pattern", layer].float()  # [batch, head, q_pos, k_pos]
-        induction.append(pattern[:, :, second_copy, second_copy - span + 1].mean(dim=(0, 2)))
-        previous.append(pattern[:, :, all_positions, all_positions - 1].mean(dim=(0, 2)))
-    return {"induction": torch.stack(induction), "previous_token": torch.stack(previous)}
+    """Per-head ``[layer, head]`` induction and previous-token scores on ``tokens`` = ``<bos>`` + span
+    + span: ``interp.head_scores`` on these tokens (queries in the second copy)."""
+    scores = interp.head_scores(model, span, tokens=tokens)
+    return {"induction": scores["induction"], "previous_token": scores["previous_token"]}
 
 
-@torch.no_grad()
 def copying_loss(model, tokens: torch.Tensor, span: int) -> dict[str, float]:
-    """Mean next-token loss on the first copy (after its first token) and on the second copy."""
-    logits = model(tokens).float()
-    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-    losses = losses.view(tokens.shape[0], -1)  # loss at index i predicts token i + 1
-    first = losses[:, 1:span].mean().item()  # tokens 2..span: the first copy, its first token excluded
-    second = losses[:, span + 1 :].mean().item()  # tokens span+2..2*span: the second copy, bar its first
+    """Mean next-token loss on the first copy and on the second (each after its first token):
+    ``interp.in_context_loss`` on these tokens."""
+    loss = interp.in_context_loss(model, span, tokens=tokens)
+    first, second = loss["first_copy"].item(), loss["second_copy"].item()
     return {"first_copy": first, "second_copy": second, "ratio": second / first}
 
 
@@ -163,17 +149,9 @@ def factual_recall(model, tokenizer) -> dict:
     }
 
 
-@torch.no_grad()
 def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int = 20) -> str:
-    """The prompt's greedy continuation (no KV cache: these prompts are a few dozen tokens)."""
-    tokens = tokenizer.encode(prompt)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        next_id = int(model(torch.tensor([tokens + new]))[0, -1].argmax())
-        if next_id in (tokenizer.eos_id, tokenizer.end_of_turn_id):
-            break
-        new.append(next_id)
-    return tokenizer.decode(new)
+    """The prompt's greedy continuation, up to ``<eos>`` or ``<end_of_turn>`` (``generation.generate``)."""
+    return generate(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=0.0).text
 
 
 def sample_generations(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 20) -> list[dict]:
@@ -202,7 +180,7 @@ def evaluate(model, tokenizer, span: int = 50, batch: int = 8, *, ioi_n: int = 2
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gemma_lab.tiny_eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gemma_lab.tiny.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="checkpoint folder, or 'tiny' for the bundled model")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
