@@ -27,7 +27,7 @@ from gemma_lab.hooks import HookFn, HookPoint, LayerIndex
 from gemma_lab.model import RMSNorm
 
 if TYPE_CHECKING:
-    from gemma_lab.hooked_gemma import HookedGemma
+    from gemma_lab.hooks import HookedModule  # the HookedGemma that owns these (not imported: it imports us)
 
 
 def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class AliasHookPoint(HookPoint):
 
     supports_backward = False
 
-    def __init__(self, name: str, owner: HookedGemma, layer: int | None) -> None:
+    def __init__(self, name: str, owner: HookedModule, layer: int | None) -> None:
         super().__init__()
         self.name = name
         self.layer = None if layer is None else LayerIndex(layer)
@@ -119,7 +119,7 @@ class RenameAlias(AliasHookPoint):
 
     supports_backward = True
 
-    def __init__(self, name: str, owner: HookedGemma, layer: int | None, target: str) -> None:
+    def __init__(self, name: str, owner: HookedModule, layer: int | None, target: str) -> None:
         super().__init__(name, owner, layer)
         self.target = target
 
@@ -143,7 +143,7 @@ class _Renamed:
 class ScaleAlias(AliasHookPoint):
     """``X.hook_scale``: TransformerLens's RMS, ``1 / hook_inv_rms`` (ours is its inverse)."""
 
-    def __init__(self, name: str, owner: HookedGemma, layer: int | None, inv_rms: str) -> None:
+    def __init__(self, name: str, owner: HookedModule, layer: int | None, inv_rms: str) -> None:
         super().__init__(name, owner, layer)
         self.inv_rms = inv_rms
 
@@ -209,7 +209,7 @@ class SplitInputAlias(AliasHookPoint):
 
     TARGETS: ClassVar[dict[str, tuple[str, ...]]] = {"attn_in": ("q", "k", "v"), "q_input": ("q",), "k_input": ("k",), "v_input": ("v",)}
 
-    def __init__(self, name: str, owner: HookedGemma, layer: int, kind: str) -> None:
+    def __init__(self, name: str, owner: HookedModule, layer: int, kind: str) -> None:
         super().__init__(name, owner, layer)
         self.kind = kind
         cfg = owner.model.cfg

@@ -18,13 +18,13 @@ import torch
 from einops import einsum, rearrange, repeat
 from torch import nn
 
-from gemma_lab.cache import ActivationCache
+from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
 from gemma_lab.factored_matrix import FactoredMatrix
 from gemma_lab.tl_utils import get_act_name
 
 if TYPE_CHECKING:
-    from gemma_lab.hooked_gemma import HookedGemma
+    from gemma_lab.hooks import HookedModule  # the HookedGemma that owns these (not imported: it imports us)
     from gemma_lab.model import Gemma
     from gemma_lab.tokenizer import GemmaTokenizer
 
@@ -119,7 +119,7 @@ class TLTokenizer:
     Everything else reads through to GemmaTokenizer (``encode`` adds ``<bos>``, ``id_to_piece``, ...).
     """
 
-    def __init__(self, tokenizer: GemmaTokenizer, owner: HookedGemma) -> None:
+    def __init__(self, tokenizer: GemmaTokenizer, owner: HookedModule) -> None:
         self._tokenizer = tokenizer
         self._owner = owner
 
@@ -183,7 +183,7 @@ class TLTokenizer:
 class _View:
     """Reads through to a gemma_lab module; adds TransformerLens's names for its weights."""
 
-    def __init__(self, module: nn.Module, owner: HookedGemma, prefix: str) -> None:
+    def __init__(self, module: nn.Module, owner: HookedModule, prefix: str) -> None:
         self._module = module
         self._owner = owner
         self._prefix = prefix
@@ -301,7 +301,7 @@ class _MLPView(_View):
 class _BlockView(_View):
     """A block whose attention, MLP and norms are views too."""
 
-    def __init__(self, module: nn.Module, owner: HookedGemma, prefix: str) -> None:
+    def __init__(self, module: nn.Module, owner: HookedModule, prefix: str) -> None:
         super().__init__(module, owner, prefix)
         self.attn = _AttnView(module.attn, owner, f"{prefix}.attn")
         self.mlp = _MLPView(module.mlp, owner, f"{prefix}.mlp")

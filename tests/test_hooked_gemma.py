@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import gemma_lab
-from gemma_lab import FactoredMatrix, GemmaConfig, HookedGemma, init_weights, load_tokenizer
+from gemma_lab import FactoredMatrix, GemmaConfig, HookedGemma, init_weights, interp, load_tokenizer
 from gemma_lab.model import Gemma
 from gemma_lab.tl_aliases import rms_norm
 
@@ -411,3 +411,15 @@ def test_readme_links_the_transformerlens_page():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "docs/transformerlens.md" in readme
+
+
+def test_gemma_lab_functions_take_the_pair_too(tiny):
+    """interp's functions given a HookedGemma compute what they compute on its Gemma (its own
+    ``unembed`` is TransformerLens's linear map, not Gemma.unembed)."""
+    tokens = tiny.to_tokens(PROMPT)
+    assert torch.equal(interp.unembed(tiny, tokens.float()[..., None].expand(-1, -1, tiny.cfg.d_model)),
+                       tiny.model.unembed(tokens.float()[..., None].expand(-1, -1, tiny.cfg.d_model)))
+    lens, plain = interp.logit_lens(tiny, tokens), interp.logit_lens(tiny.model, tokens)
+    assert torch.equal(lens.top_tokens, plain.top_tokens)
+    assert torch.equal(tiny.unembed(tokens.float()[..., None].expand(-1, -1, tiny.cfg.d_model)),
+                       tokens.float()[..., None].expand(-1, -1, tiny.cfg.d_model) @ tiny.W_U)
