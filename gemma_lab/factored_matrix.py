@@ -125,7 +125,13 @@ class FactoredMatrix:
         return self.svd()[1]
 
     @property
+    def V(self) -> torch.Tensor:
+        """Right singular vectors as columns, ``[..., rdim, k]``."""
+        return self.svd()[2]
+
+    @property
     def Vh(self) -> torch.Tensor:
+        """The same as ``V`` (TransformerLens's older name, kept because its tutorials use it)."""
         return self.svd()[2]
 
     @cached_property

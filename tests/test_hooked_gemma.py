@@ -236,7 +236,8 @@ def test_factored_matrix_algebra():
     torch.testing.assert_close((2 * m).AB, 2 * m.AB)
     rows, cols = torch.tensor([1, 5, 7]), torch.tensor([0, 2])
     torch.testing.assert_close(m[1, rows, cols].AB, m.AB[1][rows][:, cols])
-    torch.testing.assert_close(m.collapse_r() @ m.Vh.transpose(-2, -1), m.AB)
+    torch.testing.assert_close(m.collapse_r() @ m.V.transpose(-2, -1), m.AB)
+    assert torch.equal(m.V, m.Vh)
     with pytest.raises(ValueError, match="do not chain"):
         FactoredMatrix(A, A)
 
