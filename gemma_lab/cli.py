@@ -30,6 +30,9 @@ PROG = "gemma-lab"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+MAX_NEW_TOKENS = {"generate": 64, "chat": 256}
+
+
 class CLIError(Exception):
     """An error to report as one line, without a traceback."""
 
@@ -61,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sampling = argparse.ArgumentParser(add_help=False)
     group = sampling.add_argument_group("sampling")
-    group.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
-                       help="most tokens to generate (default: 64)")
+    # No default here: the parent parser is shared, so each command sets its own (see MAX_NEW_TOKENS).
+    group.add_argument("--max-new-tokens", type=int, metavar="N",
+                       help="most tokens to generate (default: 64 for generate, 256 per reply for chat)")
     group.add_argument("--temperature", type=float, default=0.0, metavar="T",
                        help="0 = greedy (default), 1 = the model's own distribution, higher = flatter")
     group.add_argument("--top-k", type=int, metavar="K", help="sample only from the K most likely tokens")
@@ -88,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat using the checkpoint's chat template. Reads one message per line from stdin "
                     "until end of input or /exit; /reset starts a new conversation.")
     chat.add_argument("--system", metavar="TEXT", help="a system message (Gemma 3 chat templates only)")
-    chat.set_defaults(max_new_tokens=256)
 
     info = commands.add_parser(
         "info", parents=[common], help="architecture, size and files of a checkpoint (weights are not read)",
@@ -129,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_train_tiny(extra)
         if args.command == "lab":
             return run_lab(args, extra)
+        if getattr(args, "max_new_tokens", 0) is None:
+            args.max_new_tokens = MAX_NEW_TOKENS[args.command]
         return {"generate": run_generate, "chat": run_chat, "info": run_info}[args.command](args)
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet too
+        return 0
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -184,6 +193,15 @@ def _load(args):
     return model, load_tokenizer(tokenizer_path)
 
 
+def _check_fits(ids: list[int], model, tokenizer) -> None:
+    """Name a tokenizer/model mismatch at once instead of failing on an anonymous id."""
+    too_big = [i for i in ids if i >= model.cfg.vocab_size]
+    if too_big:
+        raise CLIError(f"the tokenizer gave id {too_big[0]} ({tokenizer.id_to_piece(too_big[0])!r}), but the model's "
+                       f"vocabulary has {model.cfg.vocab_size} entries and the tokenizer's {tokenizer.vocab_size}: "
+                       f"they do not belong together (pass the model's own tokenizer with --tokenizer)")
+
+
 def _sampling(args, model, tokenizer) -> dict:
     from gemma_lab.generation import default_stop_ids
 
@@ -197,7 +215,11 @@ def run_generate(args) -> int:
 
     if args.show_top_k < 0:
         raise CLIError(f"--show-top-k must be 0 or more, got {args.show_top_k}")
+    if not args.prompt:
+        raise CLIError("the prompt is empty: give some text to continue, e.g. "
+                       f"{PROG} generate \"The capital of France is\"")
     model, tokenizer = _load(args)
+    _check_fits(tokenizer.encode(args.prompt), model, tokenizer)
     out = sys.stdout
     started, n_tokens, reason = time.perf_counter(), 0, None
     records = stream(model, args.prompt, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
@@ -241,6 +263,8 @@ def run_chat(args) -> int:
     model, tokenizer = _load(args)
     if args.system and tokenizer.chat_format != "gemma3":
         raise CLIError("--system needs a Gemma 3 chat template; Gemma 1/2 have no system role")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, not a crash
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Chatting with {args.model}. /reset starts over, /exit or Ctrl-D ends.", file=sys.stderr)
@@ -263,6 +287,7 @@ def run_chat(args) -> int:
         system = [{"role": "system", "content": args.system}] if args.system else []
         turns = history + [{"role": "user", "content": message}]
         prompt = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True)
+        _check_fits(prompt, model, tokenizer)
         room = model.cfg.max_seq_len - len(prompt)
         if room < 1:
             print(f"{PROG}: the conversation ({len(prompt)} tokens) no longer fits the model's "
@@ -304,7 +329,8 @@ def run_info(args) -> int:
                            f"(presets: {', '.join(PRESETS)})")
         folder = path if path.is_dir() else path.parent
         if not (folder / "config.json").is_file():
-            raise CLIError(f"{folder}: no config.json, which info reads the architecture from")
+            where = f"{folder}" if path.is_dir() else f"{path}: the folder it is in ({folder})"
+            raise CLIError(f"{where} has no config.json, which info reads the architecture from")
         cfg = GemmaConfig.from_hf(folder / "config.json")
         title = str(path)
         files = [folder / "config.json"] + checkpoint_files(path)

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 from gemma_lab.hf_format import (
     GLOBAL,
     LOCAL,
+    MAX_HEADS,
+    MAX_LAYERS,
     config_fields_from_hf,
     hf_config_dict,
     layer_pattern,
@@ -59,13 +61,29 @@ class GemmaConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.family not in (1, 2, 3):
+        if type(self.family) is not int or self.family not in (1, 2, 3):
             raise ValueError(f"GemmaConfig.family must be 1, 2 or 3, got {self.family!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp",
                      "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:  # bool is an int to Python, not to us
                 raise ValueError(f"GemmaConfig.{name} must be a positive integer, got {value!r}")
+        for name, limit in (("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS), ("n_kv_heads", MAX_HEADS)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"GemmaConfig.{name} = {getattr(self, name)} exceeds the limit of {limit} "
+                                 f"(the largest Gemma has 62 layers and 32 heads)")
+        for name in ("norm_eps", "rope_theta", "rope_theta_local", "rope_scale", "query_pre_attn_scalar",
+                     "attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            if value is None and name in ("query_pre_attn_scalar", "attn_softcap", "final_softcap"):
+                continue  # None means "not used" (softcaps) or "d_head" (query scale)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                hint = " (use None for no softcap)" if name.endswith("softcap") else ""
+                raise ValueError(f"GemmaConfig.{name} must be a positive finite number, got {value!r}{hint}")
+        if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window < 1):
+            raise ValueError(f"GemmaConfig.sliding_window must be a positive integer or None, "
+                             f"got {self.sliding_window!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"GemmaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
@@ -83,8 +101,6 @@ class GemmaConfig:
             raise ValueError("GemmaConfig has local layers but no sliding_window")
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ValueError(f"GemmaConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
-        if self.rope_scale <= 0:
-            raise ValueError(f"GemmaConfig.rope_scale must be positive, got {self.rope_scale}")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -155,7 +171,11 @@ class GemmaConfig:
     def from_hf(cls, config: Mapping[str, Any] | str | Path) -> "GemmaConfig":
         """Read a transformers ``config.json`` (a dict, the file, or the checkpoint folder)."""
         d, source = read_config_json(config)
-        return cls(**config_fields_from_hf(d, source))
+        fields = config_fields_from_hf(d, source)
+        try:
+            return cls(**fields)
+        except ValueError as error:  # GemmaConfig's own checks: say which file they are about
+            raise ValueError(f"{source}: {error}") from None
 
 
 # ---- presets -------------------------------------------------------------------------------------

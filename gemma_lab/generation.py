@@ -193,8 +193,8 @@ def stream(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64, t
 
     top_k_candidates: how many of the most likely tokens each record lists (0 for none).
     names_filter: hook names (a name, a list, or a predicate) whose activations each record
-        carries, captured by hooks during that step's forward pass. The hooks stay attached
-        while the loop runs and are removed when it ends (or when the loop is left early).
+        carries, captured by hooks during that step's forward pass. The hooks are attached for
+        each step's forward pass only, never while a record is being handed out.
     Joining every record's ``text`` gives ``generate(...).text``.
     """
     if not isinstance(top_k_candidates, numbers.Integral) or isinstance(top_k_candidates, bool) \
@@ -220,19 +220,26 @@ def _records(run: "_Run", names: list[str], top_k_candidates: int) -> Iterator[S
         if not pass_positions and hook.positions is not None:
             pass_positions.append(hook.positions[0].clone())
 
-    with model.hooks(fwd_hooks=[(name, capture) for name in names]):
-        for step, logits in run.steps():
-            record = StepRecord(
-                step=step, token_id=run.generated[0][-1], position=prompt_len + step, text=run.new_text(0),
-                candidates=run.candidates(logits[0], 0, top_k_candidates), stop_reason=run.stop_reasons[0],
-            )
-            if names:
-                record.activations = ActivationCache(dict(captured), model)
-                record.positions = pass_positions[0] if pass_positions else None
-                record.key_positions = _key_positions(run.cache, step, prompt_len)
-            captured.clear()
-            pass_positions.clear()
-            yield record
+    steps = run.steps()
+    while True:
+        # The capture hooks are attached for one step's forward pass only, and detached before the
+        # record is yielded: a suspended (or abandoned) stream never fires on someone else's pass.
+        with model.hooks(fwd_hooks=[(name, capture) for name in names]):
+            try:
+                step, logits = next(steps)
+            except StopIteration:
+                return
+        record = StepRecord(
+            step=step, token_id=run.generated[0][-1], position=prompt_len + step, text=run.new_text(0),
+            candidates=run.candidates(logits[0], 0, top_k_candidates), stop_reason=run.stop_reasons[0],
+        )
+        if names:
+            record.activations = ActivationCache(dict(captured), model)
+            record.positions = pass_positions[0] if pass_positions else None
+            record.key_positions = _key_positions(run.cache, step, prompt_len)
+        captured.clear()
+        pass_positions.clear()
+        yield record
 
 
 def default_stop_ids(model, tokenizer=None) -> list[int]:
@@ -295,7 +302,12 @@ class _Run:
     def _generators(self, seed) -> list[torch.Generator | None]:
         if seed is None:
             return [None] * len(self.rows)
-        seeds = [seed] * len(self.rows) if isinstance(seed, numbers.Integral) else list(seed)
+        if isinstance(seed, numbers.Integral):
+            seeds = [seed] * len(self.rows)
+        elif isinstance(seed, (list, tuple)):
+            seeds = list(seed)
+        else:
+            raise TypeError(f"seed must be an integer, or a list of integers (one per prompt), got {seed!r}")
         if len(seeds) != len(self.rows):
             raise ValueError(f"seed has {len(seeds)} entries for {len(self.rows)} prompts")
         return [make_generator(s, self.model.device) for s in seeds]
@@ -318,6 +330,7 @@ class _Run:
                         last = [row[-1] for row in self.generated]
                         logits = decode_step(model, last, self.cache)
                     self._choose(logits, last_step=step == self.max_new_tokens - 1)
+                    model.run_context.step = None  # no stale step for other passes while suspended
                     yield step, logits
                     if all(reason is not None for reason in self.stop_reasons):
                         break

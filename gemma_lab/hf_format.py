@@ -17,11 +17,17 @@ here). Configs are read by attribute, described by the ``ConfigLike`` Protocol, 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 GLOBAL, LOCAL = "global", "local"
+
+# Sanity bounds: far above every published Gemma (62 layers, 32 heads), far below what would make
+# building the model take minutes before anything could go wrong visibly.
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
 
 # transformers' layer_types values -> ours.
 _LAYER_TYPE_NAMES = {"sliding_attention": LOCAL, "full_attention": GLOBAL}
@@ -58,6 +64,8 @@ class ConfigLike(Protocol):
 def read_config_json(config: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
     """``(dict, source)`` from a ``config.json`` given as a dict, the file, or the checkpoint folder."""
     if not isinstance(config, (str, Path)):
+        if not isinstance(config, Mapping):
+            raise ValueError(f"config: a config must be a JSON object, got {type(config).__name__}")
         return dict(config), "config"
     path = Path(config)
     if path.is_dir():
@@ -65,9 +73,12 @@ def read_config_json(config: Mapping[str, Any] | str | Path) -> tuple[dict[str, 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
-        return json.loads(path.read_text()), str(path)
+        content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a config must be a JSON object, got {type(content).__name__}")
+    return content, str(path)
 
 
 # Defaults of the transformers config classes: save_pretrained may leave out keys that equal them.
@@ -94,6 +105,9 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     d = dict(d)
     model_type = d.get("model_type")
     if model_type in _MULTIMODAL:
+        if not isinstance(d.get("text_config", {}), Mapping):
+            raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
+                             f"got {d.get('text_config')!r}")
         text = dict(d.get("text_config") or {})
         text.setdefault("model_type", "gemma3_text")
         d = text
@@ -105,7 +119,10 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
         )
     family = _FAMILY[model_type]
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
-    n_layers = int(d["num_hidden_layers"])
+    n_layers = _hf_int(d, "num_hidden_layers", source)
+    if n_layers > MAX_LAYERS:  # before anything is built per layer
+        raise ValueError(f"{source}: num_hidden_layers = {n_layers} exceeds the limit of {MAX_LAYERS} "
+                         f"(the largest Gemma has 62)")
 
     # Gemma 1 reads hidden_act, Gemma 2/3 hidden_activation. The first releases of Gemma 1 say
     # "gelu", which meant the tanh approximation they were trained with (transformers >= 5.24
@@ -120,22 +137,22 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
     return dict(
         family=family,
-        vocab_size=int(d["vocab_size"]),
-        d_model=int(d["hidden_size"]),
+        vocab_size=_hf_int(d, "vocab_size", source),
+        d_model=_hf_int(d, "hidden_size", source),
         n_layers=n_layers,
-        n_heads=int(d["num_attention_heads"]),
-        n_kv_heads=int(d["num_key_value_heads"]),
-        d_head=int(d["head_dim"]),
-        d_mlp=int(d["intermediate_size"]),
-        max_seq_len=int(d["max_position_embeddings"]),
-        norm_eps=float(d["rms_norm_eps"]),
+        n_heads=_hf_int(d, "num_attention_heads", source),
+        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
+        d_head=_hf_int(d, "head_dim", source),
+        d_mlp=_hf_int(d, "intermediate_size", source),
+        max_seq_len=_hf_int(d, "max_position_embeddings", source),
+        norm_eps=_hf_float(d, "rms_norm_eps", source),
         activation=activations[act_name],
         sandwich_norms=family >= 2,
         qk_norm=family == 3,
-        query_pre_attn_scalar=float(d["query_pre_attn_scalar"]) if family >= 2 else None,
-        attn_softcap=_float_or_none(d.get("attn_logit_softcapping")) if family >= 2 else None,
-        final_softcap=_float_or_none(d.get("final_logit_softcapping")) if family >= 2 else None,
-        sliding_window=int(d["sliding_window"]) if LOCAL in layer_types else None,
+        query_pre_attn_scalar=_hf_float(d, "query_pre_attn_scalar", source) if family >= 2 else None,
+        attn_softcap=_hf_float(d, "attn_logit_softcapping", source, optional=True) if family >= 2 else None,
+        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True) if family >= 2 else None,
+        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
         layer_types=layer_types,
         rope_theta=rope_theta,
         rope_theta_local=rope_theta_local,
@@ -144,21 +161,45 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     )
 
 
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _hf_int(d: Mapping[str, Any], key: str, source: str) -> int:
+    """``d[key]`` as a whole number; a fraction, a string or a bool is an error naming the field."""
+    value = d.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4.0 written by a JSON tool is still four layers
+    if type(value) is not int:
+        raise ValueError(f"{source}: {key} must be a whole number, got {value!r}")
+    return value
+
+
+def _hf_float(d: Mapping[str, Any], key: str, source: str, optional: bool = False) -> float | None:
+    """``d[key]`` as a positive finite float (None allowed when ``optional``); else an error naming the field."""
+    value = d.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{source}: {key} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        extra = " (null means no softcap)" if optional else ""
+        raise ValueError(f"{source}: {key} must be a positive finite number, got {value!r}{extra}")
+    return value
 
 
 def _hf_layer_types(d: dict[str, Any], family: int, n_layers: int, source: str) -> tuple[str, ...]:
     names = _LAYER_TYPE_NAMES
     if d.get("layer_types"):
         types = d["layer_types"]
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise ValueError(f"{source}: layer_types must be a list of strings, got {types!r}")
         if len(types) != n_layers:
             raise ValueError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={n_layers}")
         unknown = sorted(set(types) - set(names))
         if unknown:
             raise ValueError(f"{source}: unsupported layer_types {unknown}")
         return tuple(names[t] for t in types)
-    return layer_pattern(family, n_layers, int(d.get("sliding_window_pattern") or 6))
+    period = _hf_int({"sliding_window_pattern": 6, **{k: v for k, v in d.items() if v is not None}},
+                     "sliding_window_pattern", source)
+    return layer_pattern(family, n_layers, period)
 
 
 def layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...]:
@@ -173,20 +214,23 @@ def layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...
 def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
     """(global theta, local theta, global linear scale) from either config spelling."""
     params = d.get("rope_parameters")
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"{source}: rope_parameters must be an object, got {params!r}")
     if params:
         if "full_attention" in params or "sliding_attention" in params:
             full = params.get("full_attention") or {}
             local = params.get("sliding_attention") or full
         else:
             full = local = params
-        theta = float(full.get("rope_theta", d["rope_theta"]))
-        theta_local = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
+        theta = _hf_float({"rope_theta": d["rope_theta"], **full}, "rope_theta", source)
+        theta_local = _hf_float({"rope_theta": d.get("rope_local_base_freq", theta), **local}, "rope_theta", source)
         scale = _linear_factor(full, source)
         if _linear_factor(local, source) != 1.0:
             raise ValueError(f"{source}: RoPE scaling on sliding-window layers is not supported")
         return theta, theta_local, scale
-    theta = float(d["rope_theta"])
-    theta_local = float(d.get("rope_local_base_freq", theta)) if family == 3 else theta
+    theta = _hf_float(d, "rope_theta", source)
+    theta_local = _hf_float({"rope_local_base_freq": theta, **d}, "rope_local_base_freq", source) if family == 3 \
+        else theta
     return theta, theta_local, _linear_factor(d.get("rope_scaling") or {}, source)
 
 
@@ -195,7 +239,7 @@ def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
     if kind in ("default", None):
         return 1.0
     if kind == "linear":
-        return float(rope["factor"])
+        return _hf_float(rope, "factor", source)
     raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
 
 

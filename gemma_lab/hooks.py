@@ -119,6 +119,9 @@ class HookPoint(nn.Module):
                     got = tuple(replacement.shape) if isinstance(replacement, torch.Tensor) else type(replacement)
                     raise ValueError(f"hook on {self.name} returned {got}; "
                                      f"expected a tensor of shape {tuple(x.shape)}")
+                if replacement.dtype != x.dtype or replacement.device != x.device:
+                    raise ValueError(f"hook on {self.name} returned a {replacement.dtype} tensor on "
+                                     f"{replacement.device}; expected {x.dtype} on {x.device}")
                 x = replacement
         if self.bwd_fns and x.requires_grad:
             # The gradient hook belongs to this pass's graph: it is gone once the graph is.
@@ -175,6 +178,9 @@ class HookedModule(nn.Module):
             return [n for n in self._hook_points if names(n)]
         if isinstance(names, str):
             names = [names]
+        if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"names_filter must be a hook name, a list of names or a predicate fn(name) -> bool, "
+                            f"got {names!r}")
         for name in names:
             if name not in self._hook_points:
                 close = difflib.get_close_matches(name, self._hook_points, n=3)
@@ -194,6 +200,7 @@ class HookedModule(nn.Module):
         attached: list[tuple[HookPoint, HookFn, str]] = []
         try:
             for specs, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                specs = _checked_specs(specs, f"{direction}_hooks")
                 for name_or_predicate, fn in specs:
                     for name in self.resolve_hook_names(name_or_predicate):
                         point = self._hook_points[name]
@@ -235,6 +242,9 @@ class HookedModule(nn.Module):
         """
         if incl_bwd and not torch.is_grad_enabled():
             raise RuntimeError("incl_bwd=True needs gradients; call run_with_cache outside torch.no_grad()")
+        if incl_bwd and not any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError("incl_bwd=True needs gradients, but every parameter is frozen (load_pretrained "
+                               "freezes them): call model.requires_grad_(True) first")
         names = self.resolve_hook_names(names_filter)
         store: dict[str, torch.Tensor] = {}
         saver = _Saver(store, device, remove_batch_dim)
@@ -242,6 +252,21 @@ class HookedModule(nn.Module):
         bwd = [(name, saver.save_grad) for name in names] if incl_bwd else []
         logits = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
         return logits, store
+
+
+def _checked_specs(specs, argument: str) -> list[tuple]:
+    """``specs`` as a list of (name_or_predicate, fn) pairs, or a TypeError saying what was expected."""
+    expected = f'{argument} takes a list of (name, fn) pairs, e.g. [("blocks.0.hook_resid_post", fn)]'
+    if isinstance(specs, tuple) and len(specs) == 2 and callable(specs[1]) and not isinstance(specs[0], tuple):
+        raise TypeError(f"{expected}; got one bare pair: wrap it in a list")
+    try:
+        specs = list(specs)
+    except TypeError:
+        raise TypeError(f"{expected}; got {type(specs).__name__}") from None
+    for spec in specs:
+        if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and callable(spec[1])):
+            raise TypeError(f"{expected}; got the entry {spec!r}")
+    return specs
 
 
 class _Saver:

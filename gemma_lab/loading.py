@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -67,6 +70,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         model = Gemma(config)
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     loaded: dict[str, torch.Tensor] = {}
+    non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
         for our_name, tensor, origin in source.tensors(config, dtype):
@@ -81,13 +85,20 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 )
             if our_name in loaded:
                 raise CheckpointError(f"{origin}: {our_name} appears twice in the checkpoint")
-            target_dtype = dtype or tensor.dtype
-            if not target_dtype.is_floating_point:
-                raise CheckpointError(f"{origin}: dtype {tensor.dtype} is not supported (quantized weights?)")
-            loaded[our_name] = tensor.to(device=device, dtype=target_dtype)
+            if tensor.dtype not in _FLOAT_DTYPES:  # judged on what is stored, before any conversion
+                raise CheckpointError(
+                    f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
+                    f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
+            loaded[our_name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+            if not bool(torch.isfinite(loaded[our_name]).all()):
+                non_finite.append(f"{origin} ({our_name})")
             bar.update(tensor.numel() * tensor.element_size())
     finally:
         bar.close()
+    if non_finite:  # loadable, but every forward pass will carry NaN: say where it comes from
+        more = f" and {len(non_finite) - 3} more" if len(non_finite) > 3 else ""
+        warnings.warn(f"{source.describe()}: NaN or inf values in {'; '.join(non_finite[:3])}{more}; "
+                      f"the model's outputs will not be meaningful", RuntimeWarning, stacklevel=2)
     missing = sorted(set(expected) - set(loaded))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -121,12 +132,21 @@ def _describe(config: GemmaConfig) -> str:
     return f"Gemma {config.family} ({config.n_layers} layers, d_model {config.d_model})"
 
 
+# What the model computes in; anything else (ints, bools, fp8) in a file is a quantized or broken checkpoint.
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None:
+        return dtype
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _FLOAT_DTYPES[:3]:
+            raise ValueError(f"dtype {dtype} is not supported; the model runs in torch.float32, torch.bfloat16 "
+                             f"or torch.float16 (quantized weights are not supported)")
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
+    if not isinstance(dtype, str) or dtype not in names:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(names)}")
     return names[dtype]
 
@@ -232,7 +252,16 @@ def _check_safetensors_header(file: Path) -> None:
             header = json.loads(handle.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{file}: corrupt safetensors header (not JSON)") from None
-    data_end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header (a {type(header).__name__}, not an object)")
+    data_end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            raise CheckpointError(f"{file}: corrupt safetensors header: tensor {key!r} has no valid data_offsets")
+        data_end = max(data_end, offsets[1])
     if 8 + header_len + data_end > size:
         raise CheckpointError(
             f"{file}: truncated safetensors file: tensors need {8 + header_len + data_end} bytes, file has {size}"
@@ -256,7 +285,8 @@ class _GemmaPytorchCheckpoint(_Source):
                 try:
                     loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 except Exception as exc:  # torch raises many kinds; all mean "not a safe, valid checkpoint"
-                    raise CheckpointError(f"{file}: not a readable gemma_pytorch checkpoint ({exc})") from None
+                    raise CheckpointError(f"{file}: not a readable gemma_pytorch checkpoint "
+                                          f"({_without_unsafe_advice(exc)})") from None
                 state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else None
                 if not isinstance(state, dict):
                     raise CheckpointError(f"{file}: expected a dict with 'model_state_dict'")
@@ -306,6 +336,14 @@ class _GemmaPytorchCheckpoint(_Source):
             yield ours, tensor, origin
 
 
+def _without_unsafe_advice(error: Exception) -> str:
+    """torch's load error, minus its advice to load with weights_only=False (never safe for a download)."""
+    if isinstance(error, __import__("pickle").UnpicklingError) or "weights_only" in str(error):
+        return ("it holds Python objects besides tensors, which gemma_lab never unpickles; "
+                "re-save it as a plain state dict or safetensors")
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
 def _config_from_shapes(state: dict[str, torch.Tensor], where: str) -> GemmaConfig:
     """The preset whose shapes match a gemma_pytorch state dict (these files carry no config)."""
     embed = state.get("embedder.weight", state.get("text_token_embedder.weight"))
@@ -325,6 +363,8 @@ def _config_from_shapes(state: dict[str, torch.Tensor], where: str) -> GemmaConf
 
 
 def _find_checkpoint(path: Path) -> _Source:
+    if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe or device?); checkpoints are read from files")
     if path.is_file():
         if path.suffix in (".ckpt", ".bin", ".pt", ".pth"):
             config = path.parent / "config.json"
@@ -338,21 +378,22 @@ def _find_checkpoint(path: Path) -> _Source:
     single = path / "model.safetensors"
     if single.is_file():
         return _safetensors_folder(path, [single])
-    shards = sorted(path.glob("*.safetensors"))
+    shards = sorted(p for p in path.glob("*.safetensors") if p.is_file())  # is_file: never open a FIFO
     if shards:
         return _safetensors_folder(path, shards)
     torch_index = path / "pytorch_model.bin.index.json"
     if torch_index.is_file():
         config = path / "config.json"
         return _GemmaPytorchCheckpoint(_files_from_index(torch_index), config if config.is_file() else None)
-    ckpts = sorted(path.glob("*.ckpt"))
-    if len(ckpts) == 1:
+    ckpts = sorted(p for p in path.glob("*.ckpt") if p.is_file())
+    bins = [path / "pytorch_model.bin"] if (path / "pytorch_model.bin").is_file() else []
+    if len(ckpts + bins) == 1:
         config = path / "config.json"
-        return _GemmaPytorchCheckpoint(ckpts, config if config.is_file() else None)
+        return _GemmaPytorchCheckpoint(ckpts + bins, config if config.is_file() else None)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
     raise FileNotFoundError(
         f"{path}: no checkpoint found (looked for model.safetensors, model.safetensors.index.json, "
-        f"*.safetensors, a gemma_pytorch *.ckpt); the folder holds: {found}"
+        f"*.safetensors, pytorch_model.bin, one gemma_pytorch *.ckpt); the folder holds: {found}"
     )
 
 
@@ -365,10 +406,20 @@ def _safetensors_folder(folder: Path, files: list[Path]) -> _SafetensorsFolder:
 
 def _files_from_index(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid index file ({exc!r})") from None
-    files = [index.parent / name for name in dict.fromkeys(weight_map.values())]
+        content = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not a valid index file (not JSON: {exc})") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid index file (expected an object with a 'weight_map' "
+                              f"of tensor name -> shard file name)")
+    folder = index.parent.resolve()
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        file = (index.parent / name)
+        if Path(name).is_absolute() or folder not in file.resolve().parents:
+            raise CheckpointError(f"{index}: shard {name!r} lies outside the checkpoint folder; refused")
+        files.append(file)
     for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"{index}: lists shard {file.name}, which is missing")

@@ -272,8 +272,8 @@ class Gemma(HookedModule):
         if positions is None:
             start = kv_cache.next_positions()[:, None] if kv_cache is not None else 0
             positions = (start + valid.long().cumsum(dim=-1) - 1).clamp(min=0)
-        elif positions.shape != tokens.shape:
-            raise ValueError(f"positions has shape {tuple(positions.shape)}; tokens have {tuple(tokens.shape)}")
+        else:
+            self._check_positions(positions, tokens)
         self.run_context.positions = positions
 
         weight = self.embed.weight
@@ -330,11 +330,25 @@ class Gemma(HookedModule):
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ValueError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the model's max_seq_len of {self.cfg.max_seq_len}")
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.cfg.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the vocabulary (valid ids: 0 to {self.cfg.vocab_size - 1})")
         return tokens.long()
+
+    def _check_positions(self, positions: torch.Tensor, tokens: torch.Tensor) -> None:
+        if not isinstance(positions, torch.Tensor) or positions.shape != tokens.shape:
+            shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise ValueError(f"positions has shape {shape}; tokens have {tuple(tokens.shape)}")
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+            raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+        if int(positions.min()) < 0 or int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"positions must lie in 0 to {self.cfg.max_seq_len - 1} (max_seq_len), "
+                             f"got {int(positions.min())} to {int(positions.max())}")
+        if bool((positions.diff(dim=-1) < 0).any()):  # RoPE and the causal mask assume reading order
+            raise ValueError("positions must not decrease along a sequence")
 
     def _check_mask(self, attention_mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
         if attention_mask is None:
@@ -343,6 +357,8 @@ class Gemma(HookedModule):
             attention_mask = attention_mask[None]
         if attention_mask.shape != tokens.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; tokens have {tuple(tokens.shape)}")
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token), got other values")
         return attention_mask.bool()
 
     @property

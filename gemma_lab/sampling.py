@@ -340,9 +340,23 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     """A ``torch.Generator`` seeded with ``seed`` on ``device`` (pass ``logits.device`` for GPU logits)."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**64:  # what torch.Generator can hold
+        raise ValueError(f"seed must lie in 0 to 2**64 - 1, got {seed}")
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def _check_non_finite(logits: torch.Tensor) -> None:
+    """-inf marks a removed token; NaN, +inf or a row with nothing left cannot give a token (argmax
+    would pick the NaN's index and multinomial would fail deep inside)."""
+    if bool(torch.isnan(logits).any()):
+        raise ValueError("sample: the logits hold NaN, so no token can be chosen (NaN weights, or a hook "
+                         "that wrote NaN into an activation?)")
+    if bool(torch.isposinf(logits).any()):
+        raise ValueError("sample: the logits hold +inf, so no probability can be computed")
+    if bool(torch.isneginf(logits).all(dim=-1).any()):
+        raise ValueError("sample: every logit of a row is -inf: no token is left to choose")
 
 
 def sample(
@@ -363,6 +377,8 @@ def sample(
     ``torch.multinomial`` from ``logits_to_probs(...)``, using ``generator`` (see
     ``make_generator``; it must live on the logits' device), so a fixed seed gives the same tokens.
     """
+    if not bool(torch.isfinite(logits).all()):  # one reduction in the usual, all-finite case
+        _check_non_finite(logits)
     if temperature == 0:
         # Greedy: the other filters cannot change the argmax, so skip building a one-hot
         # distribution over the whole vocabulary (eight full-vocabulary passes per token).

@@ -20,6 +20,7 @@ become added tokens) and ``models/gemma/tokenization_gemma.py`` (decoder: "▁" 
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from pathlib import Path
@@ -45,6 +46,20 @@ _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 # The piece types Hugging Face's converter turns into added tokens, i.e. matched as literal text.
 _ADDED_PIECE_TYPES = (_Piece.UNKNOWN, _Piece.CONTROL, _Piece.USER_DEFINED)
+
+
+def check_encodable(text: str) -> None:
+    """Raise a clear ValueError if ``text`` holds code points UTF-8 cannot hold (lone surrogates).
+
+    They come from bytes decoded with ``errors="surrogateescape"`` or from ``"\\ud800"``-style
+    escapes; the tokenizers would fail on them with an opaque binding error.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the text holds {text[error.start]!r} at position {error.start}, a lone surrogate "
+                         f"that is not valid Unicode; decode the input as UTF-8 (with errors='replace' if "
+                         f"it is not) before tokenizing") from None
 
 
 class GemmaTokenizer:
@@ -113,6 +128,7 @@ class GemmaTokenizer:
         """Token ids for ``text``, with ``<bos>`` first unless ``add_bos=False``; no ``<eos>`` is appended."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes one string, got {type(text).__name__}")
+        check_encodable(text)
         ids = [self.bos_id] if add_bos else []
         if self._json is not None:
             return ids + self._json.encode(text, add_special_tokens=False).ids
@@ -215,7 +231,9 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
 
     A folder is searched for ``tokenizer.model`` (SentencePiece), then ``tokenizer.json`` (transformers).
     A ``.json`` file is read with the ``tokenizers`` library, any other file with SentencePiece.
-    ``chat_format`` ("gemma" or "gemma3") defaults to what the file looks like.
+    ``chat_format`` ("gemma" or "gemma3") defaults to the model's generation when a ``config.json``
+    sits beside the tokenizer (a small vocabulary such as the tiny model's says nothing about it),
+    else to what the file looks like.
     """
     if bundled.is_tiny_name(path):
         path = bundled.tiny_model_dir()
@@ -228,6 +246,8 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
         path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file or folder at {path}")
+    if chat_format is None:
+        chat_format = _chat_format_from_config(path.parent / "config.json")
 
     if path.suffix.lower() == ".json":
         try:
@@ -241,6 +261,17 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
         except (RuntimeError, OSError) as error:
             raise ValueError(f"{path} could not be read as a SentencePiece model: {error}") from error
     return GemmaTokenizer(backend, source=path, chat_format=chat_format)
+
+
+def _chat_format_from_config(config_path: Path) -> str | None:
+    """'gemma3' for a Gemma 3 checkpoint's config.json, 'gemma' for Gemma 1/2, None when unsure."""
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # no readable config: let the tokenizer file decide
+    if model_type in ("gemma3", "gemma3_text"):
+        return "gemma3"
+    return "gemma" if model_type in ("gemma", "gemma2") else None
 
 
 def readable_piece(piece: str) -> str:

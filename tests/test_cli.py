@@ -232,3 +232,56 @@ def test_python_dash_m_gemma_lab_runs_in_a_subprocess(checkpoint, loaded):
                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert missing.returncode == 1 and missing.stderr.startswith("gemma-lab: error: ")
     assert "Traceback" not in missing.stderr
+
+
+# ---- hardening ------------------------------------------------------------------------------------
+
+def test_generate_and_chat_keep_their_own_max_new_tokens(capsys, monkeypatch, checkpoint, loaded):
+    """generate and chat share a parent parser: chat's default must not become generate's."""
+    args, _ = cli.build_parser().parse_known_args(["generate", "x"])
+    assert args.max_new_tokens is None  # filled in per command by main()
+    seen = {}
+    real_stream = gemma_lab.generation.stream
+
+    def spy(*a, **kw):
+        seen.setdefault(len(seen), kw["max_new_tokens"])
+        return real_stream(*a, **kw)
+
+    monkeypatch.setattr(gemma_lab.generation, "stream", spy)
+    assert run(capsys, "generate", "--model", checkpoint, "Hello")[0] == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    assert run(capsys, "chat", "--model", checkpoint)[0] == 0
+    assert seen[0] == cli.MAX_NEW_TOKENS["generate"] == 64 and seen[1] <= cli.MAX_NEW_TOKENS["chat"]
+
+
+def test_a_closed_pipe_ends_generate_quietly(checkpoint, loaded):
+    command = (f"{sys.executable} -m gemma_lab generate --model {checkpoint} 'Hello' --max-new-tokens 40 "
+               f"--show-top-k 5 | head -c1")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_info_on_a_file_names_the_file_and_empty_prompts_get_cli_advice(capsys, tmp_path):
+    lone = tmp_path / "weights.safetensors"
+    lone.write_bytes(b"")
+    code, _, err = run(capsys, "info", lone)
+    assert code == 1 and f"{lone}: the folder it is in" in err
+    code, _, err = run(capsys, "generate", "")
+    assert code == 1 and "the prompt is empty" in err and "gemma-lab generate" in err and "bos_id" not in err
+
+
+def test_chat_names_a_tokenizer_that_does_not_fit_the_model(capsys, monkeypatch, checkpoint):
+    """The bundled tokenizer has 3072 pieces; the test checkpoint's embedding only 400 rows."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there friend\n"))
+    code, _, err = run(capsys, "chat", "--model", checkpoint, "--tokenizer", "tiny")
+    assert code == 1 and "do not belong together" in err and "3072" in err
+
+
+def test_chat_on_the_tiny_model_uses_gemma3_formatting_and_survives_bad_bytes(checkpoint):
+    done = subprocess.run([sys.executable, "-m", "gemma_lab", "chat", "--model", "tiny", "--system", "Be brief.",
+                           "--max-new-tokens", "3"], input="caf\xe9 au lait\nhello\n".encode("latin-1"),
+                          capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr

@@ -293,3 +293,32 @@ def test_decode_pieces_reference_equals_the_tokenizer(tmp_path):
         ids = tokenizer.encode(text) + [tokenizer.eos_id]
         pieces = [tokenizer.id_to_piece(i) for i in ids]
         assert lesson01_tokenization.decode_pieces(pieces) == tokenizer.decode(ids)
+
+
+def test_a_function_that_never_returns_is_stopped(monkeypatch):
+
+    monkeypatch.setattr(checking, "CHECK_TIME_LIMIT_S", 1)
+
+    def forever(x, weight, eps):
+        while True:
+            pass
+
+    result = check("rms_norm", forever)
+    assert result.status == ERROR and "did not return" in result.message
+
+
+def test_global_torch_state_changed_by_the_learner_is_restored():
+    def leaky(x, weight, eps):
+        torch.set_default_dtype(torch.float64)
+        torch.set_grad_enabled(False)
+        return lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps)
+
+    check("rms_norm", leaky)
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("call", [lambda: check(None, print),
+                                  lambda: check("rms_norm", lambda x, w, e: torch.empty(x.shape, device="meta"))])
+def test_failures_inside_check_itself_are_messages(call):
+    result = call()
+    assert result.status == ERROR and result.message

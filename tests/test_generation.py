@@ -387,12 +387,20 @@ def test_stream_captures_activations_with_positions():
     assert not any(point.has_hooks for point in model.hook_dict.values())
 
 
-def test_leaving_a_stream_early_removes_its_hooks_and_step():
+def test_a_suspended_stream_holds_no_hooks_and_no_step():
+    """Between records (and after leaving early) the stream's capture hooks and step are gone, so an
+    unrelated forward pass is neither captured nor labelled with a stale step."""
     model = random_model(1)
     records = gemma_lab.stream(model, [2, 3, 4], max_new_tokens=10, names_filter="hook_embed", stop=[])
     first = next(records)
-    assert first.step == 0 and model.run_context.step == 0
-    assert model.hook_dict["hook_embed"].has_hooks
+    assert first.step == 0 and "hook_embed" in first.activations
+    assert model.run_context.step is None and not model.hook_dict["hook_embed"].has_hooks
+    steps_seen = []
+    with model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: steps_seen.append(hook.step))]):
+        model(torch.tensor([[5, 6]]))
+    assert steps_seen == [None]
+    second = next(records)
+    assert second.step == 1 and second.activations["hook_embed"].shape[1] == 1  # its own pass, one token
     records.close()
     assert model.run_context.step is None and not model.hook_dict["hook_embed"].has_hooks
 
@@ -495,3 +503,12 @@ def test_prefill_takes_a_cache_or_a_size_never_an_int_as_the_cache():
     assert cache.max_len == 16
     with pytest.raises(ValueError, match="not both"):
         prefill(model, tokens, kv_cache=cache, max_len=16)
+
+
+@pytest.mark.parametrize("seed, error, message", [("abc", TypeError, "seed must be an integer, or a list"),
+                                                  (1.5, TypeError, "seed must be an integer, or a list"),
+                                                  (2**64, ValueError, "seed must lie in 0 to 2"),
+                                                  ([1, 2], ValueError, "seed has 2 entries for 1 prompts")])
+def test_unusable_seeds_are_named(seed, error, message):
+    with pytest.raises(error, match=message):
+        gemma_lab.generate(random_model(1), [2, 3], max_new_tokens=2, temperature=1.0, seed=seed)

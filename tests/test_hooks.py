@@ -407,3 +407,48 @@ def test_residual_decompositions_sum_to_what_the_model_computed(family):
         assert (pre_softcap - logits).abs().max() > 1e-4  # the attributed logits really are pre-softcap
     else:
         torch.testing.assert_close(pre_softcap, logits, **close)
+
+
+# ---- hardening: bad hook specs and bad inputs get errors that say what was expected ----------------
+
+def test_a_bare_pair_instead_of_a_list_of_pairs_is_explained():
+    model = small_model(1)
+    with pytest.raises(TypeError, match="takes a list of .name, fn. pairs.*bare pair"):
+        model.run_with_hooks(tokens(), fwd_hooks=("hook_embed", identity))
+    with pytest.raises(TypeError, match="got the entry 'hook_embed'"):
+        model.run_with_hooks(tokens(), fwd_hooks=["hook_embed", identity])
+    assert no_hooks_anywhere(model)
+
+
+@pytest.mark.parametrize("names_filter", [3, [1, 2], {"hook_embed": 1}.values(), b"hook_embed"])
+def test_bad_names_filter_types_say_what_is_accepted(names_filter):
+    with pytest.raises(TypeError, match="names_filter must be a hook name, a list of names or a predicate"):
+        small_model(1).run_with_cache(tokens(), names_filter=names_filter)
+
+
+def test_a_hook_returning_another_dtype_is_named():
+    def to_double(activation, hook):
+        return activation.double()
+
+    with pytest.raises(ValueError, match=r"hook on blocks\.0\.hook_resid_pre returned a torch\.float64"):
+        small_model(1).run_with_hooks(tokens(), fwd_hooks=[("blocks.0.hook_resid_pre", to_double)])
+
+
+def test_gradients_of_a_frozen_model_say_how_to_enable_them():
+    model = small_model(1).requires_grad_(False)
+    with pytest.raises(RuntimeError, match=r"requires_grad_\(True\)"):
+        model.run_with_cache(tokens(), incl_bwd=True)
+
+
+def test_positions_masks_and_lengths_are_checked():
+    model = small_model(1)
+    ids = tokens(batch=1, seq=4)
+    with pytest.raises(ValueError, match="must not decrease"):
+        model(ids, positions=torch.tensor([[0, 1, 3, 2]]))
+    with pytest.raises(ValueError, match="positions must lie in 0 to"):
+        model(ids, positions=torch.tensor([[-1, 0, 1, 2]]))
+    with pytest.raises(ValueError, match="only 0 .padding. and 1"):
+        model(ids, attention_mask=torch.tensor([[1, 2, 1, 1]]))
+    too_long = torch.zeros(1, model.cfg.max_seq_len + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="exceed the model's max_seq_len"):
+        model(too_long)

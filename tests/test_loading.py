@@ -212,3 +212,151 @@ def test_unknown_preset():
 def test_config_validation(change, message):
     with pytest.raises(ValueError, match=message):
         gemma_lab.GemmaConfig.from_preset("test-gemma").replace(**change)
+
+
+# ---- hardening: config values that would load and then compute garbage -------------------------
+
+def _config(checkpoint) -> dict:
+    return json.loads((checkpoint / "config.json").read_text())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sliding_window", -3, "sliding_window"),
+    ("final_logit_softcapping", 0, "final_logit_softcapping must be a positive finite number"),
+    ("attn_logit_softcapping", 0, "attn_logit_softcapping must be a positive"),
+    ("rms_norm_eps", 0, "rms_norm_eps must be a positive"),
+    ("rms_norm_eps", float("nan"), "rms_norm_eps must be a positive"),
+    ("rope_parameters.rope_theta", -1.0, "rope_theta must be a positive"),
+    ("query_pre_attn_scalar", 0, "query_pre_attn_scalar must be a positive"),
+    ("query_pre_attn_scalar", -16, "query_pre_attn_scalar must be a positive"),
+    ("num_hidden_layers", 4.7, "num_hidden_layers must be a whole number"),
+    ("num_hidden_layers", 2_000_000, "num_hidden_layers = 2000000 exceeds the limit"),
+    ("hidden_size", "64", "hidden_size must be a whole number"),
+    ("num_attention_heads", True, "num_attention_heads must be a whole number"),
+    ("layer_types", "sliding_attention", "layer_types must be a list"),
+])
+def test_config_values_that_would_compute_garbage_are_refused(checkpoint, tmp_path, field, value, message):
+    folder = copy_checkpoint(checkpoint, tmp_path / "cfg")
+    config = _config(checkpoint)
+    *parents, key = field.split(".")
+    target = config
+    for parent in parents:
+        target = target[parent]
+    target[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as raised:
+        gemma_lab.load_pretrained(folder)
+    assert "config.json" in str(raised.value)  # the file is named
+
+
+def test_config_that_is_not_an_object_or_has_a_null_text_config(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json: a config must be a JSON object"):
+        gemma_lab.GemmaConfig.from_hf(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="text_config must be an object"):
+        gemma_lab.GemmaConfig.from_hf({"model_type": "gemma3", "text_config": None})
+
+
+def test_a_whole_float_count_is_still_a_count(checkpoint):
+    config = _config(checkpoint)
+    config["num_hidden_layers"] = float(config["num_hidden_layers"])
+    assert gemma_lab.GemmaConfig.from_hf(config).n_layers == int(config["num_hidden_layers"])
+
+
+# ---- hardening: stored dtypes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("stored", [torch.int8, torch.int32, torch.bool, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_quantized_or_non_float_tensors_are_refused_not_cast(checkpoint, tmp_path, stored, dtype):
+    folder = copy_checkpoint(checkpoint, tmp_path / "q")
+    tensors = load_file(folder / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("layers.0.mlp.up_proj.weight"))
+    tensors[name] = tensors[name].to(stored)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"{name}.*stored as {stored}.*quantized"):
+        gemma_lab.load_pretrained(folder, dtype=dtype)
+
+
+def test_a_non_float_dtype_request_is_named(checkpoint):
+    with pytest.raises(ValueError, match=r"dtype torch\.int8 is not supported"):
+        gemma_lab.load_pretrained(checkpoint, dtype=torch.int8)
+
+
+# ---- hardening: files ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd"])
+def test_an_index_naming_files_outside_the_folder_is_refused(checkpoint, tmp_path, shard):
+    folder = copy_checkpoint(checkpoint, tmp_path / "ckpt")
+    (tmp_path / "outside.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    names = load_file(folder / "model.safetensors").keys()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: shard for n in names}}))
+    with pytest.raises(CheckpointError, match="outside the checkpoint folder"):
+        gemma_lab.load_pretrained(folder)
+
+
+def test_a_fifo_named_like_a_checkpoint_is_never_opened(checkpoint, tmp_path):
+    import os
+
+    folder = tmp_path / "fifo"
+    folder.mkdir()
+    (folder / "config.json").write_text((checkpoint / "config.json").read_text())
+    os.mkfifo(folder / "model.safetensors")
+    with pytest.raises((CheckpointError, FileNotFoundError), match="(not a regular file|no checkpoint found)"):
+        gemma_lab.load_pretrained(folder)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        gemma_lab.load_pretrained(folder / "model.safetensors")
+
+
+def _write_header(path, header: object) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 64)
+
+
+@pytest.mark.parametrize("header", [[1, 2], {"w": {"dtype": "F32", "shape": [2]}},
+                                    {"w": {"dtype": "F32", "shape": [2], "data_offsets": "0-8"}}])
+def test_malformed_safetensors_headers_name_the_file(checkpoint, tmp_path, header):
+    folder = copy_checkpoint(checkpoint, tmp_path / "h")
+    _write_header(folder / "model.safetensors", header)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt safetensors header"):
+        gemma_lab.load_pretrained(folder)
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": [1]}', "[]", '{"weight_map": {"a": 3}}', "{not json"])
+def test_malformed_index_files_name_the_file(checkpoint, tmp_path, index):
+    folder = copy_checkpoint(checkpoint, tmp_path / "i")
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json: not a valid index file"):
+        gemma_lab.load_pretrained(folder)
+
+
+def test_a_folder_holding_only_pytorch_model_bin_loads(checkpoint, tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((checkpoint / "config.json").read_text())
+    torch.save(load_file(checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
+    from_bin, reference = gemma_lab.load_pretrained(folder), gemma_lab.load_pretrained(checkpoint)
+    tokens = torch.tensor([[2, 5, 9, 11]])
+    assert torch.equal(from_bin(tokens), reference(tokens))
+
+
+def test_an_unsafe_pickle_error_never_advises_weights_only_false(tmp_path):
+    import datetime
+
+    path = tmp_path / "model.ckpt"
+    torch.save({"model_state_dict": {"x": datetime.date(2024, 1, 1)}}, path)  # torch's safe loader refuses it
+    with pytest.raises(CheckpointError) as raised:
+        gemma_lab.load_pretrained(path, config="test-gemma")
+    assert "never unpickles" in str(raised.value) and "weights_only=False" not in str(raised.value)
+
+
+def test_nan_weights_are_named_at_load(checkpoint, tmp_path):
+    folder = copy_checkpoint(checkpoint, tmp_path / "nan")
+    tensors = load_file(folder / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("layers.1.self_attn.o_proj.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.warns(RuntimeWarning, match=rf"NaN or inf values in .*{name}"):
+        model = gemma_lab.load_pretrained(folder)
+    logits = model(torch.tensor([[2, 5, 9]]))[:, -1]
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        gemma_lab.sample(logits)

@@ -420,3 +420,21 @@ def test_probs_are_a_distribution_and_top_p_set_is_minimal(seed, temperature, to
         smallest_kept = torch.where(kept, before, INF).amin(-1)
         assert (mass >= top_p - 1e-6).all()
         assert (mass - smallest_kept < top_p + 1e-6).all()
+
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5},
+                                    {"temperature": 1.0, "top_p": 0.9}, {"temperature": 1.0, "min_p": 0.1},
+                                    {"repetition_penalty": 1.3, "previous_tokens": torch.tensor([1, 2])}])
+def test_sample_refuses_nan_logits_in_every_mode(kwargs):
+    logits = random_logits()
+    logits[..., 3] = float("nan")
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        sample(logits, generator=make_generator(0), **kwargs)
+
+
+@pytest.mark.parametrize("seed, error", [("abc", TypeError), (1.5, TypeError), (True, TypeError),
+                                         (2**64, ValueError), (-1, ValueError)])
+def test_make_generator_names_an_unusable_seed(seed, error):
+    with pytest.raises(error, match="seed"):
+        make_generator(seed)

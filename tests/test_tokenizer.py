@@ -349,3 +349,22 @@ def test_loading_errors_name_the_path(tmp_path):
     corrupt_json.write_text("{ not json")
     with pytest.raises(ValueError, match=re.escape(str(corrupt_json))):
         load_tokenizer(corrupt_json)
+
+
+
+@pytest.mark.parametrize("text", ["a\ud800", "\udcff tail", "ok \udce9t\udce9"])
+def test_text_that_is_not_valid_unicode_gets_a_clear_error(text):
+    tok = load_tokenizer("tiny")
+    with pytest.raises(ValueError, match="lone surrogate that is not valid Unicode"):
+        tok.encode(text)
+
+
+def test_the_chat_format_follows_the_checkpoint_config_beside_the_tokenizer(tmp_path):
+    """The tiny model is a Gemma 3: its small vocabulary must not make it a Gemma 1/2 chat."""
+    assert load_tokenizer("tiny").chat_format == "gemma3"
+    folder = tmp_path / "g2"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes((gemma_lab.bundled.tiny_model_dir() / "tokenizer.model").read_bytes())
+    (folder / "config.json").write_text('{"model_type": "gemma2"}')
+    assert load_tokenizer(folder).chat_format == "gemma"
+    assert load_tokenizer(folder, chat_format="gemma3").chat_format == "gemma3"

@@ -441,3 +441,46 @@ def test_widgets_default_to_the_bundled_tiny_model(monkeypatch):
     stepper.go("pattern", layer=tiny.cfg.n_layers - 1, head=0)
     assert torch.equal(stepper.shown_tensor, cache["pattern", tiny.cfg.n_layers - 1][0, 0])
     assert AttentionExplorer().model is stepper.model  # loaded once, shared
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad settings: a message in the widget, never a traceback and never a silent clamp
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, setting, used", [
+    (lambda m, t: LogitLensExplorer(m, t, text=TEXT, k=0), "k=0", lambda w: w.k == 10),
+    (lambda m, t: SamplingPlayground(m, t, text=TEXT, bars=-1), "bars=-1", lambda w: w.bars == 12),
+    (lambda m, t: SamplingPlayground(m, t, text=TEXT, seed=2**70), "seed=1180591620717411303424",
+     lambda w: w.seed_box.value == 0),
+    (lambda m, t: SamplingPlayground(m, t, text=TEXT, temperature=-1), "temperature=-1",
+     lambda w: w.temperature_slider.value == 1.0),
+    (lambda m, t: AttentionExplorer(m, t, text=TEXT, layer=99), "layer=99", lambda w: w.layer_slider.value == 0),
+    (lambda m, t: InferenceStepper(m, t, text=TEXT, head=-2, top_p=7.0), "head=-2",
+     lambda w: w.head_slider.value == 0 and w.top_p_slider.value == 1.0),
+])
+def test_out_of_range_settings_are_shown_in_the_widget(model, tokenizer, make, setting, used):
+    widget = make(model, tokenizer)
+    assert setting in widget.notice.value and "cannot be used" in widget.notice.value
+    assert widget.notice in widget.widget.children  # shown, above the controls
+    assert used(widget)
+
+
+def test_a_checkpoint_name_where_a_model_is_expected_is_loaded():
+    widget = AttentionExplorer("tiny", text="Mary and John")
+    assert widget.cfg == gemma_lab.load_pretrained("tiny").cfg and widget.pattern is not None
+
+
+def test_the_tokenizer_explorer_caps_long_text_and_shows_bad_text(tokenizer):
+    from gemma_lab.widgets._common import MAX_TOKENIZER_CHARS
+
+    explorer = TokenizerExplorer(tokenizer, text="ab " * 100_000)
+    assert len(explorer.ids) <= MAX_TOKENIZER_CHARS + 1
+    explorer.text_area.value = "bad \ud800 text"  # drives the observer: must not raise
+    assert explorer.ids == [] and explorer.redraws >= 2
+
+
+def test_the_sampling_playground_refuses_a_typed_seed_out_of_range(model, tokenizer):
+    playground = SamplingPlayground(model, tokenizer, text=TEXT)
+    playground.seed_box.value = 2**40
+    playground.sample_button.click()
+    assert "outside 0 to" in playground.summary.value and playground.samples == []

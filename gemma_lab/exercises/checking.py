@@ -19,6 +19,8 @@ import importlib.resources
 import inspect
 import math
 import pkgutil
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,15 +348,49 @@ def _run(fn: Callable[..., Any], inputs: tuple) -> Any:
         return fn(*copy.deepcopy(inputs))
 
 
+#: Seconds one ``check`` may take before the learner's function is interrupted (a loop that never ends).
+CHECK_TIME_LIMIT_S = 30
+
+
+class _TimeLimit(Exception):
+    """Raised inside the learner's function when ``check`` runs out of time."""
+
+
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Trials are tiny tensors: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (a SIGALRM timer: main thread on Unix, as in a Jupyter kernel)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:  # elsewhere (Windows, a worker thread) there is no safe way to interrupt: run as is
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise _TimeLimit()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _isolated_torch_state() -> Iterator[None]:
+    """Run trials on one thread (tiny tensors: faster, far faster on a busy machine) and give the
+    notebook back the global torch settings a learner's function may change (default dtype,
+    gradient mode, default device)."""
+    threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
+    device = torch.get_default_device()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+        torch.set_default_device(device)
 
 
 def check(name: str, fn: Callable[..., Any]) -> CheckResult:
@@ -365,11 +401,23 @@ def check(name: str, fn: Callable[..., Any]) -> CheckResult:
     equal a registered mistake on every trial get that mistake's hint; anything else is
     described by the first failing trial (its shapes, and where and how much the output differs).
     """
+    if not isinstance(name, str):
+        return CheckResult(str(name), ERROR, f"check needs the exercise's name first, e.g. "
+                                             f"check(\"rms_norm\", rms_norm); got {_kind(name)}")
     registered = get_exercise(name)
     if not callable(fn):
         return CheckResult(name, ERROR, f"check needs the function you wrote, got {_kind(fn)}")
-    with _one_thread():
-        return _check(registered, fn)
+    with _isolated_torch_state():
+        try:
+            with _time_limit(CHECK_TIME_LIMIT_S):
+                return _check(registered, fn)
+        except _TimeLimit:
+            return CheckResult(name, ERROR, f"stopped after {CHECK_TIME_LIMIT_S} s: your function did not "
+                                            f"return (a loop that never ends?)")
+        except Exception as error:  # the comparison itself failed on what the function returned
+            return CheckResult(name, ERROR, f"could not compare your output with the reference "
+                                            f"({type(error).__name__}: {error}); return a plain tensor "
+                                            f"on the CPU, as the exercise describes")
 
 
 def _check(registered: Exercise, fn: Callable[..., Any]) -> CheckResult:
@@ -381,6 +429,8 @@ def _check(registered: Exercise, fn: Callable[..., Any]) -> CheckResult:
         expected = _run(registered.reference, inputs)
         try:
             got = _run(fn, inputs)
+        except _TimeLimit:
+            raise
         except NotImplementedError:
             return CheckResult(name, NOT_ATTEMPTED, "not attempted yet (replace `raise NotImplementedError` "
                                                     "with your code, then run this cell again)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -26,6 +27,10 @@ from gemma_lab.hook_points import hook_axes  # noqa: F401  (the widgets' axis la
 
 #: Widgets refuse prompts longer than this many tokens: every picture is per position.
 MAX_PROMPT_TOKENS = 128
+#: The tokenizer widget tokenizes at most this many characters (its table has a row per token).
+MAX_TOKENIZER_CHARS = 20_000
+#: Seed boxes take 0 to this (a browser's number input is exact only up to 2**53).
+MAX_SEED = 2**32 - 1
 
 #: The prompt every model widget opens with (an indirect-object sentence the tiny model completes).
 DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
@@ -41,6 +46,13 @@ def resolve_model(model=None, tokenizer=None):
     tokenizer (or the reverse) is refused: ids only mean something in the vocabulary they came from.
     """
     global _lesson_model
+    if isinstance(model, (str, Path)):  # "tiny" or a checkpoint folder: load it, with its own tokenizer
+        from gemma_lab.loading import load_pretrained
+        from gemma_lab.tokenizer import load_tokenizer
+
+        model, tokenizer = load_pretrained(model), tokenizer or load_tokenizer(model)
+    if model is not None and not hasattr(model, "cfg"):
+        raise TypeError(f"model must be a gemma_lab model, a checkpoint path or 'tiny', got {type(model).__name__}")
     if model is None and tokenizer is None:
         if _lesson_model is None:
             from gemma_lab.notebook import load_lesson_model
@@ -126,6 +138,8 @@ class WidgetBase:
 
     def __init__(self) -> None:
         self.out = widgets.Output()
+        self.notice = widgets.HTML()  # what the constructor could not use as given, shown above the controls
+        self.notes: list[str] = []
         self.figures: list[Figure] = []  # what the last redraw displayed
         self.redraws = 0
 
@@ -136,9 +150,25 @@ class WidgetBase:
 
     def _root(self, children: Sequence[widgets.Widget]) -> widgets.VBox:
         """The outer box, with a CSS class naming the widget (``gemma-lab-inferencestepper``) for browsers."""
-        box = widgets.VBox(list(children))
+        box = widgets.VBox([self.notice, *children])
         box.add_class(f"gemma-lab-{type(self).__name__.lower()}")
         return box
+
+    def _setting(self, name: str, value, valid: bool, fallback, allowed: str):
+        """``value`` if ``valid``, else ``fallback`` with a note in the widget (never a traceback)."""
+        if valid:
+            return value
+        self.notes.append(f"{name}={value!r} cannot be used ({allowed}); showing {name}={fallback!r} instead")
+        self.notice.value = "".join(message_html(note, "error") for note in self.notes)
+        return fallback
+
+    def _int_setting(self, name: str, value, low: int, high: int, fallback: int) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return self._setting(name, value, ok, fallback, f"a whole number from {low} to {high}")
+
+    def _float_setting(self, name: str, value, low: float, high: float, fallback: float) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+        return self._setting(name, value, ok, fallback, f"a number from {low:g} to {high:g}")
 
     def _show(self, figures: Sequence[Figure] = (), html_parts: Sequence[str] = ()) -> None:
         self.figures = list(figures)

@@ -23,6 +23,8 @@ from matplotlib.patches import Rectangle
 from gemma_lab import interp, sampling, viz
 from gemma_lab.widgets._common import (
     DEFAULT_TEXT,
+    MAX_SEED,
+    MAX_TOKENIZER_CHARS,
     ModelWidget,
     WidgetBase,
     encode,
@@ -100,6 +102,8 @@ class AttentionExplorer(_PromptWidget):
                  head: int = 0) -> None:
         super().__init__(model, tokenizer, text)
         cfg = self.cfg
+        layer = self._int_setting("layer", layer, 0, cfg.n_layers - 1, 0)
+        head = self._int_setting("head", head, 0, cfg.n_heads - 1, 0)
         self.layer_slider = widgets.IntSlider(value=layer, min=0, max=cfg.n_layers - 1, description="layer",
                                               **_SLIDER)
         self.head_slider = widgets.IntSlider(value=head, min=0, max=cfg.n_heads - 1, description="head",
@@ -187,7 +191,7 @@ class LogitLensExplorer(_PromptWidget):
     def __init__(self, model=None, tokenizer=None, text: str = DEFAULT_TEXT, *, k: int = 10,
                  track: str = "") -> None:
         super().__init__(model, tokenizer, text)
-        self.k = k
+        self.k = self._int_setting("k", k, 1, min(100, self.cfg.vocab_size), min(10, self.cfg.vocab_size))
         labels = ["embed"] + [str(layer) for layer in range(self.cfg.n_layers)]
         self.row_select = widgets.Dropdown(options=labels, value=labels[-1], description="layer",
                                            layout=widgets.Layout(width="200px"))
@@ -287,7 +291,12 @@ class SamplingPlayground(_PromptWidget):
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                  seed: int = 0, bars: int = 12) -> None:
         super().__init__(model, tokenizer, text)
-        self.bars = bars
+        self.bars = self._int_setting("bars", bars, 1, 100, 12)
+        temperature = self._float_setting("temperature", temperature, 0.0, 3.0, 1.0)
+        top_k = self._int_setting("top_k", top_k, 1, 100, None) if top_k is not None else None
+        top_p = self._float_setting("top_p", top_p, 0.01, 1.0, None) if top_p is not None else None
+        min_p = self._float_setting("min_p", min_p, 0.0, 1.0, None) if min_p is not None else None
+        seed = self._int_setting("seed", seed, 0, MAX_SEED, 0)
         self.temperature_slider = widgets.FloatSlider(value=temperature, min=0.0, max=3.0, step=0.05,
                                                       description="temperature", **_SLIDER)
         self.top_k_slider = widgets.IntSlider(value=top_k or 0, min=0, max=100, description="top-k (0=off)",
@@ -331,7 +340,11 @@ class SamplingPlayground(_PromptWidget):
 
     def sample(self) -> int:
         """Draw one token with the current seed (as ``sampling.sample`` does in generation), then seed + 1."""
-        generator = sampling.make_generator(int(self.seed_box.value))
+        seed = int(self.seed_box.value)
+        if not 0 <= seed <= MAX_SEED:
+            self.summary.value = message_html(f"seed {seed} is outside 0 to {MAX_SEED}; pick another", "error")
+            return -1
+        generator = sampling.make_generator(seed)
         token = int(sampling.sample(self.logits, generator=generator, **self.sampling_kwargs()))
         self.samples.append(token)
         self.seed_box.value += 1
@@ -437,11 +450,22 @@ class TokenizerExplorer(WidgetBase):
 
     def redraw(self) -> None:
         tokenizer, text = self.tokenizer, self.text_area.value
-        self.ids = tokenizer.encode(text, add_bos=self.add_bos.value)
+        cut = ""
+        if len(text) > MAX_TOKENIZER_CHARS:  # a 100k-row table would take many seconds to build and draw
+            cut = message_html(f"the text has {len(text):,} characters; only the first {MAX_TOKENIZER_CHARS:,} "
+                               f"are tokenized here", "error")
+            text = text[:MAX_TOKENIZER_CHARS]
+        try:
+            self.ids = tokenizer.encode(text, add_bos=self.add_bos.value)
+        except ValueError as error:  # e.g. a lone surrogate pasted in
+            self.ids, self.pieces, self.kinds = [], [], []
+            self._show(html_parts=[message_html(str(error), "error")])
+            return
         self.pieces = [tokenizer.id_to_piece(i) for i in self.ids]
         self.kinds = [self.kind(i) for i in self.ids]
         counts = {k: self.kinds.count(k) for k in ("text", "byte", "special")}
-        parts = [
+        parts = [cut] if cut else []
+        parts += [
             f"<b>{len(self.ids)} tokens</b> ({counts['text']} text, {counts['byte']} byte fallback, "
             f"{counts['special']} special; {len(text.encode('utf-8'))} UTF-8 bytes). Colours: alternating "
             "text tokens, <span style='background:#decbe4'>byte fallback</span>, "

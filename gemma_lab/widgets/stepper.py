@@ -31,6 +31,7 @@ from gemma_lab import generation, sampling, viz
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.widgets._common import (
     DEFAULT_TEXT,
+    MAX_SEED,
     ModelWidget,
     encode,
     hook_axes,
@@ -206,6 +207,12 @@ class InferenceStepper(ModelWidget):
         self.shown_mask: torch.Tensor | None = None  # [q_pos, k_pos] True where masked (mask stage)
         self._holding = False
 
+        layer = self._int_setting("layer", layer, 0, cfg.n_layers - 1, 0)
+        head = self._int_setting("head", head, 0, cfg.n_heads - 1, 0)
+        temperature = self._float_setting("temperature", temperature, 0.0, 2.0, 1.0)
+        top_k = self._int_setting("top_k", top_k, 1, 50, None) if top_k is not None else None
+        top_p = self._float_setting("top_p", top_p, 0.05, 1.0, None) if top_p is not None else None
+        seed = self._int_setting("seed", seed, 0, MAX_SEED, 0)
         layout = widgets.Layout(width="330px")
         self.text_box = widgets.Text(value=text, description="text", continuous_update=False,
                                      layout=widgets.Layout(width="100%"))
@@ -408,11 +415,16 @@ class InferenceStepper(ModelWidget):
         return {"temperature": float(self.temperature_slider.value), "top_k": top_k if top_k > 0 else None,
                 "top_p": float(top_p) if top_p < 1.0 else None}
 
+    def _step_seed(self) -> int:
+        """The seed of this step: the box's, plus one per appended token (a typed seed out of range wraps
+        around rather than stopping the walk-through with a traceback)."""
+        return (int(self.seed_box.value) + len(self.generated)) % (MAX_SEED + 1)
+
     def _choose(self) -> None:
         """The next token after the last position, drawn as generation draws it."""
         if self.logits is None:
             return
-        generator = sampling.make_generator(int(self.seed_box.value) + len(self.generated))
+        generator = sampling.make_generator(self._step_seed())
         chosen = sampling.sample(self.logits[0, -1], generator=generator, **self._sampling_kwargs())
         self.chosen_token = int(chosen)
         self._chosen_tensor = chosen
@@ -676,7 +688,7 @@ class InferenceStepper(ModelWidget):
         probs = sampling.logits_to_probs(logits, **kwargs)
         label = self._label(self.chosen_token)
         how = ("the most likely token (temperature 0 is greedy)" if kwargs["temperature"] == 0
-               else f"drawn with sampling.sample, seed {int(self.seed_box.value) + len(self.generated)}")
+               else f"drawn with sampling.sample, seed {self._step_seed()}")
         return StageView(
             sentence=f"The next token is {label!r} (id {self.chosen_token}, probability "
                      f"{float(probs[self.chosen_token]):.1%}), {how}; 'Append token' feeds it back in.",
