@@ -33,3 +33,15 @@ def tiny_model_dir() -> Path:
 def is_tiny_name(name: object) -> bool:
     """True when ``name`` asks for the bundled model rather than a path."""
     return isinstance(name, str) and name in TINY_NAMES
+
+
+def bundled_dir(name: str) -> Path:
+    """The folder ``data/<name>`` of a source checkout, or ``gemma_lab/_bundled/<name>`` in a wheel
+    (e.g. ``tiny-sae``: the sparse autoencoders trained on the tiny Gemma)."""
+    package_dir = Path(__file__).resolve().parent
+    candidates = [package_dir / "_bundled" / name, package_dir.parent / "data" / name]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"the bundled {name} was not found (looked in {tried}); reinstall gemma_lab")

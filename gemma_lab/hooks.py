@@ -33,6 +33,19 @@ NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
 HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 
 
+class LayerIndex(int):
+    """A block index that is also callable: ``hook.layer == 3`` and ``hook.layer() == 3``.
+
+    TransformerLens spells it ``hook.layer()`` (a method); plain code here reads the int. Both work.
+    """
+
+    def __call__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
 @dataclass
 class RunContext:
     """What a hook may want to know about the current forward pass beyond its activation.
@@ -51,7 +64,7 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name: str = ""  # full dotted name, set by HookedModule.setup_hooks
-        self.layer: int | None = None  # block index, None outside the blocks
+        self.layer: LayerIndex | None = None  # block index (an int, also callable), None outside the blocks
         self.context = RunContext()
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
@@ -144,7 +157,7 @@ class HookedModule(nn.Module):
             if isinstance(module, HookPoint):
                 module.name = name
                 match = re.match(r"blocks\.(\d+)\.", name)
-                module.layer = int(match.group(1)) if match else None
+                module.layer = LayerIndex(match.group(1)) if match else None
                 module.context = self.run_context
                 self._hook_points[name] = module
 
@@ -177,27 +190,73 @@ class HookedModule(nn.Module):
 
     @contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
-              reset_hooks_end: bool = True) -> Iterator["HookedModule"]:
+              reset_hooks_end: bool = True, saes: Sequence["HookedModule"] = ()) -> Iterator["HookedModule"]:
         """Attach hooks for the duration of the block; on exit (also on error) remove what was attached.
 
         Each spec is ``(name_or_predicate, fn)``. Hooks attached by an enclosing block stay.
         ``reset_hooks_end=False`` keeps them attached afterwards (TransformerLens's escape hatch;
-        call ``model.reset_hooks()`` yourself).
+        call ``model.reset_hooks()`` yourself). ``saes``: sparse autoencoders spliced in for the
+        block (see ``spliced``), always removed on exit; ``fwd_hooks`` may name their hook points.
         """
         attached: list[tuple[HookPoint, HookFn, str]] = []
+        with self.spliced(saes):
+            try:
+                for specs, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                    specs = _checked_specs(specs, f"{direction}_hooks")
+                    for name_or_predicate, fn in specs:
+                        for name in self.resolve_hook_names(name_or_predicate):
+                            point = self._hook_points[name]
+                            point.add_hook(fn, direction)
+                            attached.append((point, fn, direction))
+                yield self
+            finally:
+                if reset_hooks_end:
+                    for point, fn, direction in reversed(attached):
+                        point.remove_hook(fn, direction)
+
+    @contextmanager
+    def spliced(self, modules: Sequence["HookedModule"] = ()) -> Iterator["HookedModule"]:
+        """Splice hooked modules (sparse autoencoders, transcoders) into the forward pass for the block.
+
+        Each module gives the hooks that put it in place (``module.splice_hooks(self)``, which also
+        checks that it fits) and, while spliced, its own hook points are listed among this model's,
+        right after its site, as ``{module.splice_prefix}.{name}`` (e.g.
+        ``blocks.2.hook_resid_post.hook_sae_acts_post``): ``run_with_cache`` stores them and
+        ``hooks`` can edit them. On exit, also on error, the hooks are removed and the names,
+        layers and run contexts of those points restored.
+        """
+        saved_points = self._hook_points
+        renamed: list[tuple[HookPoint, str, int | None, RunContext]] = []
+        attached: list[tuple[HookPoint, HookFn]] = []
+        extra: dict[str, dict[str, HookPoint]] = {}  # site -> the spliced points listed after it
         try:
-            for specs, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
-                specs = _checked_specs(specs, f"{direction}_hooks")
-                for name_or_predicate, fn in specs:
-                    for name in self.resolve_hook_names(name_or_predicate):
-                        point = self._hook_points[name]
-                        point.add_hook(fn, direction)
-                        attached.append((point, fn, direction))
+            for module in modules:
+                specs = module.splice_hooks(self)
+                site = module.splice_prefix
+                if site in extra:
+                    raise ValueError(f"two modules spliced at {site}: only one SAE per hook point")
+                extra[site] = {}
+                for local_name, point in module.hook_dict.items():
+                    renamed.append((point, point.name, point.layer, point.context))
+                    point.name = f"{site}.{local_name}"
+                    point.layer, point.context = saved_points[site].layer, self.run_context
+                    extra[site][point.name] = point
+                for name, fn in specs:
+                    saved_points[name].add_hook(fn)
+                    attached.append((saved_points[name], fn))
+            if extra:
+                points: dict[str, HookPoint] = {}
+                for name, point in saved_points.items():
+                    points[name] = point
+                    points.update(extra.get(name, {}))
+                self._hook_points = points
             yield self
         finally:
-            if reset_hooks_end:
-                for point, fn, direction in reversed(attached):
-                    point.remove_hook(fn, direction)
+            for point, fn in reversed(attached):
+                point.remove_hook(fn)
+            for point, name, layer, context in renamed:
+                point.name, point.layer, point.context = name, layer, context
+            self._hook_points = saved_points
 
     def reset_hooks(self) -> None:
         """Remove every hook (a safety net; hooks attached with ``hooks()`` never outlive it)."""
@@ -205,16 +264,16 @@ class HookedModule(nn.Module):
             point.remove_hooks()
 
     def run_with_hooks(self, *args, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
-                       reset_hooks_end: bool = True, **kwargs) -> torch.Tensor:
-        """One forward pass with the given hooks attached (removed afterwards).
+                       reset_hooks_end: bool = True, saes: Sequence["HookedModule"] = (), **kwargs) -> torch.Tensor:
+        """One forward pass with the given hooks attached (and ``saes`` spliced in), removed afterwards.
 
         Backward hooks fire when you later call ``backward`` on something computed from the result.
         """
-        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end):
+        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end, saes=saes):
             return self(*args, **kwargs)
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device: torch.device | str | None = None,
-                       incl_bwd: bool = False, remove_batch_dim: bool = False,
+                       incl_bwd: bool = False, remove_batch_dim: bool = False, saes: Sequence["HookedModule"] = (),
                        **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward pass that also returns the activations at the requested hook points, by name.
 
@@ -224,6 +283,8 @@ class HookedModule(nn.Module):
             once you call ``backward`` on something computed from the returned logits (the model
             returns logits, not a loss, so the choice of what to differentiate is yours).
         remove_batch_dim: for a batch of one, store ``[pos, ...]`` instead of ``[1, pos, ...]``.
+        saes: sparse autoencoders spliced in for this run (see ``spliced``); their activations are
+            stored as ``{hook_name}.hook_sae_acts_post`` and so on.
 
         Returns the output and a plain dict; ``Gemma.run_with_cache`` wraps it in an ``ActivationCache``.
         """
@@ -232,12 +293,13 @@ class HookedModule(nn.Module):
         if incl_bwd and not any(p.requires_grad for p in self.parameters()):
             raise RuntimeError("incl_bwd=True needs gradients, but every parameter is frozen (load_pretrained "
                                "freezes them): call model.requires_grad_(True) first")
-        names = self.resolve_hook_names(names_filter)
         store: dict[str, torch.Tensor] = {}
         saver = _Saver(store, device, remove_batch_dim)
-        fwd = [(name, saver.save) for name in names]
-        bwd = [(name, saver.save_grad) for name in names] if incl_bwd else []
-        logits = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
+        with self.spliced(saes):  # first, so that names_filter can name the spliced points
+            names = self.resolve_hook_names(names_filter)
+            fwd = [(name, saver.save) for name in names]
+            bwd = [(name, saver.save_grad) for name in names] if incl_bwd else []
+            logits = self.run_with_hooks(*args, fwd_hooks=fwd, bwd_hooks=bwd, **kwargs)
         return logits, store
 
 

@@ -60,7 +60,8 @@ def unembed(model: "Gemma", resid: torch.Tensor) -> torch.Tensor:
     For the final ``resid_post`` this is exactly the model's output. It runs ``model.ln_final``,
     so hooks attached to ``ln_final`` see these calls too.
     """
-    return model.unembed(resid)
+    # A HookedGemma's own .unembed is TransformerLens's (x @ W_U, no norm): use its Gemma's.
+    return getattr(model, "model", model).unembed(resid)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
     top_probs, top_tokens, all_probs = [], [], []
     with torch.no_grad():
         for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
-            probs = torch.softmax(model.unembed(resid).float(), dim=-1)[0]
+            probs = torch.softmax(unembed(model, resid).float(), dim=-1)[0]
             values, ids = probs.topk(k, dim=-1)
             top_probs.append(values)
             top_tokens.append(ids)

@@ -25,9 +25,13 @@ OURS = ("gemma_lab", "tools")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("gemma_lab.hf_format", "gemma_lab.hook_points", "gemma_lab.bundled")),
     ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer")),
-    ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.gemma4_parts", "gemma_lab.model")),
+    ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
+               "gemma_lab.gemma4_parts", "gemma_lab.model")),
     ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.generation", "gemma_lab.interp",
-                                     "gemma_lab.notebook", "gemma_lab")),
+                                     "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
+                                     # TransformerLens's interface: model and tokenizer paired.
+                                     "gemma_lab.tl_utils", "gemma_lab.tl_views", "gemma_lab.tl_aliases",
+                                     "gemma_lab.hooked_gemma")),
     ("viz", ("gemma_lab.viz",)),
     ("widgets", ("gemma_lab.widgets",)),
     ("exercises (the notebooks' support)", ("gemma_lab.exercises",)),
@@ -49,6 +53,7 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     "gemma_lab.tokenizer": frozenset({"sentencepiece", "tokenizers"}),
     "gemma_lab.kv_cache": frozenset({"torch"}),
     "gemma_lab.activation_cache": frozenset({"torch", "einops"}),
+    "gemma_lab.factored_matrix": frozenset({"torch"}),
     "gemma_lab.model": frozenset({"torch", "einops"}),
     "gemma_lab.gemma4_parts": frozenset({"torch", "einops"}),
     "gemma_lab.viz": frozenset({"matplotlib", "numpy"}),

@@ -6,6 +6,7 @@
     train.py               the training loop and checkpoint writer (python -m gemma_lab.tiny.train)
     card.py                the model card README.md and loss curve
     evaluate.py            the card's figures, through interp and generation (python -m gemma_lab.tiny.evaluate)
+    sae.py                 the bundled SAE and transcoder of data/tiny-sae (python -m gemma_lab.tiny.sae)
 
 It sits above the library: it imports the model, loading, interp and generation; nothing in the
 library imports it (the command line reaches ``train.py`` lazily, for ``gemma-lab train-tiny``).

@@ -160,7 +160,11 @@ def sample_generations(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens:
 
 def evaluate(model, tokenizer, span: int = 50, batch: int = 8, *, ioi_n: int = 200,
              sample_tokens: int = 20) -> dict:
-    """Every figure of the model card, as plain Python numbers."""
+    """Every figure of the model card, as plain Python numbers.
+
+    ``span`` is shortened when ``<bos>`` + two copies would not fit the model's context (toy runs).
+    """
+    span = min(span, (model.cfg.max_seq_len - 1) // 2)
     tokens = repeated_tokens_batch(tokenizer, batch=batch, span=span)
     scores = head_scores(model, tokens, span)
     best = {}

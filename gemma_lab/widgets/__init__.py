@@ -9,6 +9,7 @@
 * ``SamplingPlayground``: temperature, top-k, top-p and min-p reshaping the next-token distribution.
 * ``TokenizerExplorer``: pieces, ids, byte fallbacks, special tokens and the chat template.
 * ``PatchingExplorer``: activation patching between a clean and a corrupted prompt.
+* ``FeatureExplorer``: one sparse-autoencoder feature: where it fires, what it writes, ablated live.
 
 Each widget runs the model once per prompt and redraws from that cache; its controls and what it
 last drew are attributes (see docs/widgets.md), which is also how the tests drive them.
@@ -23,10 +24,12 @@ from gemma_lab.widgets.explorers import (
     SamplingPlayground,
     TokenizerExplorer,
 )
+from gemma_lab.widgets.features import FeatureExplorer
 from gemma_lab.widgets.stepper import InferenceStepper
 
 __all__ = [
     "AttentionExplorer",
+    "FeatureExplorer",
     "InferenceStepper",
     "LogitLensExplorer",
     "PatchingExplorer",
