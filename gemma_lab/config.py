@@ -96,6 +96,18 @@ class GemmaConfig:
         if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window < 1):
             raise ValueError(f"GemmaConfig.sliding_window must be a positive integer or None, "
                              f"got {self.sliding_window!r}")
+        # Values that pass the checks above but make every forward pass overflow to inf/NaN (found by
+        # tests/test_fuzz.py): a RoPE base or linear factor below 1, a query scalar below 1 (a scale
+        # above 1), or a count beyond what index arithmetic holds.
+        for name, low in (("rope_theta", 1.0), ("rope_theta_local", 1.0), ("rope_scale", 1.0),
+                          ("query_pre_attn_scalar", 1.0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"GemmaConfig.{name} must be at least {low:g}, got {value!r}")
+        for name in ("vocab_size", "d_model", "d_head", "d_mlp", "max_seq_len", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and value > 2**31 - 1:
+                raise ValueError(f"GemmaConfig.{name} = {value} exceeds 2**31 - 1")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"GemmaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
