@@ -1,6 +1,6 @@
 """gemma_lab: learn how Gemma works from the inside.
 
-A readable from-scratch Gemma (1, 2 and 3) whose logits equal the reference implementation,
+A readable from-scratch Gemma (1, 2, 3 and 4) whose logits equal the reference implementation,
 hooks on every activation, interpretability tools, widgets and notebooks.
 
     import gemma_lab
