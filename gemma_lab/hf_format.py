@@ -141,15 +141,7 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     rope_theta, rope_theta_local, rope_scale = _hf_rope(d, family, source)
     return dict(
         family=family,
-        vocab_size=_hf_int(d, "vocab_size", source),
-        d_model=_hf_int(d, "hidden_size", source),
-        n_layers=n_layers,
-        n_heads=_hf_int(d, "num_attention_heads", source),
-        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
-        d_head=_hf_int(d, "head_dim", source),
-        d_mlp=_hf_int(d, "intermediate_size", source),
-        max_seq_len=_hf_int(d, "max_position_embeddings", source),
-        norm_eps=_hf_float(d, "rms_norm_eps", source),
+        **_shared_fields(d, n_layers, source),
         activation=activations[act_name],
         sandwich_norms=family >= 2,
         qk_norm=family == 3,
@@ -161,6 +153,21 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
         rope_theta=rope_theta,
         rope_theta_local=rope_theta_local,
         rope_scale=rope_scale,
+    )
+
+
+def _shared_fields(d: Mapping[str, Any], n_layers: int, source: str) -> dict[str, Any]:
+    """The fields every generation's config.json spells the same way."""
+    return dict(
+        vocab_size=_hf_int(d, "vocab_size", source),
+        d_model=_hf_int(d, "hidden_size", source),
+        n_layers=n_layers,
+        n_heads=_hf_int(d, "num_attention_heads", source),
+        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
+        d_head=_hf_int(d, "head_dim", source),
+        d_mlp=_hf_int(d, "intermediate_size", source),
+        max_seq_len=_hf_int(d, "max_position_embeddings", source),
+        norm_eps=_hf_float(d, "rms_norm_eps", source),
         name=str(d.get("_name_or_path") or ""),
     )
 
@@ -307,24 +314,16 @@ def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     d_per_layer = int(d["hidden_size_per_layer_input"] or 0)
     return dict(
         family=4,
-        vocab_size=_hf_int(d, "vocab_size", source),
-        d_model=_hf_int(d, "hidden_size", source),
-        n_layers=n_layers,
-        n_heads=_hf_int(d, "num_attention_heads", source),
-        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
-        d_head=_hf_int(d, "head_dim", source),
-        d_mlp=_hf_int(d, "intermediate_size", source),
-        max_seq_len=_hf_int(d, "max_position_embeddings", source),
-        norm_eps=_hf_float(d, "rms_norm_eps", source),
+        **_shared_fields(d, n_layers, source),
         activation="gelu_tanh",
         sandwich_norms=True,
         qk_norm=True,
         final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
         sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
         layer_types=layer_types,
-        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
-        rope_theta_local=float(local.get("rope_theta", 10_000.0)),
-        rope_scale=float(full.get("factor", 1.0)),
+        rope_theta=_hf_float({"rope_theta": 1_000_000.0, **full}, "rope_theta", source),
+        rope_theta_local=_hf_float({"rope_theta": 10_000.0, **local}, "rope_theta", source),
+        rope_scale=_hf_float({"factor": 1.0, **full}, "factor", source),
         d_head_global=d_head_global,
         n_kv_heads_global=n_kv_global,
         # "default" RoPE ignores partial_rotary_factor in transformers; only "proportional" reads it.
@@ -337,7 +336,6 @@ def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         n_experts=_hf_int(d, "num_experts", source) if moe else 0,
         n_experts_active=_hf_int(d, "top_k_experts", source) if moe else 0,
         d_expert=_hf_int(d, "moe_intermediate_size", source) if moe else 0,
-        name=str(d.get("_name_or_path") or ""),
     )
 
 

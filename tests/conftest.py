@@ -1,17 +1,28 @@
 """Shared pytest set-up for gemma_lab's tests.
 
-Kept small on purpose: matplotlib's Agg backend for this process, and the opt-in
-``widget_outputs`` fixture for driving ipywidgets without a kernel. Helpers for notebooks
+Kept small on purpose: matplotlib's Agg backend for this process, the opt-in
+``one_torch_thread`` fixture, and the opt-in ``widget_outputs`` fixture for driving ipywidgets without a kernel. Helpers for notebooks
 live in ``jupyter_support.py`` and for the browser in ``browser_support.py`` (both in this
 folder, importable from test modules as plain modules).
 """
 
 import matplotlib
 import pytest
+import torch
 
 # Figures made by tests are rendered off-screen. This is set for the pytest process only;
 # kernels started by tests never get MPLBACKEND (see jupyter_support.kernel_environment).
 matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module whose models are tiny: faster, and far faster on a busy
+    two-core machine. Opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -24,19 +24,10 @@ from gemma_lab.tiny.corpus import generate_corpus
 from gemma_lab.tiny.tokenizer_training import train_tokenizer
 from gemma_lab.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 400
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The model is tiny: one thread is fastest, and much faster on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from gemma_lab.generation import decode_step, default_stop_ids, prefill
 from gemma_lab.model import Gemma, init_weights
 from gemma_lab.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAMILIES = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3"}  # window 8 on Gemma 2 and 3
 STEPS = 60  # decode steps: seven and a half sliding windows
 REL_TOL = 1e-5  # max |difference| over the largest |logit|; fp32 reorderings give ~1e-6
@@ -33,15 +35,6 @@ GEMMA3_HF_LAYOUT = dict(
     rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
                      "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0}},
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is fastest, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_model(family: int, seed: int = 0, **changes) -> Gemma:

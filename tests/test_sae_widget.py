@@ -11,17 +11,8 @@ from gemma_lab.sae import SAEConfig, load_sae, make_sae
 from gemma_lab.sae import features as F
 from gemma_lab.widgets import FeatureExplorer
 
-pytestmark = pytest.mark.usefixtures("widget_outputs")
+pytestmark = pytest.mark.usefixtures("widget_outputs", "one_torch_thread")
 TEXT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a busy two-core machine torch's thread pool makes tiny forward passes far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

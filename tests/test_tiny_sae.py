@@ -19,6 +19,8 @@ from gemma_lab.sae import Transcoder, load_sae
 from gemma_lab.sae import features as F
 from gemma_lab.sae import training
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "data" / "tiny-sae" / "README.md"
 NAMES = {" " + name for name in corpus.NAMES}
@@ -38,14 +40,6 @@ TRANSCODER_CLAIMS = {
     105: ("` to` in IOI sentences", {" to"}, 10),
     71: ("` after` (\"what comes after\")", {" after"}, 10),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,20 +31,11 @@ from gemma_lab.widgets import (
 from gemma_lab.widgets import stepper as stepper_module
 from gemma_lab.widgets._common import cached_names
 
-pytestmark = pytest.mark.usefixtures("widget_outputs")
+pytestmark = pytest.mark.usefixtures("widget_outputs", "one_torch_thread")
 
 TEXT = "the dog saw the cat and the dog"  # 16 tokens: longer than the window
 WINDOW = 8  # test-gemma3's sliding window
 LOCAL_LAYERS = [0, 1, 2, 3, 4]  # layer 5 is global
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a busy two-core machine torch's thread pool makes tiny forward passes far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
