@@ -323,8 +323,8 @@ print(f"{sae.cfg.d_sae} decoder directions in {sae.cfg.d_in} dimensions: mean |c
 # %% [markdown]
 # On the tiny model the features are more often about one token (or one token in one kind of
 # context) than the neurons are, although a feature's 20 strongest tokens can still differ (names,
-# digits). And the dictionary really is overcomplete: four times more directions than dimensions,
-# nearly orthogonal on average, as superposition says.
+# digits). And the bundled dictionary is overcomplete, 512 directions in 128 dimensions, yet nearly
+# orthogonal on average (a little less than random directions), as superposition says.
 #
 # ## 5. Reading a feature
 #
@@ -493,8 +493,9 @@ if transcoder is not None:
 # %% [markdown]
 # ## 8. Gemma Scope on real Gemma
 #
-# Gemma Scope (Lieberum et al., 2024) released JumpReLU SAEs for every layer and site of Gemma 2
-# (2B and 9B, some 27B) and transcoders for Gemma 2 2B; Gemma Scope 2 covers Gemma 3, 270M to 27B.
+# Gemma Scope (Lieberum et al., 2024) released JumpReLU SAEs for Gemma 2 (2B, 9B and 27B) at the
+# residual stream, the MLP output and the attention output of the layers, and transcoders; Gemma
+# Scope 2 does the same for Gemma 3, 270M to 27B.
 # Each SAE is a folder on the Hugging Face hub, e.g. in `google/gemma-scope-2b-pt-res` the folder
 # `layer_12/width_16k/average_l0_82` (`params.npz`). Download one (with `huggingface-cli download`,
 # after accepting the Gemma licence), then set `MODEL` and `SAE_FOLDER` in the configuration cell
@@ -521,7 +522,7 @@ else:
     print("Set MODEL and SAE_FOLDER (or GEMMA_LAB_MODEL and GEMMA_LAB_SAE) to run this cell on real Gemma.")
 
 # %% [markdown]
-# Gemma Scope's feature numbers have descriptions on Neuronpedia (neuronpedia.org), searchable by
+# Neuronpedia (neuronpedia.org) shows top activations and descriptions of Gemma Scope features, by
 # model, layer and width: a quick way to find a feature worth ablating or steering with.
 #
 # ## Summary
