@@ -12,7 +12,9 @@ Importing the package loads the model code only; plotting and widgets load when 
 
 from gemma_lab.activation_cache import ActivationCache, act_name
 from gemma_lab.config import PRESETS, GemmaConfig
+from gemma_lab.factored_matrix import FactoredMatrix
 from gemma_lab.generation import GenerationResult, StepRecord, decode_step, generate, prefill, stream
+from gemma_lab.hooked_gemma import HookedGemma
 from gemma_lab.hooks import HookPoint
 from gemma_lab.kv_cache import KVCache
 from gemma_lab.loading import CheckpointError, load_pretrained
@@ -26,11 +28,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCache",
     "CheckpointError",
+    "FactoredMatrix",
     "Gemma",
     "GemmaTokenizer",
     "GemmaConfig",
     "GenerationResult",
     "HookPoint",
+    "HookedGemma",
     "KVCache",
     "PRESETS",
     "SAE",

@@ -16,6 +16,11 @@ arguments), so its tutorials read unchanged. Two things differ because Gemma is 
   what it wrote before the norm.
 * Gemma 2's final logit softcap is not linear either: ``logit_attrs`` attributes the logits
   *before* the softcap (for Gemma 1/3 these are the logits).
+* Gemma 4 multiplies the whole stream leaving each block by a fixed ``layer_scalar`` (a constant,
+  so this stays exact): every component is scaled by the scalars of the blocks it passes through
+  on its way to ``layer``, so the decomposition still sums to the stream. Its norm gains are
+  ``w``, not ``1 + w`` (``RMSNorm.gain()``), and its per-layer inputs add one more component per
+  layer (``"{l}_per_layer_out"``).
 
 Helpers that do arithmetic (``apply_ln_to_stack``, ``stack_head_results``, ``logit_attrs``) work
 in float32 and return float32; stacking helpers return the cached dtype.
@@ -166,6 +171,15 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             stack = self.apply_ln_to_stack(stack, upto, mlp_input=mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
+    def _carried(self, layer: int, upto: int) -> torch.Tensor | float:
+        """What a component written in block ``layer`` is multiplied by on its way to ``resid_pre`` of
+        ``upto``: the ``layer_scalar`` of every block it leaves (Gemma 4), else 1."""
+        factor = 1.0
+        for block in self._model().blocks[layer:upto]:
+            if block.layer_scalar is not None:
+                factor = factor * block.layer_scalar.float()
+        return factor
+
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
                         apply_ln: bool = False, pos_slice: PosSlice = None, incl_embeds: bool = True,
                         return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
@@ -182,16 +196,21 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if mlp_input and upto == n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (whose MLP input it is)")
         rows, labels = [], []
+        carried = [self._carried(l, upto) for l in range(upto + 1)]  # Gemma 4's layer scalars, else 1.0
         if incl_embeds:
-            rows.append(self["embed"])
+            rows.append(self["embed"] * carried[0])
             labels.append("embed")
+        per_layer = self._model().blocks[0].per_layer is not None  # Gemma 4 E2B/E4B
         for l in range(upto + (1 if mlp_input else 0)):
             if mode in ("all", "attn"):
-                rows.append(self["attn_out", l])
+                rows.append(self["attn_out", l] * carried[l])
                 labels.append(f"{l}_attn_out")
             if mode in ("all", "mlp") and l < upto:
-                rows.append(self["mlp_out", l])
+                rows.append(self["mlp_out", l] * carried[l])
                 labels.append(f"{l}_mlp_out")
+            if mode == "all" and per_layer and l < upto:
+                rows.append(self[f"blocks.{l}.hook_per_layer_out"] * carried[l])
+                labels.append(f"{l}_per_layer_out")
         stack = slice_pos(torch.stack(rows), pos_slice)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, upto, mlp_input=mlp_input, pos_slice=pos_slice)
@@ -220,8 +239,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             result = einsum(z, w_o, "... head d_head, head d_head d_model -> head ... d_model")
             if block.ln1_post is not None:  # linearise the post-attention RMSNorm around this run
                 inv_rms = slice_pos(self[f"blocks.{l}.ln1_post.hook_inv_rms"], pos_slice).float()
-                result = result * inv_rms * (1.0 + block.ln1_post.weight.float())
-            per_layer.append(result)
+                result = result * inv_rms * block.ln1_post.gain()
+            per_layer.append(result * self._carried(l, upto))
         heads = rearrange(torch.stack(per_layer), "layer head ... -> (layer head) ...")
         labels = [f"L{l}H{h}" for l in range(upto) for h in range(model.cfg.n_heads)]
         if incl_remainder:
@@ -251,7 +270,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             norm_name = "ln2" if mlp_input else "ln1"
             norm, name = getattr(model.blocks[layer], norm_name), f"blocks.{layer}.{norm_name}"
         inv_rms = slice_pos(self[f"{name}.hook_inv_rms"], pos_slice).float()
-        return residual_stack.float() * inv_rms * (1.0 + norm.weight.float())
+        return residual_stack.float() * inv_rms * norm.gain()
 
     def logit_attrs(self, residual_stack: torch.Tensor, tokens: int | torch.Tensor,
                     incorrect_tokens: int | torch.Tensor | None = None,

@@ -362,12 +362,13 @@ def describe_config(cfg, title: str) -> list[str]:
         ("vocab", f"{cfg.vocab_size}"),
         ("context", f"{cfg.max_seq_len} tokens"),
         ("sliding window", f"{cfg.sliding_window} tokens" if cfg.sliding_window and n_local else "none"),
-        ("attention scale", f"1/sqrt({cfg.query_pre_attn_scalar or cfg.d_head:g})"),
+        ("attention scale", f"1/sqrt({cfg.query_pre_attn_scalar or cfg.d_head:g})" if cfg.family < 4
+         else "1 (q_norm and k_norm carry the scale)"),
         ("softcaps", f"attention {cfg.attn_softcap}, final {cfg.final_softcap}"),
         ("norms", ("sandwich (pre and post)" if cfg.sandwich_norms else "pre-norm")
          + (", q/k norm" if cfg.qk_norm else "")),
         ("rope theta", f"global {cfg.rope_theta:g} (scale {cfg.rope_scale:g}), local {cfg.rope_theta_local:g}"),
-    ]
+    ] + _gemma4_rows(cfg) + [_kv_cache_row(cfg)]
     n_params = cfg.n_params()
     rows += [
         ("parameters", f"{n_params:,} ({_count(n_params)}; embedding {cfg.vocab_size * cfg.d_model:,})"),
@@ -375,6 +376,43 @@ def describe_config(cfg, title: str) -> list[str]:
     ]
     width = max(len(name) for name, _ in rows)
     return [title] + [f"  {name:<{width}}  {value}" for name, value in rows]
+
+
+def _gemma4_rows(cfg) -> list[tuple[str, str]]:
+    """What only Gemma 4 has (nothing for Gemma 1-3)."""
+    if cfg.family < 4:
+        return []
+    global_layer = cfg.layer_types.index("global")
+    shared = [layer for layer in range(cfg.n_layers) if cfg.is_kv_shared(layer)]
+    rows = [("global heads", f"d_head {cfg.d_head_for(global_layer)}, {cfg.n_kv_heads_for(global_layer)} key/value"
+             + (", keys are values (K=V)" if cfg.k_eq_v else "")
+             + f", RoPE on {cfg.rope_fraction_global:g} of each head")]
+    if shared:
+        sources = sorted({cfg.kv_source(layer) for layer in shared})
+        rows.append(("kv sharing", f"layers {shared[0]}-{shared[-1]} reuse the keys and values of layers "
+                     f"{', '.join(map(str, sources))}" + (f" (MLP {2 * cfg.d_mlp} wide there)" if cfg.double_wide_mlp else "")))
+    if cfg.d_per_layer:
+        rows.append(("per-layer embeddings", f"{cfg.d_per_layer} per layer, table {cfg.vocab_per_layer} x "
+                     f"{cfg.n_layers * cfg.d_per_layer} ({cfg.vocab_per_layer * cfg.n_layers * cfg.d_per_layer:,} parameters)"))
+    if cfg.n_experts:
+        rows.append(("experts", f"{cfg.n_experts_active} of {cfg.n_experts} per token, d_expert {cfg.d_expert}, "
+                     "beside the dense MLP"))
+    return rows
+
+
+def _kv_cache_row(cfg) -> tuple[str, str]:
+    """KV cache bytes per token in bf16: what global layers keep for every token, local ones only within
+    their window; Gemma 4's KV-shared layers keep nothing."""
+    own = [layer for layer in range(cfg.n_layers) if not cfg.is_kv_shared(layer)]
+    per_layer = {layer: 2 * 2 * cfg.n_kv_heads_for(layer) * cfg.d_head_for(layer) for layer in own}  # k, v; bf16
+    global_bytes = sum(b for layer, b in per_layer.items() if not cfg.is_local(layer))
+    local_bytes = sum(b for layer, b in per_layer.items() if cfg.is_local(layer))
+    text = f"bf16 {_size(global_bytes)} per token (global layers)"
+    if local_bytes:
+        text += f" + {_size(local_bytes)} per token of the last {cfg.sliding_window} (local layers)"
+    if len(own) < cfg.n_layers:
+        text += f"; {cfg.n_layers - len(own)} KV-shared layers store none"
+    return ("kv cache", text)
 
 
 def _count(n: int) -> str:

@@ -1,4 +1,4 @@
-"""GemmaConfig: every number that shapes a Gemma 1, 2 or 3 text model, in one frozen dataclass.
+"""GemmaConfig: every number that shapes a Gemma 1, 2, 3 or 4 text model, in one frozen dataclass.
 
 Presets reproduce the published architectures (figures from Google's model cards and the configs
 shipped with the checkpoints; see ``docs/architecture.md``). ``GemmaConfig.from_hf`` reads a
@@ -31,7 +31,7 @@ from gemma_lab.hf_format import (
 class GemmaConfig:
     """The architecture of one Gemma text model (no weights, no tokenizer, no file paths)."""
 
-    family: int  # Gemma generation: 1 (Gemma, 1.1, CodeGemma), 2 or 3
+    family: int  # Gemma generation: 1 (Gemma, 1.1, CodeGemma), 2, 3 or 4
     vocab_size: int  # rows of the (tied) embedding matrix
     d_model: int  # width of the residual stream
     n_layers: int  # transformer blocks
@@ -52,6 +52,18 @@ class GemmaConfig:
     rope_theta: float = 10_000.0  # RoPE base on global layers
     rope_theta_local: float = 10_000.0  # RoPE base on local (sliding-window) layers
     rope_scale: float = 1.0  # linear position interpolation on global layers (Gemma 3 4B+: 8)
+    # ---- Gemma 4 (all off by default: Gemma 1-3 never see them) ----
+    d_head_global: int | None = None  # Gemma 4: head width on global layers (512; None: d_head)
+    n_kv_heads_global: int | None = None  # Gemma 4 K=V models: kv heads on global layers (None: n_kv_heads)
+    rope_fraction_global: float = 1.0  # Gemma 4 "proportional" RoPE: share of a global head that rotates
+    k_eq_v: bool = False  # Gemma 4 (31B, 26B-A4B): global layers have no v_proj; values are the keys' projection
+    n_kv_shared_layers: int = 0  # Gemma 4 E2B/E4B: the last layers reuse another layer's keys and values
+    double_wide_mlp: bool = False  # Gemma 4 E2B: the KV-shared layers have an MLP twice as wide
+    d_per_layer: int = 0  # Gemma 4 E2B/E4B: width of the per-layer embeddings (PLE); 0 = none
+    vocab_per_layer: int = 0  # rows of the per-layer embedding table
+    n_experts: int = 0  # Gemma 4 26B-A4B: experts per layer (mixture of experts beside the MLP); 0 = none
+    n_experts_active: int = 0  # experts each token is routed to (top-k)
+    d_expert: int = 0  # width of one branch of one expert's GeGLU
     name: str = ""  # preset or checkpoint this config came from, for display only
 
     def __post_init__(self) -> None:
@@ -61,8 +73,8 @@ class GemmaConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if type(self.family) is not int or self.family not in (1, 2, 3):
-            raise ValueError(f"GemmaConfig.family must be 1, 2 or 3, got {self.family!r}")
+        if type(self.family) is not int or self.family not in (1, 2, 3, 4):
+            raise ValueError(f"GemmaConfig.family must be 1, 2, 3 or 4, got {self.family!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp",
                      "max_seq_len"):
             value = getattr(self, name)
@@ -101,6 +113,38 @@ class GemmaConfig:
             raise ValueError("GemmaConfig has local layers but no sliding_window")
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ValueError(f"GemmaConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
+        self._validate_gemma4()
+
+    def _validate_gemma4(self) -> None:
+        gemma4_only = dict(d_head_global=self.d_head_global, n_kv_heads_global=self.n_kv_heads_global,
+                           k_eq_v=self.k_eq_v, n_kv_shared_layers=self.n_kv_shared_layers,
+                           double_wide_mlp=self.double_wide_mlp, d_per_layer=self.d_per_layer,
+                           n_experts=self.n_experts, rope_fraction_global=self.rope_fraction_global != 1.0)
+        used = [name for name, value in gemma4_only.items() if value]
+        if used and self.family != 4:
+            raise ValueError(f"GemmaConfig.{used[0]} is a Gemma 4 feature; family is {self.family}")
+        if not 0 < self.rope_fraction_global <= 1:
+            raise ValueError(f"GemmaConfig.rope_fraction_global must be in (0, 1], got {self.rope_fraction_global}")
+        for name in ("d_head_global", "n_kv_heads_global"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1 or (name == "d_head_global" and value % 2)):
+                raise ValueError(f"GemmaConfig.{name} must be a positive (even) integer or None, got {value!r}")
+        if self.n_heads % self.n_kv_heads_for(self.n_layers - 1 if GLOBAL in self.layer_types else 0):
+            raise ValueError(f"GemmaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads_global "
+                             f"({self.n_kv_heads_global})")
+        if not 0 <= self.n_kv_shared_layers < self.n_layers:
+            raise ValueError(f"GemmaConfig.n_kv_shared_layers must be in [0, n_layers), got {self.n_kv_shared_layers}")
+        if self.n_kv_shared_layers:
+            producers = set(self.layer_types[: self.n_layers - self.n_kv_shared_layers])
+            consumers = set(self.layer_types[self.n_layers - self.n_kv_shared_layers:])
+            if not consumers <= producers:
+                raise ValueError("GemmaConfig: a KV-shared layer has no earlier non-shared layer of its kind "
+                                 f"({sorted(consumers - producers)}) to read keys and values from")
+        if self.d_per_layer and self.vocab_per_layer < 1:
+            raise ValueError("GemmaConfig.d_per_layer is set but vocab_per_layer is not")
+        if self.n_experts and not (0 < self.n_experts_active <= self.n_experts and self.d_expert > 0):
+            raise ValueError(f"GemmaConfig: {self.n_experts} experts need 0 < n_experts_active <= n_experts "
+                             f"and d_expert > 0 (got {self.n_experts_active}, {self.d_expert})")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -117,8 +161,18 @@ class GemmaConfig:
 
     @property
     def attn_scale(self) -> float:
-        """Factor applied to q.k: ``query_pre_attn_scalar ** -0.5`` (Gemma 1: ``d_head ** -0.5``)."""
+        """Factor applied to q.k: ``query_pre_attn_scalar ** -0.5`` (Gemma 1: ``d_head ** -0.5``).
+
+        Gemma 4: 1.0. Its q_norm and k_norm gains are learned with the scale folded in.
+        """
+        if self.family == 4:
+            return 1.0
         return (self.query_pre_attn_scalar or self.d_head) ** -0.5
+
+    @property
+    def norm_gain_offset(self) -> bool:
+        """True when RMSNorm gains are stored as offsets from 1 (``1 + w``, Gemma 1-3); Gemma 4 stores ``w``."""
+        return self.family < 4
 
     @property
     def embed_scale(self) -> float:
@@ -135,12 +189,73 @@ class GemmaConfig:
             return self.rope_theta_local, 1.0
         return self.rope_theta, self.rope_scale
 
+    # ---- per-layer shapes (they differ between layers only in Gemma 4) ----------------------
+    def d_head_for(self, layer: int) -> int:
+        """Head width on ``layer``: Gemma 4's global layers have wider heads (``d_head_global``)."""
+        if self.d_head_global is not None and not self.is_local(layer):
+            return self.d_head_global
+        return self.d_head
+
+    def n_kv_heads_for(self, layer: int) -> int:
+        """Key/value heads on ``layer`` (Gemma 4 K=V models have fewer on global layers)."""
+        if self.n_kv_heads_global is not None and not self.is_local(layer):
+            return self.n_kv_heads_global
+        return self.n_kv_heads
+
+    def rope_fraction_for(self, layer: int) -> float:
+        """Share of each head's dimensions that RoPE rotates on ``layer`` (Gemma 4 global: 0.25)."""
+        return 1.0 if self.is_local(layer) else self.rope_fraction_global
+
+    def has_v_proj(self, layer: int) -> bool:
+        """False on Gemma 4 K=V global layers, whose values come from the key projection."""
+        return not (self.k_eq_v and not self.is_local(layer))
+
+    def kv_source(self, layer: int) -> int:
+        """The layer whose keys and values ``layer`` attends to: itself, or for Gemma 4's KV-shared
+        layers (the last ``n_kv_shared_layers``) the last non-shared layer of the same kind."""
+        first_shared = self.n_layers - self.n_kv_shared_layers
+        if layer < first_shared:
+            return layer
+        return max(i for i in range(first_shared) if self.layer_types[i] == self.layer_types[layer])
+
+    def is_kv_shared(self, layer: int) -> bool:
+        return self.kv_source(layer) != layer
+
+    def d_mlp_for(self, layer: int) -> int:
+        """MLP width on ``layer``: doubled on Gemma 4 E2B's KV-shared layers (``double_wide_mlp``)."""
+        return self.d_mlp * (2 if self.double_wide_mlp and self.is_kv_shared(layer) else 1)
+
+    def kv_numbers_per_token(self) -> int:
+        """Numbers the KV cache holds per token per layer, summed over the layers that store keys
+        and values (KV-shared layers store nothing; K=V layers store values anyway, see kv_cache)."""
+        return sum(2 * self.n_kv_heads_for(layer) * self.d_head_for(layer)
+                   for layer in range(self.n_layers) if not self.is_kv_shared(layer))
+
     def n_params(self) -> int:
         """Parameter count with the tied embedding counted once (matches published figures)."""
+        if self.family == 4:
+            return self._n_params_gemma4()
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.d_model * self.d_mlp
         norms = self.d_model * (4 if self.sandwich_norms else 2) + (2 * self.d_head if self.qk_norm else 0)
         return self.vocab_size * self.d_model + self.n_layers * (attn + mlp + norms) + self.d_model
+
+    def _n_params_gemma4(self) -> int:
+        total = self.vocab_size * self.d_model + self.d_model  # tied embedding, final norm
+        if self.d_per_layer:  # per-layer embedding table, its projection from the stream, its norm
+            width = self.n_layers * self.d_per_layer
+            total += self.vocab_per_layer * width + self.d_model * width + self.d_per_layer
+            total += self.n_layers * (2 * self.d_model * self.d_per_layer + self.d_model)
+        for layer in range(self.n_layers):
+            d_head, n_kv = self.d_head_for(layer), self.n_kv_heads_for(layer)
+            total += 2 * self.d_model * self.n_heads * d_head + d_head  # q_proj, o_proj, q_norm
+            if not self.is_kv_shared(layer):
+                total += self.d_model * n_kv * d_head * (2 if self.has_v_proj(layer) else 1) + d_head
+            total += 3 * self.d_model * self.d_mlp_for(layer) + 4 * self.d_model
+            if self.n_experts:  # router (proj, scale, per-expert scale), experts, three more norms
+                total += self.d_model * self.n_experts + self.d_model + self.n_experts
+                total += 3 * self.n_experts * self.d_model * self.d_expert + 3 * self.d_model
+        return total
 
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (layer_types is rebuilt when n_layers changes)."""
@@ -198,6 +313,15 @@ def _gemma3(name: str, n_layers: int, *, vocab_size: int = 262208, window: int =
                        rope_theta_local=10_000.0, rope_scale=rope_scale, name=name, **kw)
 
 
+def _gemma4(name: str, n_layers: int, *, window: int, max_seq_len: int, period: int = 6,
+            **kw: Any) -> GemmaConfig:
+    return GemmaConfig(family=4, vocab_size=262144, n_layers=n_layers, max_seq_len=max_seq_len,
+                       sandwich_norms=True, qk_norm=True, final_softcap=30.0, sliding_window=window,
+                       layer_types=layer_pattern(4, n_layers, period), rope_theta=1_000_000.0,
+                       rope_theta_local=10_000.0, d_head=256, d_head_global=512, rope_fraction_global=0.25,
+                       name=name, **kw)
+
+
 PRESETS: dict[str, GemmaConfig] = {
     # Gemma 1. Gemma 1.1 and CodeGemma (2b/7b) share these architectures exactly.
     "gemma-2b": _gemma1("gemma-2b", d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_head=256,
@@ -224,6 +348,22 @@ PRESETS: dict[str, GemmaConfig] = {
                           d_mlp=15360, query_pre_attn_scalar=256.0),
     "gemma3-27b": _gemma3("gemma3-27b", 62, d_model=5376, n_heads=32, n_kv_heads=16, d_head=128,
                           d_mlp=21504, query_pre_attn_scalar=168.0),
+    # Gemma 4 text models (text towers of the multimodal checkpoints google/gemma-4-{E2B,E4B,31B,26B-A4B}).
+    # Numbers from the published config.json files (text_config), as transcribed in their model cards and
+    # in several public loaders; the 26B-A4B ones also match its GGUF metadata. The configs set
+    # final_logit_softcapping 30 (transformers' default is None). Heads: 256 wide on sliding layers,
+    # 512 on global ones, a quarter of which rotates.
+    "gemma4-e2b": _gemma4("gemma4-e2b", 35, window=512, max_seq_len=131072, period=5, d_model=1536,
+                          n_heads=8, n_kv_heads=1, d_mlp=6144, n_kv_shared_layers=20, double_wide_mlp=True,
+                          d_per_layer=256, vocab_per_layer=262144),
+    "gemma4-e4b": _gemma4("gemma4-e4b", 42, window=512, max_seq_len=131072, d_model=2560, n_heads=8,
+                          n_kv_heads=2, d_mlp=10240, n_kv_shared_layers=18, d_per_layer=256,
+                          vocab_per_layer=262144),
+    "gemma4-31b": _gemma4("gemma4-31b", 60, window=1024, max_seq_len=262144, d_model=5376, n_heads=32,
+                          n_kv_heads=16, n_kv_heads_global=4, k_eq_v=True, d_mlp=21504),
+    "gemma4-26b-a4b": _gemma4("gemma4-26b-a4b", 30, window=1024, max_seq_len=262144, d_model=2816,
+                              n_heads=16, n_kv_heads=8, n_kv_heads_global=2, k_eq_v=True, d_mlp=2112,
+                              n_experts=128, n_experts_active=8, d_expert=704),
     # Small random-weight sizes for tests and quick experiments (same code paths, seconds on a CPU).
     "test-gemma": GemmaConfig(
         family=1, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_head=16, d_mlp=128,
@@ -237,4 +377,13 @@ PRESETS: dict[str, GemmaConfig] = {
         max_seq_len=256, sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=16.0, sliding_window=8,
         layer_types=layer_pattern(3, 6), rope_theta=1_000_000.0, rope_theta_local=10_000.0,
         rope_scale=8.0, name="test-gemma3"),
+    # Every Gemma 4 feature at once (no published size has them all): per-layer embeddings, K=V
+    # global layers, two KV-shared layers with a double-wide MLP, and 4 experts, 2 per token.
+    "test-gemma4": GemmaConfig(
+        family=4, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
+        max_seq_len=256, sandwich_norms=True, qk_norm=True, sliding_window=8,
+        layer_types=(LOCAL, LOCAL, GLOBAL) * 2, rope_theta=1_000_000.0, rope_theta_local=10_000.0,
+        d_head_global=32, n_kv_heads_global=1, rope_fraction_global=0.25, k_eq_v=True, n_kv_shared_layers=2,
+        double_wide_mlp=True, d_per_layer=8, vocab_per_layer=512, n_experts=4, n_experts_active=2, d_expert=32,
+        name="test-gemma4"),
 }

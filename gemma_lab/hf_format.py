@@ -7,7 +7,8 @@ the tensor-name table, both directions.
 
 Both config spellings are read: the current one (``rope_parameters``, ``layer_types``) and the legacy
 one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``, ``rope_scaling``,
-``sliding_window_pattern``). A new checkpoint generation adds its keys and names here.
+``sliding_window_pattern``). A new checkpoint generation adds its keys and names here: Gemma 4's
+(``gemma4_text``, ``gemma4``) have blocks of their own below.
 
 Imports the standard library only: this is the bottom of the package, below ``config.py`` (which
 builds ``GemmaConfig`` from these fields and takes the layer vocabulary ``GLOBAL``/``LOCAL`` from
@@ -104,6 +105,8 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     """``GemmaConfig`` fields from a transformers ``config.json`` dict (``source`` names it in errors)."""
     d = dict(d)
     model_type = d.get("model_type")
+    if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
+        return gemma4_config_fields(d, source)
     if model_type in _MULTIMODAL:
         if not isinstance(d.get("text_config", {}), Mapping):
             raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
@@ -115,7 +118,8 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     if model_type not in _FAMILY:
         raise ValueError(
             f"{source}: model_type {model_type!r} is not a Gemma text model "
-            f"(supported: gemma, gemma2, gemma3_text, gemma3); architectures={d.get('architectures')}"
+            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma4_text, gemma4); "
+            f"architectures={d.get('architectures')}"
         )
     family = _FAMILY[model_type]
     d = {**_HF_DEFAULTS[model_type], **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
@@ -208,7 +212,10 @@ def layer_pattern(family: int, n_layers: int, period: int = 6) -> tuple[str, ...
         return (GLOBAL,) * n_layers
     if family == 2:
         return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(n_layers))
-    return tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
+    types = tuple(GLOBAL if (i + 1) % period == 0 else LOCAL for i in range(n_layers))
+    if family == 4:  # Gemma 4 forces its last layer global
+        types = types[:-1] + (GLOBAL,)
+    return types
 
 
 def _hf_rope(d: dict[str, Any], family: int, source: str) -> tuple[float, float, float]:
@@ -243,6 +250,124 @@ def _linear_factor(rope: Mapping[str, Any], source: str) -> float:
     raise ValueError(f"{source}: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
 
 
+# ---- Gemma 4 config.json (model_type gemma4_text, or gemma4 with the text tower under text_config) ----
+
+_GEMMA4_TYPES = {"gemma4_text", "gemma4"}
+# Gemma4TextConfig's defaults (transformers 5.24): save_pretrained leaves out keys that equal them.
+_GEMMA4_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=262144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+    rms_norm_eps=1e-6, sliding_window=512, final_logit_softcapping=None, vocab_size_per_layer_input=262144,
+    hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
+    use_double_wide_mlp=False, num_experts=None, top_k_experts=None, moe_intermediate_size=None,
+    global_head_dim=512, num_global_key_value_heads=None, use_bidirectional_attention=None,
+)
+_GEMMA4_ROPE_DEFAULTS = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                            "rope_theta": 1_000_000.0}}
+
+
+def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``GemmaConfig`` fields from a Gemma 4 ``config.json`` (``gemma4_text``, or ``gemma4`` with a text tower)."""
+    d = dict(d)
+    if d.get("model_type") == "gemma4":  # multimodal: the text tower's config sits under text_config
+        if not isinstance(d.get("text_config", {}), Mapping):
+            raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
+                             f"got {d.get('text_config')!r}")
+        d = dict(d.get("text_config") or {})
+    given = {k: v for k, v in d.items() if v is not None or k == "final_logit_softcapping"}
+    d = {**_GEMMA4_DEFAULTS, **given}
+    if d["use_bidirectional_attention"] == "all":
+        raise ValueError(f"{source}: use_bidirectional_attention='all' (a non-causal Gemma 4) is not supported")
+    # ("vision" makes image tokens attend both ways; text-only runs are causal, as here.)
+    if d["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_accurate"):
+        raise ValueError(f"{source}: unsupported activation {d['hidden_activation']!r} (Gemma 4 uses tanh GELU)")
+    n_layers = _hf_int(d, "num_hidden_layers", source)
+    if n_layers > MAX_LAYERS:  # before anything is built per layer
+        raise ValueError(f"{source}: num_hidden_layers = {n_layers} exceeds the limit of {MAX_LAYERS}")
+    names = _LAYER_TYPE_NAMES
+    if d.get("layer_types"):
+        unknown = sorted(set(d["layer_types"]) - set(names))
+        if unknown or len(d["layer_types"]) != n_layers:
+            raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
+                             f"full_attention, got {len(d['layer_types'])} entries {unknown or ''}")
+        layer_types = tuple(names[t] for t in d["layer_types"])[:-1] + (GLOBAL,)  # transformers forces the last global
+    else:
+        layer_types = layer_pattern(4, n_layers)
+    d_head_global, n_kv_global = _gemma4_global_shapes(d, layer_types, source)
+    rope = {**_GEMMA4_ROPE_DEFAULTS, **(d.get("rope_parameters") or {})}
+    local, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(f"{source}: RoPE type {local.get('rope_type')!r} on sliding layers is not supported")
+    full_type = full.get("rope_type", "default")
+    if full_type not in ("default", "proportional"):
+        raise ValueError(f"{source}: RoPE type {full_type!r} on global layers is not supported "
+                         "(Gemma 4 uses proportional)")
+    moe = bool(d["enable_moe_block"])
+    d_per_layer = int(d["hidden_size_per_layer_input"] or 0)
+    return dict(
+        family=4,
+        vocab_size=_hf_int(d, "vocab_size", source),
+        d_model=_hf_int(d, "hidden_size", source),
+        n_layers=n_layers,
+        n_heads=_hf_int(d, "num_attention_heads", source),
+        n_kv_heads=_hf_int(d, "num_key_value_heads", source),
+        d_head=_hf_int(d, "head_dim", source),
+        d_mlp=_hf_int(d, "intermediate_size", source),
+        max_seq_len=_hf_int(d, "max_position_embeddings", source),
+        norm_eps=_hf_float(d, "rms_norm_eps", source),
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
+        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
+        rope_theta_local=float(local.get("rope_theta", 10_000.0)),
+        rope_scale=float(full.get("factor", 1.0)),
+        d_head_global=d_head_global,
+        n_kv_heads_global=n_kv_global,
+        # "default" RoPE ignores partial_rotary_factor in transformers; only "proportional" reads it.
+        rope_fraction_global=float(full.get("partial_rotary_factor", 1.0)) if full_type == "proportional" else 1.0,
+        k_eq_v=bool(d["attention_k_eq_v"]),
+        n_kv_shared_layers=int(d["num_kv_shared_layers"] or 0),
+        double_wide_mlp=bool(d["use_double_wide_mlp"]),
+        d_per_layer=d_per_layer,
+        vocab_per_layer=_hf_int(d, "vocab_size_per_layer_input", source) if d_per_layer else 0,
+        n_experts=_hf_int(d, "num_experts", source) if moe else 0,
+        n_experts_active=_hf_int(d, "top_k_experts", source) if moe else 0,
+        d_expert=_hf_int(d, "moe_intermediate_size", source) if moe else 0,
+        name=str(d.get("_name_or_path") or ""),
+    )
+
+
+def _gemma4_global_shapes(d: dict[str, Any], layer_types: tuple[str, ...], source: str) -> tuple[int, int | None]:
+    """(head width, kv heads or None) of the global layers, from either spelling.
+
+    Hub configs say ``global_head_dim`` and ``num_global_key_value_heads`` (the latter used only when
+    ``attention_k_eq_v``, as transformers does); transformers >= 5.24 saves ``per_layer_config``,
+    ``{layer: {"head_dim": ..., "num_key_value_heads": ...}}`` for each global layer.
+    """
+    per_layer = d.get("per_layer_config")
+    if not per_layer:
+        n_kv = d["num_global_key_value_heads"] if d["attention_k_eq_v"] else None
+        return _hf_int(d, "global_head_dim", source), (int(n_kv) if n_kv is not None else None)
+    overrides = {}
+    for key, values in per_layer.items():
+        if not str(key).isdigit() or int(key) >= len(layer_types):
+            raise ValueError(f"{source}: per_layer_config key {key!r} is not a layer index")
+        unknown = sorted(set(values) - {"head_dim", "num_key_value_heads"})
+        if unknown or layer_types[int(key)] != GLOBAL:
+            raise ValueError(f"{source}: per_layer_config[{key}] = {values}: only head_dim and num_key_value_heads "
+                             "of global layers are supported")
+        overrides[int(key)] = (values.get("head_dim"), values.get("num_key_value_heads"))
+    distinct = {overrides.get(i, (None, None)) for i, kind in enumerate(layer_types) if kind == GLOBAL}
+    if len(distinct) != 1:
+        raise ValueError(f"{source}: per_layer_config gives global layers different shapes {sorted(map(str, distinct))}")
+    head_dim, n_kv = distinct.pop()
+    return int(head_dim or d["head_dim"]), (int(n_kv) if n_kv is not None else None)
+
+
 # ---- GemmaConfig -> config.json ------------------------------------------------------------------
 
 _MODEL_TYPES = {1: ("gemma", "GemmaForCausalLM"), 2: ("gemma2", "Gemma2ForCausalLM"),
@@ -255,6 +380,8 @@ def hf_config_dict(cfg: ConfigLike, *, bos_id: int = 2, eos_id: int = 1, pad_id:
 
     The token ids default to Gemma's (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2).
     """
+    if cfg.family == 4:
+        return _gemma4_config_dict(cfg, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, dtype=dtype)
     model_type, architecture = _MODEL_TYPES[cfg.family]
     ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
     d: dict[str, Any] = {
@@ -304,6 +431,57 @@ def hf_config_dict(cfg: ConfigLike, *, bos_id: int = 2, eos_id: int = 1, pad_id:
     return d
 
 
+def _gemma4_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dtype: str) -> dict[str, Any]:
+    """Gemma 4's ``config.json`` in the hub's spelling (``global_head_dim``, ``num_global_key_value_heads``)."""
+    ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
+    global_layer = cfg.layer_types.index(GLOBAL)
+    full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_fraction_global != 1.0:
+        full = {"rope_type": "proportional", "partial_rotary_factor": cfg.rope_fraction_global,
+                "rope_theta": cfg.rope_theta}
+    if cfg.rope_scale != 1.0:
+        full["factor"] = cfg.rope_scale
+    return {
+        "architectures": ["Gemma4ForCausalLM"],
+        "model_type": "gemma4_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "global_head_dim": cfg.d_head_for(global_layer),
+        "num_global_key_value_heads": cfg.n_kv_heads_global,
+        "attention_k_eq_v": cfg.k_eq_v,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "sliding_window": cfg.sliding_window or 512,
+        "layer_types": [ours_to_theirs[t] for t in cfg.layer_types],
+        "rope_parameters": {"full_attention": full,
+                            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+        "final_logit_softcapping": cfg.final_softcap,
+        "num_kv_shared_layers": cfg.n_kv_shared_layers,
+        "use_double_wide_mlp": cfg.double_wide_mlp,
+        "hidden_size_per_layer_input": cfg.d_per_layer,  # 0 (no per-layer embeddings) must be written: the default is 256
+        "vocab_size_per_layer_input": cfg.vocab_per_layer or cfg.vocab_size,
+        "enable_moe_block": bool(cfg.n_experts),
+        "num_experts": cfg.n_experts or None,
+        "top_k_experts": cfg.n_experts_active or None,
+        "moe_intermediate_size": cfg.d_expert or None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": bos_id,
+        "dtype": dtype,
+    }
+
+
 # ---- tensor names ---------------------------------------------------------------------------------
 
 # Prefixes in front of the text model's names, by checkpoint kind.
@@ -314,6 +492,8 @@ NON_TEXT = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 def hf_name_table(config: ConfigLike) -> dict[str, str]:
     """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
+    if config.family == 4:
+        return gemma4_name_table(config)
     table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
     # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
     norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
@@ -332,6 +512,58 @@ def hf_name_table(config: ConfigLike) -> dict[str, str]:
             table[f"{theirs}self_attn.q_norm.weight"] = f"{ours}attn.q_norm.weight"
             table[f"{theirs}self_attn.k_norm.weight"] = f"{ours}attn.k_norm.weight"
     return table
+
+
+# ---- Gemma 4 tensor names ------------------------------------------------------------------------
+
+# Gemma4ForConditionalGeneration files also hold these towers; the text model skips them (saying so).
+GEMMA4_NON_TEXT = re.compile(r"^(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\.")
+_GEMMA4_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
+                 "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
+_GEMMA4_MOE = {"router.proj.weight": "moe.router.proj.weight", "router.scale": "moe.router.scale",
+               "router.per_expert_scale": "moe.router.per_expert_scale",
+               "experts.gate_up_proj": "moe.experts.gate_up_proj", "experts.down_proj": "moe.experts.down_proj",
+               "post_feedforward_layernorm_1.weight": "moe.post_norm_dense.weight",
+               "pre_feedforward_layernorm_2.weight": "moe.pre_norm.weight",
+               "post_feedforward_layernorm_2.weight": "moe.post_norm.weight"}
+_GEMMA4_PER_LAYER = {"per_layer_input_gate.weight": "per_layer.gate.weight",
+                     "per_layer_projection.weight": "per_layer.projection.weight",
+                     "post_per_layer_input_norm.weight": "per_layer.post_norm.weight"}
+
+
+def gemma4_name_table(config: Any) -> dict[str, str]:
+    """transformers' Gemma 4 text names (without the prefix) -> ours, for every parameter and buffer."""
+    table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
+    if config.d_per_layer:
+        table.update({"embed_tokens_per_layer.weight": "per_layer_embed.embed.weight",
+                      "per_layer_model_projection.weight": "per_layer_embed.model_projection.weight",
+                      "per_layer_projection_norm.weight": "per_layer_embed.projection_norm.weight"})
+    for layer in range(config.n_layers):
+        theirs, ours = f"layers.{layer}.", f"blocks.{layer}."
+        table[f"{theirs}layer_scalar"] = f"{ours}layer_scalar"
+        for hf_norm, our_norm in _GEMMA4_NORMS.items():
+            table[f"{theirs}{hf_norm}.weight"] = f"{ours}{our_norm}.weight"
+        projections = ["q_proj", "o_proj", "q_norm"]
+        if not config.is_kv_shared(layer):  # shared layers have no keys or values of their own
+            projections += ["k_proj", "k_norm"] + (["v_proj"] if config.has_v_proj(layer) else [])
+        for part in projections:
+            table[f"{theirs}self_attn.{part}.weight"] = f"{ours}attn.{part}.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            table[f"{theirs}mlp.{proj}.weight"] = f"{ours}mlp.{proj}.weight"
+        groups = ([_GEMMA4_MOE] if config.n_experts else []) + ([_GEMMA4_PER_LAYER] if config.d_per_layer else [])
+        for group in groups:
+            table.update({theirs + name: ours + mine for name, mine in group.items()})
+    return table
+
+
+def gemma4_skip_reason(name: str, config: Any) -> str | None:
+    """Why a tensor of a Gemma 4 file is not loaded (None: it is loaded or unexpected)."""
+    if GEMMA4_NON_TEXT.match(name):
+        return "vision/audio tower tensors (gemma_lab loads the text model only)"
+    match = re.search(r"layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm)\.weight$", name)
+    if match and int(match.group(1)) < config.n_layers and config.is_kv_shared(int(match.group(1))):
+        return "key/value weights of KV-shared layers (unused: those layers read an earlier layer's keys and values)"
+    return None
 
 
 def our_name_table(config: ConfigLike) -> dict[str, str]:

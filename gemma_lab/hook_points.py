@@ -9,7 +9,8 @@
 The axis vocabulary is the model's (``model.py``'s docstring, ``docs/architecture.md``). Which
 families have a hook point is read off the model itself by ``tools/hook_table.py``, which writes
 the table of ``docs/hooks.md`` from ``HOOKS``; ``tests/test_hooks.py`` checks that every hook point
-of Gemma 1, 2 and 3 has an entry here and that every activation has the shape its axes say.
+of Gemma 1, 2 and 3 has an entry here and that every activation has the shape its axes say, and
+``tests/test_gemma4.py`` the same for Gemma 4.
 
 Imports the standard library only: hooks, the activation cache, interp and the widgets read it.
 """
@@ -92,6 +93,74 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "hook_logits": (
         ("batch", "pos", "vocab"), "Logits, after Gemma 2's final softcap; the model's return value."),
 }
+
+
+# ---- Gemma 4 (test-gemma4 has every feature: per-layer embeddings, K=V, KV sharing, experts) ----
+# d_head, kv_head and d_mlp are the layer's own: global layers have wider heads (d_head_global)
+# and K=V models fewer kv heads there; KV-shared layers of E2B have a double-wide MLP.
+_GEMMA4_ONLY = " Gemma 4 E2B/E4B only."
+HOOKS.update({
+    "per_layer_embed.hook_token": (
+        ("batch", "pos", "layer", "d_per_layer"),
+        "Per-layer embeddings (PLE): each token's row of the per-layer table, times sqrt(d_per_layer), one "
+        "slice per layer." + _GEMMA4_ONLY),
+    "per_layer_embed.projection_norm.hook_inv_rms": (("batch", "pos", "layer", "1"), "1 / rms of each layer's projection."),
+    "per_layer_embed.projection_norm.hook_normalized": (
+        ("batch", "pos", "layer", "d_per_layer"), "The projection after its norm (gain `w`): the same tensor as `hook_context`."),
+    "per_layer_embed.hook_context": (
+        ("batch", "pos", "layer", "d_per_layer"),
+        "The main embedding projected to every layer's slice, times d_model^-1/2, RMS-normed."),
+    "per_layer_embed.hook_inputs": (
+        ("batch", "pos", "layer", "d_per_layer"),
+        "What the blocks receive: `(context + token) / sqrt(2)`; block `layer` reads slice `layer`."),
+    "blocks.{layer}.attn.v_norm.hook_inv_rms": (("batch", "pos", "kv_head", "1"), "Gemma 4 value norm: 1 / rms of each value head."),
+    "blocks.{layer}.attn.v_norm.hook_normalized": (
+        ("batch", "pos", "kv_head", "d_head"), "Gemma 4: values after their gain-free RMSNorm (what attention averages)."),
+    "blocks.{layer}.attn.hook_shared_k": (
+        ("batch", "k_pos", "kv_head", "d_head"),
+        "Gemma 4 KV-shared layers only (the last `n_kv_shared_layers`): the keys this layer attends to, read "
+        "from layer `cfg.kv_source(layer)` (the last non-shared layer of its kind; `attn.kv_source`), after "
+        "that layer's k_norm and RoPE; KV cache included. Such layers have no `hook_k`/`hook_v`/`hook_rot_k`."),
+    "blocks.{layer}.attn.hook_shared_v": (
+        ("batch", "k_pos", "kv_head", "d_head"), "Gemma 4 KV-shared layers: the values read from layer `kv_source`."),
+    "blocks.{layer}.moe.post_norm_dense.hook_inv_rms": (("batch", "pos", "1"), "Gemma 4 MoE: 1 / rms of the dense MLP's output."),
+    "blocks.{layer}.moe.post_norm_dense.hook_normalized": (
+        ("batch", "pos", "d_model"), "Gemma 4 MoE: the normalised dense MLP output (the same tensor as `moe.hook_dense_out`)."),
+    "blocks.{layer}.moe.hook_dense_out": (
+        ("batch", "pos", "d_model"),
+        "Gemma 4 26B-A4B: the dense MLP's share of the feed-forward output, beside the experts' "
+        "(`mlp_out = ln2_post(dense_out + experts_out)`)."),
+    "blocks.{layer}.moe.router.norm.hook_inv_rms": (("batch", "pos", "1"), "Router: 1 / rms of `resid_mid`."),
+    "blocks.{layer}.moe.router.norm.hook_normalized": (("batch", "pos", "d_model"), "Router: `resid_mid` normalised, no gain."),
+    "blocks.{layer}.moe.router.hook_logits": (
+        ("batch", "pos", "expert"), "Router logits: `proj(norm(resid_mid) * scale / sqrt(d_model))`."),
+    "blocks.{layer}.moe.router.hook_probs": (
+        ("batch", "pos", "expert"), "Softmax of the router logits, fp32 (transformers' `output_router_logits`)."),
+    "blocks.{layer}.moe.router.hook_chosen": (
+        ("batch", "pos", "top_k"), "The chosen experts (int64), most probable first. A hook may choose others."),
+    "blocks.{layer}.moe.router.hook_weights": (
+        ("batch", "pos", "top_k"), "Their weights: top-k probabilities renormalised to sum 1, times `per_expert_scale`; fp32."),
+    "blocks.{layer}.moe.pre_norm.hook_inv_rms": (("batch", "pos", "1"), "Experts' input norm: 1 / rms of `resid_mid`."),
+    "blocks.{layer}.moe.pre_norm.hook_normalized": (("batch", "pos", "d_model"), "The experts' input."),
+    "blocks.{layer}.moe.experts.hook_expert_out": (
+        ("batch", "pos", "top_k", "d_model"),
+        "Each chosen expert's output times its weight (fp32); summed over top_k it is the experts' output."),
+    "blocks.{layer}.moe.post_norm.hook_inv_rms": (("batch", "pos", "1"), "1 / rms of the experts' summed output."),
+    "blocks.{layer}.moe.post_norm.hook_normalized": (
+        ("batch", "pos", "d_model"), "The normalised experts' output (the same tensor as `moe.hook_experts_out`)."),
+    "blocks.{layer}.moe.hook_experts_out": (("batch", "pos", "d_model"), "Gemma 4 26B-A4B: the experts' share, beside `hook_dense_out`."),
+    "blocks.{layer}.per_layer.hook_input": (
+        ("batch", "pos", "d_per_layer"), "This layer's per-layer input (its slice of `per_layer_embed.hook_inputs`), before gating." + _GEMMA4_ONLY),
+    "blocks.{layer}.per_layer.hook_gate": (("batch", "pos", "d_per_layer"), "The gate the stream opens: `gelu_tanh(resid @ W_gate)`."),
+    "blocks.{layer}.per_layer.hook_gated": (("batch", "pos", "d_per_layer"), "After gating: `gate * input`, the projection's input."),
+    "blocks.{layer}.per_layer.post_norm.hook_inv_rms": (("batch", "pos", "1"), "1 / rms of the projected per-layer input."),
+    "blocks.{layer}.per_layer.post_norm.hook_normalized": (
+        ("batch", "pos", "d_model"), "The normalised per-layer contribution (the same tensor as `hook_per_layer_out`)."),
+    "blocks.{layer}.hook_per_layer_out": (
+        ("batch", "pos", "d_model"),
+        "What the per-layer input adds to the stream, after the MLP. Gemma 4 then multiplies the whole stream by "
+        "the block's `layer_scalar` (so `resid_post = (resid_mid + mlp_out + per_layer_out) * layer_scalar`)." + _GEMMA4_ONLY),
+})
 
 
 # Cache shorthands follow TransformerLens's get_act_name; these spellings name the same points.

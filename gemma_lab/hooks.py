@@ -33,6 +33,19 @@ NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
 HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 
 
+class LayerIndex(int):
+    """A block index that is also callable: ``hook.layer == 3`` and ``hook.layer() == 3``.
+
+    TransformerLens spells it ``hook.layer()`` (a method); plain code here reads the int. Both work.
+    """
+
+    def __call__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
 @dataclass
 class RunContext:
     """What a hook may want to know about the current forward pass beyond its activation.
@@ -51,7 +64,7 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name: str = ""  # full dotted name, set by HookedModule.setup_hooks
-        self.layer: int | None = None  # block index, None outside the blocks
+        self.layer: LayerIndex | None = None  # block index (an int, also callable), None outside the blocks
         self.context = RunContext()
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
@@ -144,7 +157,7 @@ class HookedModule(nn.Module):
             if isinstance(module, HookPoint):
                 module.name = name
                 match = re.match(r"blocks\.(\d+)\.", name)
-                module.layer = int(match.group(1)) if match else None
+                module.layer = LayerIndex(match.group(1)) if match else None
                 module.context = self.run_context
                 self._hook_points[name] = module
 

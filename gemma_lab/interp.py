@@ -60,7 +60,8 @@ def unembed(model: "Gemma", resid: torch.Tensor) -> torch.Tensor:
     For the final ``resid_post`` this is exactly the model's output. It runs ``model.ln_final``,
     so hooks attached to ``ln_final`` see these calls too.
     """
-    return model.unembed(resid)
+    # A HookedGemma's own .unembed is TransformerLens's (x @ W_U, no norm): use its Gemma's.
+    return getattr(model, "model", model).unembed(resid)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
     top_probs, top_tokens, all_probs = [], [], []
     with torch.no_grad():
         for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
-            probs = torch.softmax(model.unembed(resid).float(), dim=-1)[0]
+            probs = torch.softmax(unembed(model, resid).float(), dim=-1)[0]
             values, ids = probs.topk(k, dim=-1)
             top_probs.append(values)
             top_tokens.append(ids)
@@ -127,8 +128,9 @@ class LogitAttribution:
 
     embed: torch.Tensor  # [] the token embedding's contribution
     heads: torch.Tensor  # [layer, head] each attention head's
-    mlps: torch.Tensor  # [layer] each MLP's
+    mlps: torch.Tensor  # [layer] each MLP's (Gemma 4 26B-A4B: dense MLP and experts together)
     total: torch.Tensor  # [] the logit (difference) itself, before Gemma 2's final softcap
+    per_layer: torch.Tensor | None = None  # [layer] Gemma 4 E2B/E4B: each per-layer input's
 
 
 def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int | torch.Tensor, *,
@@ -140,8 +142,9 @@ def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int |
         logit difference ``target - incorrect`` (e.g. " Mary" - " John").
     The final norm is linearised with this run's ``inv_rms`` (and Gemma 2/3's post-attention
     norm likewise, see ``ActivationCache.stack_head_results``), so ``embed + heads.sum() +
-    mlps.sum()`` equals ``total`` up to float rounding. Gemma 2's final softcap is not linear:
-    ``total`` is the logit before it.
+    mlps.sum()`` (Gemma 4 E2B/E4B: ``+ per_layer.sum()``) equals ``total`` up to float rounding;
+    Gemma 4's layer scalars are folded into each component. Gemma 2's final softcap is not
+    linear: ``total`` is the logit before it.
     """
     tokens = _batched(tokens)
     if cache is None:
@@ -150,20 +153,23 @@ def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int |
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with torch.no_grad():
         heads = cache.stack_head_results(pos_slice=pos)  # [layer*head, batch, d_model]
-        mlps = torch.stack([cache["mlp_out", layer][:, pos] for layer in range(n_layers)])
-        embed = cache["embed"][None, :, pos]
+        parts, labels = cache.decompose_resid(pos_slice=pos, return_labels=True)  # embed, attn, mlp (, per-layer)
+        kinds = {kind: parts[[i for i, label in enumerate(labels) if label.endswith(kind)]]
+                 for kind in ("embed", "_mlp_out", "_per_layer_out")}
         attrs = [cache.logit_attrs(stack, target, incorrect, pos_slice=pos).mean(dim=-1)
-                 for stack in (embed, heads, mlps)]
+                 for stack in (kinds["embed"], heads, kinds["_mlp_out"], kinds["_per_layer_out"])]
         direction = model.embed.weight[torch.as_tensor(target)].float()
         if incorrect is not None:
             direction = direction - model.embed.weight[torch.as_tensor(incorrect)].float()
         total = (cache["ln_final.hook_normalized"][:, pos].float() * direction).sum(dim=-1).mean()
-    return LogitAttribution(attrs[0][0], attrs[1].reshape(n_layers, n_heads), attrs[2], total)
+    per_layer = attrs[3] if model.blocks[0].per_layer is not None else None
+    return LogitAttribution(attrs[0][0], attrs[1].reshape(n_layers, n_heads), attrs[2], total, per_layer)
 
 
 def _dla_names(name: str) -> bool:
     return (name in ("hook_embed", "ln_final.hook_inv_rms", "ln_final.hook_normalized")
-            or name.endswith(("attn.hook_z", "ln1_post.hook_inv_rms", "hook_mlp_out")))
+            or name.endswith(("attn.hook_z", "ln1_post.hook_inv_rms", "hook_attn_out", "hook_mlp_out",
+                              "hook_per_layer_out")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Preallocated once per generation. Global layers keep every token (up to ``max_len``); sliding-window
 layers keep a ring of ``sliding_window`` slots, since a query never looks further back than that.
+Gemma 4's KV-shared layers keep nothing: they attend to what their source layer keeps
+(``config.kv_source``); its wider global heads get buffers of their own width.
 Each slot also remembers the absolute position of its token and whether it is a real token or
 left padding, so the attention mask is computed from positions, whatever the slot order.
 
@@ -40,7 +42,6 @@ class KVCache:
         self.max_len = max_len
         self.length = 0  # tokens (padding included) written so far, per row
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far, per row
-        shape = (batch_size, config.n_kv_heads, 0, config.d_head)
         self.capacity: list[int] = []
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -48,8 +49,11 @@ class KVCache:
         self.valid: list[torch.Tensor] = []
         for layer in range(config.n_layers):
             capacity = min(max_len, config.sliding_window) if config.is_local(layer) else max_len
+            if config.is_kv_shared(layer):  # Gemma 4: reads its source layer's keys and values
+                capacity = 0
             self.capacity.append(capacity)
-            self.keys.append(torch.zeros(shape[:2] + (capacity, shape[3]), dtype=dtype, device=device))
+            shape = (batch_size, config.n_kv_heads_for(layer), capacity, config.d_head_for(layer))
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
             self.values.append(torch.zeros_like(self.keys[-1]))
             self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=device))
             self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=device))
@@ -136,8 +140,10 @@ class KVCache:
     def layer_kv(self, layer: int) -> LayerKV:
         """The stored keys/values of ``layer`` in the order they were written (oldest first).
 
-        Often views into the cache's buffers: clone before editing them.
+        Often views into the cache's buffers: clone before editing them. A Gemma 4 KV-shared layer
+        returns its source layer's.
         """
+        layer = self.config.kv_source(layer)
         if self.config.is_local(layer):
             return self._ring_in_order(layer, self.length)
         end = self.length

@@ -3,7 +3,8 @@
 Formats:
   * transformers folders: ``config.json`` + ``model.safetensors`` or shards listed in
     ``model.safetensors.index.json`` (GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and
-    the text tower of Gemma3ForConditionalGeneration);
+    the text tower of Gemma3ForConditionalGeneration; Gemma4ForCausalLM and the text tower of
+    Gemma4ForConditionalGeneration, whose vision and audio weights are skipped with a one-line note);
   * Google's gemma_pytorch ``*.ckpt`` files (``model_state_dict``, fused ``qkv_proj``), read with
     ``torch.load(weights_only=True)``: nothing else is ever unpickled.
 
@@ -22,6 +23,7 @@ import os
 import re
 import stat
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 
 from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
-from gemma_lab.hf_format import NON_TEXT, hf_name_table, strip_text_prefix
+from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
 from gemma_lab.model import Gemma
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
@@ -68,7 +70,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
 
     with torch.device("meta"), _SkipWeightInit():
         model = Gemma(config)
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
@@ -194,12 +196,16 @@ class _SafetensorsFolder(_Source):
         table = hf_name_table(config)
         embed_at: tuple[Path, str] | None = None
         lm_head_at: tuple[Path, str, str] | None = None
+        skipped: Counter[str] = Counter()  # Gemma 4: what was left out, and why
         for file in self.files:
             _check_safetensors_header(file)
             try:
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():
                         origin = f"{file}: tensor {name!r}"
+                        if config.family == 4 and (reason := gemma4_skip_reason(name, config)):
+                            skipped[reason] += 1
+                            continue
                         if NON_TEXT.match(name):
                             continue
                         if name.endswith("lm_head.weight"):
@@ -220,6 +226,8 @@ class _SafetensorsFolder(_Source):
                             yield ours, handle.get_tensor(name), origin
             except SafetensorError as exc:
                 raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
+        for reason, count in skipped.items():
+            warnings.warn(f"{self.folder}: skipped {count} {reason}", stacklevel=4)
         if lm_head_at is not None:  # Gemma ties the unembedding to the embedding: a separate copy must agree
             file, name, origin = lm_head_at
             lm_head = _read_tensor(file, name)

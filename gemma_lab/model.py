@@ -1,9 +1,11 @@
-"""Gemma, written out: one file that reads top to bottom like the papers (Gemma 1, 2 and 3).
+"""Gemma, written out: one file that reads top to bottom like the papers (Gemma 1, 2, 3 and 4).
 
     tokens -> embed * sqrt(d_model) -> n_layers x Block -> RMSNorm -> x @ embed.T -> logits
 
     Block (Gemma 1):    x = x + Attn(RMSNorm(x));             x = x + MLP(RMSNorm(x))
     Block (Gemma 2/3):  x = x + RMSNorm(Attn(RMSNorm(x)));    x = x + RMSNorm(MLP(RMSNorm(x)))
+    Block (Gemma 4):    as Gemma 3, then x = x + PerLayerInput(x, ple[layer]) (E2B/E4B);  x = x * layer_scalar
+                        (26B-A4B: the MLP's output is norm(MLP) + norm(Experts), see gemma4_parts.py)
 
 Axis vocabulary (einops patterns, docstrings, hook tables and notebooks all use it):
     batch    sequences in the batch              pos      token positions (q_pos / k_pos in attention)
@@ -11,12 +13,15 @@ Axis vocabulary (einops patterns, docstrings, hook tables and notebooks all use 
     head     query heads                         kv_head  key/value heads
     group    query heads per kv_head, so that head = (kv_head group)
     d_head   width of one head                   d_mlp    width of one MLP branch
+    Gemma 4: layer, d_per_layer (per-layer embeddings); expert, top_k (chosen experts per token)
 
 Differences between the generations are config fields, not subclasses: ``sandwich_norms``,
 ``qk_norm``, ``attn_softcap``/``final_softcap``, ``sliding_window`` with ``layer_types``, and the
-RoPE bases. Gemma's numerics, at the line where they happen: RMSNorm computes in fp32 with gain
-``(1 + w)``; the embedding scale is rounded to the weight dtype; GELU is the tanh approximation;
-softmax runs in fp32. Reference: transformers' ``modeling_gemma{,2,3}.py`` (the parity oracle),
+RoPE bases. Gemma 4's additions are config fields too (per-layer head widths, K=V, KV sharing,
+partial RoPE); its new modules (per-layer inputs, experts) live in ``gemma4_parts.py``. Gemma's
+numerics, at the line where they happen: RMSNorm computes in fp32 with gain ``(1 + w)`` (Gemma 4:
+``w``); the embedding scale is rounded to the weight dtype; GELU is the tanh approximation;
+softmax runs in fp32. Reference: transformers' ``modeling_gemma{,2,3,4}.py`` (the parity oracle),
 Google's gemma_pytorch, and ``docs/architecture.md``.
 
 Every activation passes through a ``HookPoint`` (see ``hooks.py``). When no hook wants attention
@@ -33,38 +38,57 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from gemma_lab import gemma4_parts
 from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
 from gemma_lab.hooks import HookedModule, HookPoint, NameFilter
-from gemma_lab.kv_cache import KVCache
+from gemma_lab.kv_cache import KVCache, LayerKV
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with Gemma's gain ``1 + w`` (weights stored as offsets from 1)."""
+    """Root-mean-square norm with Gemma's gain ``1 + w`` (weights stored as offsets from 1).
 
-    def __init__(self, width: int, eps: float) -> None:
+    Gemma 4 stores the gain itself (``gain_offset=False``: gain ``w``), and normalises its values
+    and its router input without any gain (``learned=False``).
+    """
+
+    def __init__(self, width: int, eps: float, *, gain_offset: bool = True, learned: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(width))
+        self.gain_offset = gain_offset
+        self.weight = nn.Parameter(torch.zeros(width) if gain_offset else torch.ones(width)) if learned else None
         self.hook_inv_rms = HookPoint()  # [..., 1] 1 / root-mean-square: the factor each vector is scaled by
         self.hook_normalized = HookPoint()  # [..., width] the output
+
+    def gain(self) -> torch.Tensor | None:
+        """The fp32 factor the normalised vector is multiplied by: ``1 + w``, ``w`` (Gemma 4) or None."""
+        if self.weight is None:
+            return None
+        return 1.0 + self.weight.float() if self.gain_offset else self.weight.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 throughout, one cast back at the end: in bf16 the mean of squares loses too much.
         x_fp32 = x.float()
         inv_rms = self.hook_inv_rms(torch.rsqrt(x_fp32.pow(2).mean(dim=-1, keepdim=True) + self.eps))
-        normalized = (x_fp32 * inv_rms) * (1.0 + self.weight.float())
+        normalized = x_fp32 * inv_rms
+        if self.weight is not None:
+            normalized = normalized * self.gain()
         return self.hook_normalized(normalized.to(x.dtype))
 
 
 def rotary_cos_sin(positions: torch.Tensor, d_head: int, theta: float, scale: float,
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype, fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin ``[batch, pos, d_head]`` of the rotation angle ``position / scale * theta**(-2i/d_head)``.
 
     Angles are computed in fp32 (in bf16, positions above 256 would already be rounded) and only
-    then cast to the activation dtype, as the reference does.
+    then cast to the activation dtype, as the reference does. ``fraction < 1`` is Gemma 4's
+    "proportional" RoPE: only the first ``fraction * d_head / 2`` pairs rotate (with the frequencies
+    they would have in a fully rotating head); the other pairs get angle 0 and pass unchanged.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head))
+    n_rotated = int(fraction * d_head // 2)
+    exponents = torch.arange(0, 2 * n_rotated, 2, dtype=torch.float32, device=positions.device) / d_head
+    inv_freq = 1.0 / (theta ** exponents)
+    inv_freq = torch.cat([inv_freq, inv_freq.new_zeros(d_head // 2 - n_rotated)])
     inv_freq = inv_freq / scale  # linear position interpolation (Gemma 3 global layers, 4B and up)
     angles = positions.float()[..., None] * inv_freq  # [batch, pos, d_head/2]
     angles = torch.cat([angles, angles], dim=-1)  # dimension i and i + d_head/2 share an angle
@@ -102,19 +126,34 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.layer = layer
         self.window = cfg.sliding_window if cfg.is_local(layer) else None
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=False)
+        # Gemma 1-3: the same on every layer. Gemma 4: wider heads (and K=V models fewer kv heads) on global layers.
+        self.d_head, self.n_kv_heads = cfg.d_head_for(layer), cfg.n_kv_heads_for(layer)
+        # Gemma 4 KV sharing: this layer attends to the keys/values of layer `kv_source` and has none of its own.
+        self.kv_source = cfg.kv_source(layer)
+        owns_kv = self.kv_source == layer
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * self.d_head, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.d_head, bias=False) if owns_kv else None
+        # Gemma 4 K=V global layers have no v_proj: the key projection serves as values too.
+        self.v_proj = (nn.Linear(cfg.d_model, self.n_kv_heads * self.d_head, bias=False)
+                       if owns_kv and cfg.has_v_proj(layer) else None)
+        self.o_proj = nn.Linear(cfg.n_heads * self.d_head, cfg.d_model, bias=False)
         # Hook points are declared in the order they fire, so hook_names() lists them that way.
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        if owns_kv:
+            self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+            self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
         # Gemma 3 normalises each query and key head before rotating it (replacing Gemma 2's softcap).
-        self.q_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
+        norm_kind = dict(gain_offset=cfg.norm_gain_offset)  # gain 1 + w; Gemma 4: w
+        self.q_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm and owns_kv else None
+        # Gemma 4 also normalises values, without a gain.
+        self.v_norm = RMSNorm(self.d_head, cfg.norm_eps, learned=False) if cfg.family == 4 and owns_kv else None
         self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head] after RoPE
-        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head] after RoPE
+        if owns_kv:
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head] after RoPE
+        else:  # what this layer reads from layer kv_source (after that layer's norms and RoPE)
+            self.hook_shared_k = HookPoint()  # [batch, k_pos, kv_head, d_head]
+            self.hook_shared_v = HookPoint()  # [batch, k_pos, kv_head, d_head]
         self.hook_attn_scores_pre_softcap = HookPoint()  # [batch, head, q_pos, k_pos] scaled q.k
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos] softcapped and masked
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos] softmax
@@ -122,24 +161,42 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [batch, pos, head, d_model] per-head output; opt-in
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                valid: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+                valid: torch.Tensor, kv_cache: KVCache | None = None,
+                shared_kv: dict[int, LayerKV] | None = None) -> torch.Tensor:
+        """``shared_kv``: Gemma 4's KV sharing, filled by the layers that others read from in this pass."""
         cfg = self.cfg
+        owns_kv = self.kv_source == self.layer  # False on Gemma 4's KV-shared layers: they compute no k, v
         q = rearrange(self.q_proj(x), "batch pos (head d_head) -> batch pos head d_head", head=cfg.n_heads)
-        k = rearrange(self.k_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=cfg.n_kv_heads)
-        v = rearrange(self.v_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=cfg.n_kv_heads)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q = self.hook_q(q)
+        if owns_kv:
+            k = rearrange(self.k_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=self.n_kv_heads)
+            k = self.hook_k(k)
+            if self.v_proj is not None:
+                v = rearrange(self.v_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=self.n_kv_heads)
+            else:  # Gemma 4 K=V: the raw key projection (before k_norm and RoPE) is also the value
+                v = k
+            v = self.hook_v(v)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
         q = self.hook_rot_q(apply_rotary(q, cos, sin))
-        k = self.hook_rot_k(apply_rotary(k, cos, sin))
 
-        k = rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
-        v = rearrange(v, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
-        k_positions, k_valid = positions, valid
-        if kv_cache is not None:  # attend to everything cached so far, this chunk included
-            seen = kv_cache.update(self.layer, k, v, positions, valid)
-            k, v, k_positions, k_valid = seen.keys, seen.values, seen.positions, seen.valid
-        allowed = attention_mask(positions, k_positions, k_valid, self.window)
+        if owns_kv:
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            k = rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
+            v = rearrange(v, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
+            seen = LayerKV(k, v, positions, valid)
+            if kv_cache is not None:  # attend to everything cached so far, this chunk included
+                seen = kv_cache.update(self.layer, k, v, positions, valid)
+            if shared_kv is not None:  # Gemma 4: later layers may attend to exactly these
+                shared_kv[self.layer] = seen
+        else:
+            seen = self._shared_kv(shared_kv)
+        k, v = seen.keys, seen.values
+        allowed = attention_mask(positions, seen.positions, seen.valid, self.window)
 
         if self._wants_explicit_scores():
             z = self._explicit_attention(q, k, v, allowed)
@@ -155,6 +212,18 @@ class Attention(nn.Module):
             out = out + (self.hook_result(result.clone()) - result).sum(dim=2)
         return out
 
+    def _shared_kv(self, shared_kv: dict[int, LayerKV] | None) -> LayerKV:
+        """The keys and values layer ``kv_source`` attended to in this pass (its KV cache's included)."""
+        if shared_kv is None or self.kv_source not in shared_kv:
+            raise RuntimeError(f"layer {self.layer} reads the keys and values of layer {self.kv_source}, "
+                               "which have not been computed in this forward pass")
+        source = shared_kv[self.kv_source]
+        k = self.hook_shared_k(rearrange(source.keys, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
+        v = self.hook_shared_v(rearrange(source.values, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
+        return LayerKV(rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head"),
+                       rearrange(v, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head"),
+                       source.positions, source.valid)
+
     def _wants_explicit_scores(self) -> bool:
         # The fused kernel cannot softcap and never materialises scores or patterns.
         return (self.cfg.attn_softcap is not None or self.hook_attn_scores_pre_softcap.has_hooks
@@ -165,7 +234,7 @@ class Attention(nn.Module):
         """softmax(softcap(q.k * scale) + mask) @ v, each step a named tensor."""
         cfg = self.cfg
         # Grouped-query attention by definition: each kv_head serves a group of query heads.
-        q = rearrange(q, "batch q_pos (kv_head group) d_head -> batch kv_head group q_pos d_head", kv_head=cfg.n_kv_heads)
+        q = rearrange(q, "batch q_pos (kv_head group) d_head -> batch kv_head group q_pos d_head", kv_head=self.n_kv_heads)
         scores = einsum(q, k, "batch kv_head group q_pos d_head, batch kv_head k_pos d_head -> batch kv_head group q_pos k_pos")
         scores = rearrange(scores, "batch kv_head group q_pos k_pos -> batch (kv_head group) q_pos k_pos")
         scores = self.hook_attn_scores_pre_softcap(scores * cfg.attn_scale)
@@ -175,7 +244,7 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-        pattern = rearrange(pattern, "batch (kv_head group) q_pos k_pos -> batch kv_head group q_pos k_pos", kv_head=cfg.n_kv_heads)
+        pattern = rearrange(pattern, "batch (kv_head group) q_pos k_pos -> batch kv_head group q_pos k_pos", kv_head=self.n_kv_heads)
         z = einsum(pattern, v, "batch kv_head group q_pos k_pos, batch kv_head k_pos d_head -> batch q_pos kv_head group d_head")
         return rearrange(z, "batch q_pos kv_head group d_head -> batch q_pos (kv_head group) d_head")
 
@@ -186,18 +255,19 @@ class Attention(nn.Module):
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)[:, None]
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale,
-                                           enable_gqa=self.cfg.group_size > 1)
+                                           enable_gqa=self.n_kv_heads < self.cfg.n_heads)
         return rearrange(z, "batch head q_pos d_head -> batch q_pos head d_head")
 
 
 class MLP(nn.Module):
     """GeGLU: ``down(gelu(gate(x)) * up(x))``."""
 
-    def __init__(self, cfg: GemmaConfig) -> None:
+    def __init__(self, cfg: GemmaConfig, d_mlp: int | None = None) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
-        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        d_mlp = d_mlp or cfg.d_mlp  # Gemma 4 E2B's KV-shared layers: twice as wide
+        self.gate_proj = nn.Linear(cfg.d_model, d_mlp, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, d_mlp, bias=False)
+        self.down_proj = nn.Linear(d_mlp, cfg.d_model, bias=False)
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp] gate branch, before GELU
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp] up branch
@@ -217,41 +287,61 @@ class Block(nn.Module):
         super().__init__()
         self.layer = layer
         # Submodules and hook points in the order they run, so hook_names() lists them that way.
+        eps, norm_kind = cfg.norm_eps, dict(gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w, not 1 + w
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)  # pre-attention norm
+        self.ln1 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-attention norm
         self.attn = Attention(cfg, layer)
-        self.ln1_post = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else None  # post-attention
+        self.ln1_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-attention
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model] what attention adds to the stream
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)  # pre-MLP norm
-        self.mlp = MLP(cfg)
-        self.ln2_post = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else None  # post-MLP
+        self.ln2 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-MLP norm
+        self.mlp = MLP(cfg, cfg.d_mlp_for(layer))
+        # Gemma 4 26B-A4B: experts beside the dense MLP.
+        self.moe = gemma4_parts.MixtureOfExperts(cfg, RMSNorm) if cfg.n_experts else None
+        self.ln2_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-MLP
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model] what the MLP adds to the stream
+        if cfg.d_per_layer:  # Gemma 4 E2B/E4B: this layer's slice of the per-layer embeddings, gated by the stream
+            self.per_layer = gemma4_parts.PerLayerInput(cfg, RMSNorm)
+            self.hook_per_layer_out = HookPoint()  # [batch, pos, d_model] what it adds to the stream
+        else:
+            self.per_layer = None
+        # Gemma 4: a fixed per-layer factor on the whole stream leaving the block (a checkpoint buffer).
+        self.register_buffer("layer_scalar", torch.ones(1) if cfg.family == 4 else None)
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, resid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                valid: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+                valid: torch.Tensor, kv_cache: KVCache | None = None, shared_kv: dict[int, LayerKV] | None = None,
+                per_layer_input: torch.Tensor | None = None) -> torch.Tensor:
         resid_pre = self.hook_resid_pre(resid)
-        attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache)
+        attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache, shared_kv)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_out = self.mlp(self.ln2(resid_mid))
+        if self.moe is not None:
+            mlp_out = self.moe(resid_mid, mlp_out)
         if self.ln2_post is not None:
             mlp_out = self.ln2_post(mlp_out)
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out))
+        resid_post = resid_mid + self.hook_mlp_out(mlp_out)
+        if self.per_layer is not None:
+            resid_post = resid_post + self.hook_per_layer_out(self.per_layer(resid_post, per_layer_input))
+        if self.layer_scalar is not None:
+            resid_post = resid_post * self.layer_scalar
+        return self.hook_resid_post(resid_post)
 
 
 class Gemma(HookedModule):
-    """A Gemma 1, 2 or 3 text model: ``model(tokens) -> logits [batch, pos, vocab]``."""
+    """A Gemma 1, 2, 3 or 4 text model: ``model(tokens) -> logits [batch, pos, vocab]``."""
 
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the unembedding (tied)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] after the sqrt(d_model) scale
+        # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
+        self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg, RMSNorm) if cfg.d_per_layer else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
-        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w
         self.hook_logits = HookPoint()  # [batch, pos, vocab] after Gemma 2's final softcap
         self.setup_hooks()
 
@@ -280,13 +370,17 @@ class Gemma(HookedModule):
         # sqrt(d_model) is rounded to the weight dtype first (34.0, not 33.94, for d_model=1152 in bf16).
         embed_scale = torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(weight.dtype)
         resid = self.hook_embed(self.embed(tokens) * embed_scale)
+        per_layer_inputs = self.per_layer_embed(tokens, resid) if self.per_layer_embed is not None else None
+        shared_kv = {} if self.cfg.n_kv_shared_layers else None  # Gemma 4: keys/values other layers reuse
 
-        rotary = {}  # one (cos, sin) per distinct RoPE setting: global and local layers differ in Gemma 3
+        rotary = {}  # one (cos, sin) per distinct RoPE setting: global and local layers differ in Gemma 3 and 4
         for block in self.blocks:
-            rope = self.cfg.rope_for_layer(block.layer)
+            layer = block.layer
+            rope = (self.cfg.d_head_for(layer), *self.cfg.rope_for_layer(layer), self.cfg.rope_fraction_for(layer))
             if rope not in rotary:
-                rotary[rope] = rotary_cos_sin(positions, self.cfg.d_head, *rope, dtype=weight.dtype)
-            resid = block(resid, *rotary[rope], positions, valid, kv_cache)
+                rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=weight.dtype, fraction=rope[3])
+            per_layer_input = per_layer_inputs[:, :, layer] if per_layer_inputs is not None else None
+            resid = block(resid, *rotary[rope], positions, valid, kv_cache, shared_kv, per_layer_input)
         if kv_cache is not None:
             kv_cache.advance(valid)
 
@@ -380,12 +474,12 @@ class Gemma(HookedModule):
 
 
 def init_weights(model: Gemma, *, seed: int = 0, std: float = 0.02) -> Gemma:
-    """Random weights for experiments and tests: normal(0, std) matrices, norm offsets 0 (gain 1)."""
+    """Random weights for experiments and tests: normal(0, std) matrices, norm gains 1."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim == 1:  # every 1-D parameter is a norm gain offset
-                param.zero_()
+            if param.ndim == 1:  # a norm gain (an offset from 1 before Gemma 4) or a Gemma 4 router scale
+                param.fill_(0.0 if model.cfg.norm_gain_offset else 1.0)
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
     return model

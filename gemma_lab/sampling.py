@@ -150,7 +150,7 @@ def apply_repetition_penalty(
     seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
     seen.scatter_(-1, previous_tokens, True)
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalised, logits)
+    return _overflow_to_limit(torch.where(seen, penalised, logits), logits)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -165,7 +165,20 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
         keep.scatter_(-1, logits.argmax(dim=-1, keepdim=True), True)
         return logits.masked_fill(~keep, -math.inf)
-    return logits / temperature
+    return _overflow_to_limit(logits / temperature, logits)
+
+
+def _overflow_to_limit(scaled: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """A scale near 0 (a temperature of 1e-300, a repetition penalty far below 1) can push finite
+    logits to +inf, where softmax gives NaN. In that limit all probability goes to the largest of
+    the overflowed logits (one tiny divisor keeps their order): keep it (first on ties, as
+    temperature 0 does) and remove the rest of its row."""
+    top = torch.isposinf(scaled) & torch.isfinite(original)
+    if not bool(top.any()):
+        return scaled
+    winner = torch.where(top, original, -math.inf).argmax(dim=-1, keepdim=True)
+    keep = torch.zeros_like(top).scatter_(-1, winner, True)
+    return torch.where(top.any(dim=-1, keepdim=True), torch.where(keep, 0.0, -math.inf), scaled)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:

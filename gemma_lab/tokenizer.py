@@ -92,6 +92,8 @@ class GemmaTokenizer:
         # Only these three are dropped by `decode`: they mark sequence boundaries and carry no text.
         self._boundary_ids = {self.pad_id, self.bos_id, self.eos_id}
 
+        # Gemma 4 marks turns with <|turn> ... <turn|>; its chat template is not implemented here (below).
+        self.is_gemma4 = self._optional_id("<|turn>") is not None and self._optional_id("<turn|>") is not None
         if chat_format is None:
             looks_gemma3 = self.start_of_turn_id == _GEMMA3_START_OF_TURN_ID
             looks_gemma3 |= self.vocab_size >= _GEMMA3_VOCAB_SIZE
@@ -184,6 +186,11 @@ class GemmaTokenizer:
         Gemma 3 folds a leading system message into the first user turn as ``"{system}\\n\\n"``.
         With ``tokenize=True`` the ids are returned, starting with exactly one ``<bos>``.
         """
+        if self.is_gemma4:  # rendering Gemma 3's turns for it would be silently wrong
+            raise ValueError(
+                f"{self.source} is a Gemma 4 tokenizer (<|turn>/<turn|> turns); its chat template (which differs "
+                "between model sizes in its thinking channel) is not implemented: render the prompt text "
+                "yourself, e.g. '<bos><|turn>user\\nHello<turn|>\\n<|turn>model\\n', and encode it")
         turns = list(messages)
         first_user_prefix = ""
         if self.chat_format == "gemma3" and turns and turns[0]["role"] == "system":

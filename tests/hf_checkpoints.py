@@ -15,15 +15,25 @@ HF_CLASSES = {
     1: (transformers.GemmaConfig, transformers.GemmaForCausalLM),
     2: (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
     3: (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+    4: (transformers.Gemma4TextConfig, transformers.Gemma4ForCausalLM),
 }
 
 SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
 
 
+# Gemma 4: wider global heads (32), sliding window 8, one global layer in three so that KV sharing has
+# a source of each kind.
+GEMMA4_SMALL = dict(SMALL, num_hidden_layers=6, global_head_dim=32, sliding_window=8,
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+                    hidden_size_per_layer_input=0)
+
+
 def hf_config(family: int, **overrides):
     config_class, _ = HF_CLASSES[family]
     kwargs = dict(SMALL)
+    if family == 4:
+        return config_class(**dict(GEMMA4_SMALL, **overrides))
     if family >= 2:
         kwargs.update(query_pre_attn_scalar=16, sliding_window=8)
     kwargs.update(overrides)
@@ -42,12 +52,28 @@ def perturb(model: torch.nn.Module, seed: int = 0, weight_std: float = 0.08) -> 
     return model
 
 
+def perturb_gemma4(model: torch.nn.Module, seed: int = 0, weight_std: float = 0.08) -> torch.nn.Module:
+    """Gemma 4 stores norm gains themselves (not offsets from 1): gains 1 +- 0.3, so that a "+1" where
+    none belongs, or a gain left out, shows; random matrices; layer_scalar buffers in [0.5, 1.5]."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                param.copy_(1.0 + torch.randn(param.shape, generator=generator) * 0.3)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * weight_std)
+        for name, buffer in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
+    return model
+
+
 def hf_model(family: int, seed: int = 0, attn_implementation: str = "eager", **overrides):
     _, model_class = HF_CLASSES[family]
     config = hf_config(family, **overrides)
     torch.manual_seed(seed)
     model = model_class._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
-    return perturb(model, seed).eval()
+    return (perturb_gemma4 if family == 4 else perturb)(model, seed).eval()
 
 
 def write_checkpoint(folder: Path, family: int, seed: int = 0, max_shard_size: str | None = None,

@@ -205,7 +205,8 @@ def test_unknown_preset():
 
 @pytest.mark.parametrize("change, message", [
     (dict(n_kv_heads=3), "multiple of n_kv_heads"),
-    (dict(family=4), "family must be 1, 2 or 3"),
+    (dict(family=5), "family must be 1, 2, 3 or 4"),
+    (dict(d_per_layer=8), "d_per_layer is a Gemma 4 feature"),
     (dict(d_head=15), "d_head must be even"),
     (dict(activation="relu"), "activation must be"),
 ])

@@ -438,3 +438,15 @@ def test_sample_refuses_nan_logits_in_every_mode(kwargs):
 def test_make_generator_names_an_unusable_seed(seed, error):
     with pytest.raises(error, match="seed"):
         make_generator(seed)
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 1e-300},
+                                    {"temperature": 1.0, "repetition_penalty": 1e-300,
+                                     "previous_tokens": torch.tensor([4])}])
+def test_a_scale_near_zero_gives_its_limit_not_nan(kwargs):
+    """Found by tests/test_fuzz.py: logits / 1e-300 overflow to +inf and softmax gave NaN."""
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0, 2.5])
+    probs = logits_to_probs(logits, **kwargs)
+    expected = 4 if "repetition_penalty" in kwargs else 1  # the boosted repeat, or the argmax
+    assert torch.equal(probs, torch.nn.functional.one_hot(torch.tensor(expected), 5).float())
+    assert int(sample(logits, generator=make_generator(0), **kwargs)) == expected

@@ -6,7 +6,8 @@
 ``gemma_lab.hook_points.HOOKS`` describes every hook point once (name, axes, meaning). Which
 families have it is read off small models of each family, so the table cannot drift from the
 model; ``tests/test_hooks.py`` checks that every name has an entry and that every shape matches
-real activations of Gemma 1, 2 and 3.
+real activations of Gemma 1, 2 and 3 (``tests/test_gemma4.py`` does the same for Gemma 4, whose
+layers differ in width and hook points).
 
 A developer tool (run from the repository root), not part of the installed package. Imports the
 config, the model (on the meta device: no weights are made) and the hook-point table.
@@ -25,7 +26,7 @@ from gemma_lab.hook_points import HOOKS, generic_name, shape_string
 from gemma_lab.model import Gemma
 
 # A small model of each family: the same hook points as the published sizes.
-FAMILY_PRESETS = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3"}
+FAMILY_PRESETS = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3", 4: "test-gemma4"}
 
 # Markers around the generated table in docs/hooks.md.
 BEGIN, END = "<!-- hook-table:begin (python -m tools.hook_table --update docs/hooks.md) -->", "<!-- hook-table:end -->"
@@ -34,13 +35,21 @@ def family_hook_names(family: int) -> list[str]:
     """The hook names of a Gemma ``family`` model, layer written ``{layer}``, in the order they fire."""
     with torch.device("meta"):
         model = Gemma(GemmaConfig.from_preset(FAMILY_PRESETS[family]))
-    return list(dict.fromkeys(generic_name(name) for name in model.hook_names()))
+    order: list[str] = []
+    previous = None
+    for name in map(generic_name, model.hook_names()):
+        if name not in order:  # a point first seen on a later layer (Gemma 4's shared KV) goes after its predecessor
+            order.insert(order.index(previous) + 1 if previous in order else len(order), name)
+        previous = name
+    return order
 
 
-def axis_sizes(cfg: GemmaConfig, batch: int, pos: int) -> dict[str, int]:
-    """Length of every axis name for a run of ``tokens [batch, pos]`` without a KV cache."""
+def axis_sizes(cfg: GemmaConfig, batch: int, pos: int, layer: int = 0) -> dict[str, int]:
+    """Length of every axis name for a run of ``tokens [batch, pos]`` without a KV cache, on ``layer``."""
     return dict(batch=batch, pos=pos, q_pos=pos, k_pos=pos, d_model=cfg.d_model, head=cfg.n_heads,
-                kv_head=cfg.n_kv_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp, vocab=cfg.vocab_size)
+                kv_head=cfg.n_kv_heads_for(layer), d_head=cfg.d_head_for(layer), d_mlp=cfg.d_mlp_for(layer),
+                vocab=cfg.vocab_size, layer=cfg.n_layers, d_per_layer=cfg.d_per_layer, expert=cfg.n_experts,
+                top_k=cfg.n_experts_active)
 
 
 def expected_shape(axes: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
@@ -51,7 +60,7 @@ def expected_shape(axes: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, .
 def markdown_table() -> str:
     """The table: name, shape, families that have it, what it is."""
     by_family = {family: set(family_hook_names(family)) for family in FAMILY_PRESETS}
-    order = list(dict.fromkeys(name for family in (3, 2, 1) for name in family_hook_names(family)))
+    order = list(dict.fromkeys(name for family in (4, 3, 2, 1) for name in family_hook_names(family)))
     missing = [name for name in order if name not in HOOKS]
     if missing:
         raise KeyError(f"hook points without an entry in gemma_lab.hook_points.HOOKS: {missing}")

@@ -79,10 +79,15 @@ def kv_cache_bytes_reference(cfg: GemmaConfig, n_tokens: int, dtype: torch.dtype
 
     Per layer and kept token: a key and a value, each ``n_kv_heads x d_head`` numbers. A global layer
     keeps every token; a sliding-window layer only the last ``sliding_window`` (what ``KVCache`` keeps).
+    Gemma 4: global layers have their own head width and kv heads, and KV-shared layers keep nothing.
     """
-    per_token = 2 * cfg.n_kv_heads * cfg.d_head * torch.finfo(dtype).bits // 8
-    kept = [min(n_tokens, cfg.sliding_window) if cfg.is_local(layer) else n_tokens for layer in range(cfg.n_layers)]
-    return per_token * sum(kept)
+    total = 0
+    for layer in range(cfg.n_layers):
+        if cfg.is_kv_shared(layer):
+            continue
+        per_token = 2 * cfg.n_kv_heads_for(layer) * cfg.d_head_for(layer) * torch.finfo(dtype).bits // 8
+        total += per_token * (min(n_tokens, cfg.sliding_window) if cfg.is_local(layer) else n_tokens)
+    return total
 
 
 def _kv_ignoring_window(cfg, n_tokens, dtype):
