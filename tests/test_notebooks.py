@@ -58,14 +58,16 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------------------
 
 
-def kernel_env(model: str = "") -> dict:
-    """The kernel imports this checkout's gemma_lab and loads ``model`` ("" = the bundled tiny one).
+def kernel_env(model: str = "", sae: str = "") -> dict:
+    """The kernel imports this checkout's gemma_lab and loads ``model`` ("" = the bundled tiny one);
+    ``sae``: the SAE folder lesson 15 runs on real weights (``GEMMA_LAB_SAE``; "" = none).
 
     One intra-op thread: the lesson models are small, and on a busy machine torch's thread pool
     spinning for cores that other processes hold makes a tiny forward pass 50 times slower.
     """
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": python_path, "GEMMA_LAB_MODEL": model, "GEMMA_LAB_DTYPE": "", "OMP_NUM_THREADS": "1"}
+    return {"PYTHONPATH": python_path, "GEMMA_LAB_MODEL": model, "GEMMA_LAB_DTYPE": "", "GEMMA_LAB_SAE": sae,
+            "OMP_NUM_THREADS": "1"}
 
 
 def exercise_cells(nb) -> list[tuple[int, str]]:
@@ -306,3 +308,24 @@ def assert_stubs_not_attempted(notebook: Path, nb) -> None:
     assert results[PASSED] == 0, f"{notebook.name}: an exercise stub passed its check (the stub gives it away)"
     assert results[NOT_ATTEMPTED] == expected, (
         f"{notebook.name}: {expected} exercises but {results[NOT_ATTEMPTED]} 'not attempted' reports")
+
+
+def test_sae_lesson_runs_a_gemma_scope_folder_on_real_weights(random_checkpoint, tmp_path):
+    """Lesson 15's Gemma Scope section, which runs only with GEMMA_LAB_MODEL and GEMMA_LAB_SAE set: a
+    Gemma Scope 1 folder (params.npz under its released path) with random weights that fit the
+    random-weight checkpoint is loaded, spliced with its error term and explored."""
+    import numpy as np
+
+    notebook = NOTEBOOK_DIR / "15_superposition_and_saes.ipynb"
+    d_model = json.loads((random_checkpoint / "config.json").read_text())["hidden_size"]
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_1" / "width_16k" / "average_l0_82"
+    folder.mkdir(parents=True)
+    rng, d_sae = np.random.default_rng(0), 4 * d_model
+    np.savez(folder / "params.npz", W_enc=(rng.normal(size=(d_model, d_sae)) / d_model ** 0.5).astype(np.float32),
+             b_enc=np.zeros(d_sae, np.float32), W_dec=(rng.normal(size=(d_sae, d_model)) / d_sae ** 0.5).astype(np.float32),
+             b_dec=np.zeros(d_model, np.float32), threshold=np.full(d_sae, 0.5, np.float32))
+    nb = execute_notebook(notebook, env=kernel_env(str(random_checkpoint), str(folder)), timeout=300, cwd=NOTEBOOK_DIR)
+    text = all_output_text(nb)
+    assert "jumprelu, blocks.1.hook_resid_post" in text, "the Gemma Scope folder was not loaded at its released site"
+    assert "logits equal to the plain model's: True" in text
+    assert "Set MODEL and SAE_FOLDER" not in text
