@@ -502,7 +502,7 @@ def _wait_for_kernel(lab: LabPage) -> None:
 
 @contextmanager
 def voila_page(
-    notebook_path, *, env: dict | None = None, artifacts_dir=None, timeout: float = 60
+    notebook_path, *, env: dict | None = None, artifacts_dir=None, timeout: float = 180
 ) -> Iterator[VoilaPage]:
     """Serve ``notebook_path`` (a copy of its folder) with Voila and open it in Chromium.
 

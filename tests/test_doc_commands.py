@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hf_checkpoints import write_checkpoint
 
 from gemma_lab import bundled
@@ -128,11 +129,19 @@ def test_python_blocks_of_a_page_run_in_order(page, reader_machine, monkeypatch)
     monkeypatch.chdir(reader_machine["HOME"])
     monkeypatch.setenv("HOME", reader_machine["HOME"])
     namespace: dict = {"__name__": "__doc_page__"}
-    for _, index, code in (b for b in blocks("python") if b[0] == page):
-        try:
-            exec(compile(code, f"{page}[python block {index}]", "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"{page}, python block {index} fails as written:\n{code}") from error
+    # A page may change torch's global state as a reader's notebook would (transformerlens.md turns
+    # gradients off, as TL notebooks do); this process runs other tests after it.
+    grad, dtype, threads = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads()
+    try:
+        for _, index, code in (b for b in blocks("python") if b[0] == page):
+            try:
+                exec(compile(code, f"{page}[python block {index}]", "exec"), namespace)
+            except Exception as error:
+                raise AssertionError(f"{page}, python block {index} fails as written:\n{code}") from error
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
 
 
 def test_every_page_with_commands_is_covered():

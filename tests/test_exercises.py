@@ -308,13 +308,15 @@ def test_a_function_that_never_returns_is_stopped(monkeypatch):
 
 
 def test_global_torch_state_changed_by_the_learner_is_restored():
+    grad_before = torch.is_grad_enabled()
+
     def leaky(x, weight, eps):
         torch.set_default_dtype(torch.float64)
-        torch.set_grad_enabled(False)
+        torch.set_grad_enabled(not grad_before)
         return lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps)
 
     check("rms_norm", leaky)
-    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled() == grad_before
 
 
 @pytest.mark.parametrize("call", [lambda: check(None, print),
