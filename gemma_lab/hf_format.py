@@ -415,18 +415,15 @@ def hf_config_dict(cfg: ConfigLike, *, bos_id: int = 2, eos_id: int = 1, pad_id:
         d["use_bidirectional_attention"] = False
     else:
         d["rope_theta"] = cfg.rope_theta
-    d.update({
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "pad_token_id": pad_id,
-        "eos_token_id": eos_id,
-        "bos_token_id": bos_id,
-        "dtype": dtype,
-    })
+    d.update(_written_by_every_generation(bos_id, eos_id, pad_id, dtype))
     return d
+
+
+def _written_by_every_generation(bos_id: int, eos_id: int, pad_id: int, dtype: str) -> dict[str, Any]:
+    """The keys transformers writes alike for every Gemma: tied embeddings, no biases, token ids."""
+    return {"attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+            "tie_word_embeddings": True, "use_cache": True, "pad_token_id": pad_id, "eos_token_id": eos_id,
+            "bos_token_id": bos_id, "dtype": dtype}
 
 
 def _gemma4_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dtype: str) -> dict[str, Any]:
@@ -468,15 +465,7 @@ def _gemma4_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dtyp
         "num_experts": cfg.n_experts or None,
         "top_k_experts": cfg.n_experts_active or None,
         "moe_intermediate_size": cfg.d_expert or None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "pad_token_id": pad_id,
-        "eos_token_id": eos_id,
-        "bos_token_id": bos_id,
-        "dtype": dtype,
+        **_written_by_every_generation(bos_id, eos_id, pad_id, dtype),
     }
 
 
