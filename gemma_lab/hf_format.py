@@ -105,6 +105,8 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     """``GemmaConfig`` fields from a transformers ``config.json`` dict (``source`` names it in errors)."""
     d = dict(d)
     model_type = d.get("model_type")
+    if not isinstance(model_type, str):  # set lookups below would fail on a list with an unhashable-type error
+        raise ValueError(f"{source}: model_type must be a string such as 'gemma2', got {model_type!r}")
     if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
         return gemma4_config_fields(d, source)
     if model_type in _MULTIMODAL:
@@ -134,7 +136,7 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     act_name = d.get("hidden_act" if family == 1 else "hidden_activation") or d.get("hidden_act") or "gelu"
     activations = {"gelu": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                    "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "gelu_accurate": "gelu_tanh"}
-    if act_name not in activations:
+    if not isinstance(act_name, str) or act_name not in activations:
         raise ValueError(f"{source}: unsupported activation {act_name!r} (Gemma uses GELU)")
 
     layer_types = _hf_layer_types(d, family, n_layers, source)
