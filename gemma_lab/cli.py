@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from gemma_lab import __version__  # the package facade imports nothing heavy
+
 PROG = "gemma-lab"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="gemma_lab: a readable Gemma you can run, inspect and step through.",
         epilog=f"Run '{PROG} COMMAND --help' for the options of one command.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)

@@ -92,17 +92,24 @@ def execute_notebook(
     contains a Python traceback: the three ways a widget notebook can fail.
     """
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     workdir = Path(cwd) if cwd is not None else path.parent
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name=kernel_name,
-        resources={"metadata": {"path": str(workdir)}},
-    )
+    with kernel_transport_config() as config:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name=kernel_name,
+            resources={"metadata": {"path": str(workdir)}},
+            config=config,
+        )
+        return _execute(client, nb, path, env)
+
+
+def _execute(client, nb, path: Path, env: dict | None) -> nbformat.NotebookNode:
+    from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
+
     current = {"index": None}
 
     def remember_cell(cell, cell_index, **_):
@@ -124,6 +131,28 @@ def execute_notebook(
         source = nb.cells[index].source if index is not None else ""
         raise NotebookError(path, index, source, text, where="output widget")
     return nb
+
+
+@contextmanager
+def kernel_transport_config():
+    """A traitlets ``Config`` for the kernel manager: IPC (Unix sockets in a private folder,
+    removed afterwards) where the platform has them, else the default TCP.
+
+    ipykernel 7 logs "Kernel is running over TCP without encryption ..." on stderr at every start
+    over TCP, and a kernel's stderr is the test run's, so it landed in the output of every lesson
+    run. IPC is what that warning recommends: the sockets are files only this user can open, with
+    no port on the network at all. Use it for any other kernel a test starts (nbclient, nbconvert).
+    """
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name != "posix":
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="kernel-") as folder:
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(folder, "k")  # socket files k-1 ... k-5; short: paths are limited
+        yield config
 
 
 def _first_error_cell(nb) -> int | None:

@@ -141,7 +141,7 @@ print("the cell itself succeeds")
 
 
 @pytest.mark.slow
-def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path):
+def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path, capfd):
     path = write_notebook(
         tmp_path / "good.ipynb",
         "import os, matplotlib; print(os.environ['GEMMA_LAB_PROBE'], matplotlib.get_backend())",
@@ -156,6 +156,8 @@ def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path):
     assert count_displayed_widgets(nb) == 1
     assert figures_in(nb) == 1
     assert nbformat.read(path, as_version=4).cells[0].outputs == []  # file untouched
+    # The kernel's stderr is this process's: over TCP, ipykernel warns there at every start.
+    assert "without encryption" not in capfd.readouterr().err
 
 
 @pytest.mark.slow
