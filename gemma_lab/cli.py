@@ -386,8 +386,8 @@ def run_download(args) -> int:
         hub.resolve_model(name)  # says what it is instead: a preset, 'tiny', a missing path
         raise CLIError(f"{name}: not a model id (owner/name, e.g. google/gemma-2-2b)")
     plan = hub.download_plan(name)
-    total = sum(f.file_size or 0 for f in plan)
-    missing = sum(f.file_size or 0 for f in plan if not f.is_cached)
+    total = sum(f.size for f in plan)
+    missing = sum(f.size for f in plan if not f.cached)
     print(f"{name} (Hugging Face Hub)")
     print(f"  files     {len(plan)}, {_size(total)} in all; {_size(missing)} to download "
           f"({_size(total - missing)} already in {hub.hub_settings().cache_dir})")

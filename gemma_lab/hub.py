@@ -221,17 +221,28 @@ class _hub_errors:
         return False
 
 
-def download_plan(repo_id: str, files: list[str] | None = None) -> list:
-    """What ``snapshot_download`` would fetch for ``repo_id`` (``DryRunFileInfo``: filename,
-    file_size, is_cached), asked of the Hub without downloading anything."""
-    from huggingface_hub import snapshot_download
+@dataclass(frozen=True)
+class PlannedFile:
+    name: str
+    size: int
+    cached: bool
+
+
+def download_plan(repo_id: str, files: list[str] | None = None) -> list[PlannedFile]:
+    """The files of ``repo_id`` a download would fetch (``files`` patterns, default ``MODEL_FILES``),
+    with their sizes and whether the cache has them, asked of the Hub without downloading anything."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.utils import filter_repo_objects
 
     settings = hub_settings()
     if settings.offline:
         raise HubError(f"HF_HUB_OFFLINE is set: cannot ask the Hub about {repo_id}")
     with _hub_errors(repo_id, settings):
-        return snapshot_download(repo_id, cache_dir=settings.cache_dir, allow_patterns=files or MODEL_FILES,
-                                 endpoint=settings.endpoint, token=settings.token, dry_run=True)
+        info = HfApi(endpoint=settings.endpoint, token=settings.token).model_info(repo_id, files_metadata=True)
+    sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+    wanted = filter_repo_objects(list(sizes), allow_patterns=files or MODEL_FILES)
+    return [PlannedFile(name, sizes[name], isinstance(try_to_load_from_cache(
+        repo_id, name, cache_dir=settings.cache_dir, revision=info.sha), str)) for name in wanted]
 
 
 def fetch_file(repo_id: str, filename: str) -> Path:

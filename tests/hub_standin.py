@@ -92,7 +92,7 @@ class HubStandIn:
                 if tail == "" or tail.startswith("revision/"):
                     info = {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
                             "gated": "manual" if repo.gated else False,
-                            "siblings": [{"rfilename": name} for name in sorted(repo.files)]}
+                            "siblings": [self._sibling(name, data) for name, data in sorted(repo.files.items())]}
                     return self._json(handler, info, body)
                 if tail.startswith("tree/"):
                     under = tail.removeprefix("tree/").partition("/")[2]
@@ -100,6 +100,13 @@ class HubStandIn:
                                if not under or name.startswith(under.rstrip("/") + "/")]
                     return self._json(handler, listing, body)
         self._error(handler, 404, "RepoNotFound", "Repository not found", body)
+
+    @staticmethod
+    def _sibling(name: str, data: bytes) -> dict:  # as with ?blobs=true (model_info(files_metadata=True))
+        sibling = {"rfilename": name, "size": len(data), "blobId": hashlib.sha1(data).hexdigest()}
+        if name.endswith((".safetensors", ".npz", ".model")):
+            sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return sibling
 
     @staticmethod
     def _entry(name: str, data: bytes) -> dict:

@@ -456,3 +456,40 @@ def record_widget_outputs() -> Iterator[WidgetRecorder]:
 
         stack.callback(restore)
         yield recorder
+
+
+#: The widget modules every front end ships (JupyterLab, Notebook 7, VS Code, Colab); a model from
+#: any other module needs its JavaScript fetched from a CDN, which VS Code and offline rooms lack.
+CORE_WIDGET_MODULES = ("@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/output")
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_portability_problems(nb) -> list[str]:
+    """Problems with the widgets an executed notebook shows, for front ends other than JupyterLab.
+
+    VS Code's and Colab's widget managers read ipywidgets 8 state (format 2.0) saved in the
+    notebook's metadata, and render only the core widget modules without a CDN. So: the state is
+    saved, in format 2.0; every view output is ipywidgets 8's (``version_major`` 2) and names a
+    model in that state; every model comes from a core module.
+    """
+    views = [(index, output["data"][WIDGET_VIEW_MIME]) for index, cell in enumerate(nb.cells)
+             for output in cell.get("outputs", []) if WIDGET_VIEW_MIME in output.get("data", {})]
+    if not views:
+        return []
+    saved = nb.metadata.get("widgets", {}).get(WIDGET_STATE_MIME)
+    if saved is None:
+        return ["widgets are shown but no widget state is saved in the notebook's metadata"]
+    problems = []
+    if (saved.get("version_major"), saved.get("version_minor")) != (2, 0):
+        problems.append(f"widget state format {saved.get('version_major')}.{saved.get('version_minor')}, not 2.0")
+    state = saved.get("state", {})
+    for index, view in views:
+        if view.get("version_major") != 2:
+            problems.append(f"cell {index}: a widget view of format {view.get('version_major')}, not ipywidgets 8's 2")
+        if view.get("model_id") not in state:
+            problems.append(f"cell {index}: widget model {view.get('model_id')} is not in the saved state")
+    for model_id, model in state.items():
+        if model.get("model_module") not in CORE_WIDGET_MODULES:
+            problems.append(f"widget model {model_id} comes from {model.get('model_module')!r}, not a core module")
+    return problems

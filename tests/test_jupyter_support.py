@@ -16,6 +16,7 @@ from jupyter_support import (
     count_displayed_widgets,
     execute_notebook,
     figures_in,
+    widget_portability_problems,
 )
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -164,6 +165,7 @@ def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path, capfd):
 def test_execute_notebook_runs_the_smoke_notebook():
     nb = execute_notebook(NOTEBOOKS / "smoke_widgets.ipynb")
     assert count_displayed_widgets(nb) == 1
+    assert widget_portability_problems(nb) == []  # ipywidgets 8 state, core modules: VS Code and Colab
     assert figures_in(nb) == 1  # the figure lives inside the Output widget's state
 
 
