@@ -52,8 +52,9 @@ if "google.colab" in sys.modules:
 
 # %%
 # Configuration: which model this lesson runs on.
-# "" keeps the default: the bundled tiny Gemma, or the checkpoint folder in $GEMMA_LAB_MODEL.
-# Real weights: a folder such as "/models/gemma-2-2b" (see notebook 14 for where to get one).
+# "" keeps the default: the bundled tiny Gemma, or the model $GEMMA_LAB_MODEL names.
+# Real weights: a model id such as "google/gemma-2-2b" (downloaded once into the Hugging Face cache;
+# accept its licence first, see notebook 14) or a checkpoint folder such as "/models/gemma-2-2b".
 import os
 
 MODEL = ""
