@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser(
         "lab", parents=[common], help="open the lesson notebooks in JupyterLab",
         description="Start JupyterLab on the lesson notebooks. Options it does not know are passed to JupyterLab.")
-    lab.add_argument("--model", metavar="PATH",
-                     help="checkpoint the lessons use (sets GEMMA_LAB_MODEL; default: the bundled tiny model)")
+    lab.add_argument("--model", metavar="MODEL",
+                     help="checkpoint folder or model id the lessons use (sets GEMMA_LAB_MODEL; default: the "
+                          "bundled tiny model)")
     for command_parser in commands.choices.values():  # so that usage errors show the command's usage
         command_parser.set_defaults(command_parser=command_parser)
     return parser

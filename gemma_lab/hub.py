@@ -210,7 +210,7 @@ class _hub_errors:
                            f"{login}") from None
         if isinstance(error, RepositoryNotFoundError):
             private = "" if self.settings.token else f", or it is private and you are not logged in ({login})"
-            raise HubError(f"{repo}: no such model on the Hugging Face Hub{private}") from None
+            raise HubError(f"{repo}: no such local folder, and no such model on the Hugging Face Hub{private}") from None
         if isinstance(error, RevisionNotFoundError):
             raise HubError(f"{repo}: {error}") from None
         if isinstance(error, LocalEntryNotFoundError):  # the Hub could not be reached

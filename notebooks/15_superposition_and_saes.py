@@ -62,7 +62,8 @@ import os
 MODEL = ""
 if MODEL:
     os.environ["GEMMA_LAB_MODEL"] = MODEL
-# A downloaded Gemma Scope folder, e.g. ".../gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82".
+# A Gemma Scope SAE: release id and folder, "google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
+# or a downloaded folder with that path.
 SAE_FOLDER = ""
 if SAE_FOLDER:
     os.environ["GEMMA_LAB_SAE"] = SAE_FOLDER
@@ -501,9 +502,11 @@ if transcoder is not None:
 # residual stream, the MLP output and the attention output of the layers, and transcoders; Gemma
 # Scope 2 does the same for Gemma 3, 270M to 27B.
 # Each SAE is a folder on the Hugging Face hub, e.g. in `google/gemma-scope-2b-pt-res` the folder
-# `layer_12/width_16k/average_l0_82` (`params.npz`). Download one (with `huggingface-cli download`,
-# after accepting the Gemma licence), then set `MODEL` and `SAE_FOLDER` in the configuration cell
-# (or `GEMMA_LAB_MODEL` and `GEMMA_LAB_SAE` before starting Jupyter). `load_sae` reads the site from
+# `layer_12/width_16k/average_l0_82` (`params.npz`). Set `MODEL` and `SAE_FOLDER` in the configuration
+# cell (or `GEMMA_LAB_MODEL` and `GEMMA_LAB_SAE` before starting Jupyter), e.g. to `google/gemma-2-2b`
+# and `google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82`: after accepting the Gemma
+# licence, both are fetched into the Hugging Face cache on first use (a downloaded folder works
+# too; `load_sae("google/gemma-scope-2b-pt-res", "layer_12/...")` is the same). `load_sae` reads the site from
 # the folder's path and checks that it fits the model. Everything of sections 5 and 6 then works
 # the same; the cell below runs only when both are set.
 

@@ -210,7 +210,7 @@ def test_gated_repositories_say_how_to_get_access(hf_env, monkeypatch, tiny):
         monkeypatch.setenv("HF_TOKEN", "hf_accepted")  # read when the id is resolved, not at import
         assert same_weights(load_pretrained("google/gemma-gated"), tiny)
         code, _, err = run_cli("generate", "--model", "google/no-such-model", "hi")
-        assert code == 1 and "google/no-such-model: no such model on the Hugging Face Hub" in err
+        assert code == 1 and "google/no-such-model: no such local folder, and no such model on the Hugging Face Hub" in err
 
 
 def gemma_scope_1_params(d_in: int, d_sae: int, seed: int) -> bytes:
@@ -237,6 +237,8 @@ def test_sae_releases_load_by_id_and_folder(hf_env, monkeypatch):
             assert torch.equal(sae.W_enc, torch.from_numpy(data["W_enc"]))
         again = load_sae(release, sae_id="layer_3/width_16k/average_l0_82", hook_name="blocks.3.hook_resid_post")
         assert torch.equal(again.W_dec, sae.W_dec)
+        in_one = load_sae(f"{release}/layer_3/width_16k/average_l0_82")  # as GEMMA_LAB_SAE may hold it
+        assert torch.equal(in_one.W_enc, sae.W_enc)
         with pytest.raises(ValueError, match="is a release id: say which SAE in it"):
             load_sae(release)
         with pytest.raises(hub.HubError, match="has no folder 'layer_9/width_16k'"):

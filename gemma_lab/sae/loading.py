@@ -73,7 +73,8 @@ def load_sae(path: str | os.PathLike, hook_name: str | None = None, *, sae_id: s
     """An ``SAE`` (or ``Transcoder``) from a folder in one of the formats above, a bundled name, or
     a release on the Hugging Face Hub with the SAE's folder in it.
 
-    path: a folder, ``"tiny"`` / ``"tiny-transcoder"``, or a release id (``google/gemma-scope-2b-pt-res``).
+    path: a folder, ``"tiny"`` / ``"tiny-transcoder"``, a release id (``google/gemma-scope-2b-pt-res``),
+        or a release id and the SAE's folder in one (``google/gemma-scope-2b-pt-res/layer_12/...``).
     hook_name: where it sits, in our names (``blocks.12.hook_resid_post``); needed only when the
         folder does not say (a Gemma Scope 1 folder outside its released path). If the folder
         does say, the two must agree. A transcoder's ``hook_name`` is its input site. For a
@@ -84,6 +85,10 @@ def load_sae(path: str | os.PathLike, hook_name: str | None = None, *, sae_id: s
     """
     if isinstance(path, str) and path in TINY_SAES:
         path = bundled_dir("tiny-sae") / TINY_SAES[path]
+    if isinstance(path, str) and sae_id is None and path.count("/") >= 2 and not Path(path).exists():
+        owner, name, inner = path.split("/", 2)  # "release/sae_id" in one string (GEMMA_LAB_SAE can hold it)
+        if is_hub_id(f"{owner}/{name}"):
+            path, sae_id = f"{owner}/{name}", inner
     if is_hub_id(path):
         if sae_id is None and hook_name is not None and "/" in hook_name:
             sae_id, hook_name = hook_name, None
