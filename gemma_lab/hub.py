@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_lab.bundled import is_tiny_name, tiny_model_dir
+from gemma_lab import bundled
 
 #: Files a model folder needs: config, safetensors weights (single or sharded), tokenizer.
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
@@ -79,8 +79,8 @@ def resolve_model(name: str | os.PathLike, *, tokenizer_only: bool = False) -> P
         return Path(name)
     if Path(name).exists():
         return Path(name)
-    if is_tiny_name(name):
-        return tiny_model_dir()
+    if bundled.is_tiny_name(name):
+        return bundled.tiny_model_dir()
     if name in PRESET_IDS or name.startswith("test-gemma"):
         where = (f"; its published weights are the Hugging Face id {PRESET_IDS[name]!r}" if name in PRESET_IDS
                  else "; it has no published weights (a small size for tests: GemmaConfig.from_preset + init_weights)")
