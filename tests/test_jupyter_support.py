@@ -20,6 +20,7 @@ from jupyter_support import (
 )
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+FIXTURES = NOTEBOOKS / "for_instructors" / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -163,7 +164,7 @@ def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path, capfd):
 
 @pytest.mark.slow
 def test_execute_notebook_runs_the_smoke_notebook():
-    nb = execute_notebook(NOTEBOOKS / "smoke_widgets.ipynb")
+    nb = execute_notebook(FIXTURES / "smoke_widgets.ipynb")
     assert count_displayed_widgets(nb) == 1
     assert widget_portability_problems(nb) == []  # ipywidgets 8 state, core modules: VS Code and Colab
     assert figures_in(nb) == 1  # the figure lives inside the Output widget's state
@@ -234,4 +235,5 @@ def test_check_notebook_pairs_detects_committed_outputs(tmp_path):
 
 
 def test_repository_notebooks_are_paired_and_stripped():
-    assert check_notebook_pairs(NOTEBOOKS) == []
+    assert check_notebook_pairs(NOTEBOOKS, NOTEBOOKS / "for_instructors" / "scripts") == []
+    assert check_notebook_pairs(FIXTURES) == []  # the fixture keeps its twin beside it

@@ -1,10 +1,11 @@
 """The lessons' "Open in Colab" link and Colab set-up cell, made from the repository in pyproject.toml.
 
     python -m tools.colab_links            # list the notebooks whose link or set-up cell is out of date
-    python -m tools.colab_links --update   # rewrite them (the .py, then the paired .ipynb via jupytext)
+    python -m tools.colab_links --update   # rewrite them (the script, then the paired .ipynb via jupytext)
 
 The repository address is written once, as ``[project.urls] Repository`` in ``pyproject.toml``;
-a fork changes it there and runs ``--update``. Every lesson (``notebooks/NN_*.py``) then opens with
+a fork changes it there and runs ``--update``. Every lesson (``notebooks/NN_*.ipynb``, edited through
+its twin ``notebooks/for_instructors/scripts/NN_*.py``) then opens with
 
 * a text link to itself on Colab: no badge image, which would be a broken picture offline and is
   fetched from a remote server by every front end that shows the notebook;
@@ -28,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+SCRIPTS = NOTEBOOKS / "for_instructors" / "scripts"  # the percent-format twins (jupytext.toml pairs them)
 BRANCH = "main"
 
 _LINK_LINE = re.compile(r"^# (\[!\[Open In Colab\]\([^)]*\)\]|\*\*\[Open in Colab\])\(([^)]*)\)(\*\*)?.*$", re.M)
@@ -76,7 +78,7 @@ if "google.colab" in sys.modules:
 
 
 def lessons() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    return sorted(SCRIPTS.glob("[0-9][0-9]_*.py"))
 
 
 def updated(script: Path, repo: str) -> str:
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for script in stale:
         script.write_text(updated(script, repo), encoding="utf-8")
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--sync", str(script)], check=True)
-        print(f"updated {script.relative_to(ROOT)} and {script.with_suffix('.ipynb').name}")
+        print(f"updated {script.relative_to(ROOT)} and notebooks/{script.with_suffix('.ipynb').name}")
     return 0
 
 
