@@ -555,7 +555,7 @@ except NotImplementedError:
 # %%
 explorer = RouterExplorer(moe_model, tokenizer, text=text, layer=1)
 print(f"layer {explorer.layer_select.value}: expert load {explorer.load.tolist()} "
-      f"({'random weights: not a trained router' if moe_model is random_model else moe_cfg.name})")
+      f"({'random weights: not a trained router' if moe_model is random_model else moe_cfg.name or 'the lesson model'})")
 explorer
 
 # %% [markdown]
