@@ -1,4 +1,4 @@
-"""Exercises of lesson 16, what changed in Gemma 4 (``notebooks/16_gemma4.py``).
+"""Exercises of lesson 16, what changed in Gemma 4 (``notebooks/16_gemma4.ipynb``).
 
 Exercises: route_tokens (the router's top-k, renormalisation and per-expert scale),
 kv_cache_bytes (what KV sharing saves), partial_rotary (Gemma 4's proportional RoPE) and

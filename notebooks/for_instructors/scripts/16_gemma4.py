@@ -199,7 +199,7 @@ print("(token + context) / sqrt(2) equals hook_inputs:", torch.equal(combined, p
 # [layer * d_per_layer, d_model]`, `norm_weight [d_per_layer]`. Return `[batch, pos, layer,
 # d_per_layer]`. The norm is taken over each layer's `d_per_layer` numbers.
 
-# %% tags=["exercise"] exercise="combine_per_layer"
+# %% exercise="combine_per_layer" tags=["exercise"]
 def combine_per_layer(table_rows, embedded, projection, norm_weight, eps):
     """[batch, pos, layer, d_per_layer] per-layer inputs from the table rows and the scaled main embedding."""
     raise NotImplementedError  # your code here
@@ -349,7 +349,7 @@ display(fig)
 # d_head]` with Gemma's pairing `(i, i + d_head/2)`, only the first `int(fraction * d_head / 2)`
 # pairs, each with its full-head frequency `theta ** (-2i / d_head)`.
 
-# %% tags=["exercise"] exercise="partial_rotary"
+# %% exercise="partial_rotary" tags=["exercise"]
 def partial_rotary(x, positions, theta, fraction):
     """x [batch, pos, head, d_head] rotated by RoPE on only the first fraction * d_head / 2 pairs."""
     raise NotImplementedError  # your code here
@@ -423,7 +423,7 @@ display(fig)
 # `cfg.d_head_for(layer)`. (`check` compares with the package's `KVCache`, built on the meta
 # device: shapes without memory.)
 
-# %% tags=["exercise"] exercise="kv_cache_bytes"
+# %% exercise="kv_cache_bytes" tags=["exercise"]
 def kv_cache_bytes(cfg, n_tokens, share_kv):
     """Bytes of bf16 keys and values cached after n_tokens tokens of one sequence."""
     raise NotImplementedError  # your code here
@@ -518,7 +518,7 @@ print("dense share + experts' share, then ln2_post, = hook_mlp_out:",
 # probable experts (int64, most probable first) and their weights in fp32: softmax in fp32, top-k,
 # renormalise the chosen probabilities to sum 1, multiply each by its expert's `per_expert_scale`.
 
-# %% tags=["exercise"] exercise="route_tokens"
+# %% exercise="route_tokens" tags=["exercise"]
 def route_tokens(logits, k, per_expert_scale):
     """(chosen [batch, pos, k] int64, weights [batch, pos, k] fp32) from router logits [batch, pos, expert]."""
     raise NotImplementedError  # your code here
