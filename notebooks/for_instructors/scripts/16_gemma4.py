@@ -340,10 +340,20 @@ for ax, (title, angle) in zip(axes[0], panels):
 fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="angle (rad), 0 = not rotated")
 display(fig)
 
+e2b = PRESETS["gemma4-e2b"]
+g_e2b = e2b.layer_types.index("global")
+d_head, n_pairs = e2b.d_head_for(g_e2b), e2b.d_head_for(g_e2b) // 2
+n_rotated = int(e2b.rope_fraction_for(g_e2b) * n_pairs)
+frequency = lambda i: e2b.rope_theta ** (-2 * i / d_head)  # radians per token of pair i in a full head
+for i in (n_rotated - 1, n_rotated, n_pairs - 1):
+    turns = frequency(i) * e2b.max_seq_len / (2 * np.pi)
+    print(f"gemma4-e2b global, pair {i:>3}{' (rotates)' if i < n_rotated else ' (left out)':>11}: "
+          f"{frequency(i):.2e} rad per token, {turns:10.2f} turns over {e2b.max_seq_len} tokens")
+
 # %% [markdown]
-# The slowest rotating pairs are the ones left out: in a full head they would turn only a few times
-# over 128k tokens, too slowly to tell nearby positions apart but enough to confuse far ones. The
-# non-rotating dimensions match on content alone, whatever the distance.
+# The pairs left out are the slower ones (the numbers above): the slowest would not turn once over
+# the whole context. Left unrotated, those dimensions carry no position at all: queries and keys
+# match there on content alone, whatever the distance, while the rotating part carries position.
 #
 # **Exercise.** Write `partial_rotary(x, positions, theta, fraction)`: rotate `x [batch, pos, head,
 # d_head]` with Gemma's pairing `(i, i + d_head/2)`, only the first `int(fraction * d_head / 2)`
