@@ -34,7 +34,8 @@ class KVCache:
     """Per-layer key/value buffers of one batch of sequences, sliding-window aware."""
 
     def __init__(self, config: GemmaConfig, batch_size: int, max_len: int, *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", layer_devices: list[torch.device] | None = None) -> None:
+        """``layer_devices``: one per layer, for a model placed across devices (default: ``device``)."""
         if max_len < 1 or batch_size < 1:
             raise ValueError(f"KVCache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
         self.config = config
@@ -53,16 +54,18 @@ class KVCache:
                 capacity = 0
             self.capacity.append(capacity)
             shape = (batch_size, config.n_kv_heads_for(layer), capacity, config.d_head_for(layer))
-            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            where = layer_devices[layer] if layer_devices is not None else device
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=where))
             self.values.append(torch.zeros_like(self.keys[-1]))
-            self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=device))
-            self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=device))
+            self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=where))
+            self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=where))
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> "KVCache":
-        """A cache matching the model's config, dtype and device."""
+        """A cache matching the model's config, dtype and device (each block's, if placed across devices)."""
         weight = model.embed.weight
-        return cls(model.cfg, batch_size, max_len, dtype=weight.dtype, device=weight.device)
+        return cls(model.cfg, batch_size, max_len, dtype=weight.dtype, device=weight.device,
+                   layer_devices=getattr(model, "block_devices", None))
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                valid: torch.Tensor) -> LayerKV:

@@ -218,6 +218,8 @@ class Attention(nn.Module):
             raise RuntimeError(f"layer {self.layer} reads the keys and values of layer {self.kv_source}, "
                                "which have not been computed in this forward pass")
         source = shared_kv[self.kv_source]
+        device = self.q_proj.weight.device  # the source layer may sit on another device
+        source = LayerKV(*(t.to(device) for t in (source.keys, source.values, source.positions, source.valid)))
         k = self.hook_shared_k(rearrange(source.keys, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
         v = self.hook_shared_v(rearrange(source.values, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
         return LayerKV(rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head"),
@@ -380,7 +382,10 @@ class Gemma(HookedModule):
             if rope not in rotary:
                 rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=weight.dtype, fraction=rope[3])
             per_layer_input = per_layer_inputs[:, :, layer] if per_layer_inputs is not None else None
-            resid = block(resid, *rotary[rope], positions, valid, kv_cache, shared_kv, per_layer_input)
+            # By keyword: a model placed across devices moves a block's arguments to its device,
+            # all but these two, which the block updates in place (see placement.py).
+            resid = block(resid, *rotary[rope], positions, valid, kv_cache=kv_cache, shared_kv=shared_kv,
+                          per_layer_input=per_layer_input)
         if kv_cache is not None:
             kv_cache.advance(valid)
 
