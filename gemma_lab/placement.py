@@ -177,7 +177,11 @@ def dispatch(model: nn.Module, placement: Mapping[str, int | str], offload_index
     if len(set(placement.values())) == 1:  # one device and nothing offloaded: nothing to move
         return
     accelerate.dispatch_model(model, dict(placement), main_device=main, offload_index=dict(offload_index) or None,
-                              offload_dir=offload_folder, skip_keys=["kv_cache", "shared_kv"])  # updated in place
+                              offload_dir=offload_folder,
+                              skip_keys=["kv_cache", "shared_kv"],  # objects the blocks update in place
+                              # a whole block's weights at once: attention reads o_proj.weight itself
+                              # for per-head results, and one block in memory is the bound we promise
+                              preload_module_classes=["Block"])
 
 
 def _execution_device(device: int | str, main: int | str) -> torch.device:
