@@ -210,3 +210,61 @@ def _gib(n: int) -> str:
     if n >= 2**28:
         return f"{n / 2**30:.2f} GiB"
     return f"{n / 2**20:.1f} MiB" if n >= 2**24 else f"{n:,} bytes"
+
+
+# ---- what fits where: memory figures from a config ----------------------------------------------------
+
+MEMORY_DTYPES = {"bfloat16": 2, "float32": 4}
+
+
+def memory_figures(cfg) -> dict[str, int]:
+    """Parameter counts of a model's parts: ``total``, ``resident`` (what stays on the main device
+    when blocks are offloaded: the embedding, which is also the unembedding, the final norm, Gemma
+    4's per-layer embedding) and ``largest_block``. Blocks are built on the meta device (no memory),
+    one of each shape."""
+    from gemma_lab.loading import _SkipWeightInit
+    from gemma_lab.model import Block
+
+    counts: dict[tuple, int] = {}
+    blocks = []
+    for layer in range(cfg.n_layers):
+        shape = (cfg.kv_source(layer) == layer, cfg.d_mlp_for(layer), cfg.d_head_for(layer),
+                 cfg.n_kv_heads_for(layer), cfg.has_v_proj(layer))
+        if shape not in counts:
+            with torch.device("meta"), _SkipWeightInit():
+                counts[shape] = sum(p.numel() for p in Block(cfg, layer).parameters())
+        blocks.append(counts[shape])
+    total = cfg.n_params()  # tested equal to the model's own count
+    return {"total": total, "resident": total - sum(blocks), "largest_block": max(blocks)}
+
+
+def memory_table(presets: list[str] | None = None) -> str:
+    """The markdown table of docs/bigger_models.md: each Gemma size's weights in bf16 and fp32, and
+    the least memory a forward pass with every block offloaded to disk needs (bf16)."""
+    from gemma_lab.config import PRESETS
+
+    names = presets or [name for name in PRESETS if not name.startswith("test-")]
+    lines = ["| model | parameters | bf16 weights | fp32 weights | bf16, blocks on disk: resident + one block |",
+             "|---|---:|---:|---:|---:|"]
+    for name in names:
+        figures = memory_figures(PRESETS[name])
+        offload = 2 * (figures["resident"] + figures["largest_block"])
+        lines.append(f"| {name} | {figures['total'] / 1e9:.2f} B | {_gb(2 * figures['total'])} | "
+                     f"{_gb(4 * figures['total'])} | {_gb(offload)} |")
+    return "\n".join(lines)
+
+
+def memory_lines(cfg) -> list[str]:
+    """What ``gemma-lab info`` prints under "memory by dtype" for one model."""
+    figures = memory_figures(cfg)
+    rows = [("dtype", "all weights", "resident part", "largest block", "blocks on disk: resident + one block")]
+    for dtype, size in MEMORY_DTYPES.items():
+        rows.append((dtype, _gb(size * figures["total"]), _gb(size * figures["resident"]),
+                     _gb(size * figures["largest_block"]), _gb(size * (figures["resident"] + figures["largest_block"]))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _gb(n_bytes: int) -> str:
+    """Decimal gigabytes, as GPU and laptop memory is sold (MB below 0.1 GB)."""
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
