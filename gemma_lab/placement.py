@@ -222,7 +222,6 @@ def memory_figures(cfg) -> dict[str, int]:
     when blocks are offloaded: the embedding, which is also the unembedding, the final norm, Gemma
     4's per-layer embedding) and ``largest_block``. Blocks are built on the meta device (no memory),
     one of each shape."""
-    from gemma_lab.loading import _SkipWeightInit
     from gemma_lab.model import Block
 
     counts: dict[tuple, int] = {}
@@ -231,7 +230,7 @@ def memory_figures(cfg) -> dict[str, int]:
         shape = (cfg.kv_source(layer) == layer, cfg.d_mlp_for(layer), cfg.d_head_for(layer),
                  cfg.n_kv_heads_for(layer), cfg.has_v_proj(layer))
         if shape not in counts:
-            with torch.device("meta"), _SkipWeightInit():
+            with torch.device("meta"):
                 counts[shape] = sum(p.numel() for p in Block(cfg, layer).parameters())
         blocks.append(counts[shape])
     total = cfg.n_params()  # tested equal to the model's own count

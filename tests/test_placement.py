@@ -231,3 +231,38 @@ def test_offloaded_forward_peak_memory_is_about_one_block(tmp_path):
     assert measured["resident"] > 0.8 * model_bytes  # the peer really holds the model
     # Generous: one block, the embedding, activations, allocator slack; well below the model's 8 blocks.
     assert measured["offload"] < embed_bytes + 3 * block_bytes < 0.5 * model_bytes
+
+
+# ---- the "Bigger models" page and gemma-lab info ------------------------------------------------------
+
+def test_the_docs_memory_table_is_the_generated_one():
+    from gemma_lab.placement import memory_table
+
+    text = (Path(__file__).parents[1] / "docs" / "bigger_models.md").read_text()
+    table = text.split("<!-- memory-table:begin (gemma_lab.placement.memory_table) -->", 1)[1]
+    table = table.split("<!-- memory-table:end -->", 1)[0]
+    assert table.strip() == memory_table().strip(), "paste gemma_lab.placement.memory_table() into the page"
+
+
+def test_memory_figures_add_up_to_the_model():
+    from gemma_lab.loading import _SkipWeightInit
+    from gemma_lab.placement import memory_figures
+
+    for preset in ("gemma2-2b", "gemma3-27b", "gemma4-e2b", "gemma4-26b-a4b"):  # Gemma 4: blocks differ in shape
+        cfg = gemma_lab.GemmaConfig.from_preset(preset)
+        with torch.device("meta"), _SkipWeightInit():
+            model = gemma_lab.Gemma(cfg)
+        blocks = [sum(p.numel() for p in block.parameters()) for block in model.blocks]
+        assert memory_figures(cfg) == {"total": model.n_params(), "resident": model.n_params() - sum(blocks),
+                                       "largest_block": max(blocks)}, preset
+
+
+def test_info_prints_the_memory_table(capsys):
+    from gemma_lab.cli import main
+
+    assert main(["info", "gemma3-27b"]) == 0
+    out = capsys.readouterr().out
+    rows = out.split("memory by dtype", 1)[1].splitlines()[1:4]
+    assert rows[0].split()[:3] == ["dtype", "all", "weights"]
+    assert rows[1].split()[:3] == ["bfloat16", "54.0", "GB"] and rows[2].split()[:3] == ["float32", "108.0", "GB"]
+    assert rows[1].split()[-2:] == ["3.6", "GB"]  # the docs table's offload column for gemma3-27b
