@@ -48,7 +48,7 @@ class CheckpointError(ValueError):
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     *, config: GemmaConfig | str | None = None, progress: bool | None = None,
                     device_map: str | dict | None = None, max_memory: dict | None = None,
-                    offload_folder: str | os.PathLike | None = None) -> Gemma:
+                    offload_folder: str | os.PathLike | None = None, tensor_parallel: bool = False) -> Gemma:
     """A ready ``Gemma`` in eval mode from a checkpoint folder or file (or ``"tiny"``, the bundled model).
 
     dtype: e.g. ``torch.bfloat16`` or ``"float32"``; default: the checkpoint's own dtype.
@@ -61,6 +61,8 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         read from the checkpoint file while they run (see ``placement.py``, docs/bigger_models.md).
     offload_folder: where disk-offloaded weights are written for checkpoints that are not
         safetensors (safetensors checkpoints are read in place).
+    tensor_parallel: under ``torchrun`` with a process group, split attention heads and MLP
+        columns over the ranks, each reading only its slice of the file (``tensor_parallel.py``).
     """
     if is_tiny_name(path):
         path = tiny_model_dir()
@@ -89,6 +91,20 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         on_disk = lambda name: name in params and placement[placing.module_of(name)] == "disk"  # noqa: E731
     elif max_memory is not None or offload_folder is not None:
         raise ValueError("max_memory and offload_folder only apply with device_map= ('auto' or a dict)")
+    splits = {}
+    if tensor_parallel:
+        from safetensors import safe_open
+
+        from gemma_lab import tensor_parallel as tp
+
+        if device_map is not None:
+            raise ValueError("pass either tensor_parallel=True or device_map=, not both")
+        if not isinstance(source, _SafetensorsFolder):
+            raise CheckpointError(f"{source.describe()}: tensor_parallel=True reads safetensors checkpoints "
+                                  f"(each rank reads its slice in place)")
+        tp.check(config)
+        splits = tp.parallelize(model, torch.device(device))
+        on_disk = splits.__contains__  # not read now: each rank reads its own slice below
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
@@ -110,6 +126,17 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 raise CheckpointError(
                     f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
                     f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
+            if our_name in splits:  # tensor parallel: this rank's slice only
+                dim, size = splits[our_name]
+                file, weight_name = source.locations[our_name]
+                with safe_open(str(file), framework="pt") as handle:
+                    local = tp.local_slice(handle.get_slice(weight_name), tuple(tensor.shape), dim, size)
+                local = local.to(device=device, dtype=dtype or local.dtype)
+                if not bool(torch.isfinite(local).all()):
+                    non_finite.append(f"{origin} ({our_name})")
+                loaded[our_name] = tp.distributed(local, dim, model.tp_mesh)
+                bar.update(local.numel() * local.element_size())
+                continue
             if on_disk is not None and on_disk(our_name):  # stays in the file; read while its block runs
                 offloaded[our_name] = tensor
                 loaded[our_name] = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device="meta")
