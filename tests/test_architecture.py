@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
                "gemma_lab.gemma4_parts", "gemma_lab.model")),
-    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.placement", "gemma_lab.generation", "gemma_lab.interp",
+    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.placement", "gemma_lab.tensor_parallel",
+                                     "gemma_lab.generation", "gemma_lab.interp",
                                      "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
                                      # TransformerLens's interface: model and tokenizer paired.
                                      "gemma_lab.tl_utils", "gemma_lab.tl_views", "gemma_lab.tl_aliases",
