@@ -58,7 +58,7 @@ class KVCache:
             shape = (batch_size, config.n_kv_heads_for(layer) // kv_head_split, capacity, config.d_head_for(layer))
             where = layer_devices[layer] if layer_devices is not None else device
             self.keys.append(torch.zeros(shape, dtype=dtype, device=where))
-            self.values.append(torch.zeros_like(self.keys[-1]))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=where))  # (zeros_like on meta costs seconds of imports)
             self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=where))
             self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=where))
 
