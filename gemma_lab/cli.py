@@ -358,6 +358,11 @@ def run_info(args) -> int:
         files += [folder / name for name in extras if (folder / name).is_file()]
     for line in describe_config(cfg, title):
         print(line)
+    from gemma_lab.placement import memory_lines
+
+    print("memory by dtype (weights; GB = 10^9 bytes; docs/bigger_models.md says what fits where)")
+    for line in memory_lines(cfg):
+        print(line)
     if files:
         print("files")
         width = max(len(f.name) for f in files)

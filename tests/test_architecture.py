@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                           "gemma_lab.chat_template")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
                "gemma_lab.gemma4_parts", "gemma_lab.model")),
-    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.generation", "gemma_lab.interp",
+    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.placement", "gemma_lab.tensor_parallel",
+                                     "gemma_lab.generation", "gemma_lab.interp",
                                      "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
                                      # TransformerLens's interface: model and tokenizer paired.
                                      "gemma_lab.tl_utils", "gemma_lab.tl_views", "gemma_lab.tl_aliases",
