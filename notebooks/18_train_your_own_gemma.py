@@ -153,12 +153,19 @@ else:
 # local and global layers alternating). Here it is smaller so that it trains in minutes: 2 layers
 # (one local, one global: the least an induction circuit needs), `d_model` 64, 4 heads over 2
 # key/value heads. `init_weights` draws every matrix from normal(0, 0.02); `damp_block_outputs`
-# starts the post-attention and post-MLP norm gains at 0.1 (section 8 says why).
+# starts the post-attention and post-MLP norm gains at 0.1 (section 9 says why).
+#
+# One setting differs from Gemma: `query_pre_attn_scalar=1.0` instead of `d_head`. Gemma 3
+# normalises queries and keys (q/k RMSNorm), so an attention score is at most about
+# `d_head / sqrt(query_pre_attn_scalar)` until the norm gains grow: 4 here with Gemma's value, too
+# flat for a head to pick out one position among 64 early in a short run. Scaling by 1 instead
+# lets the heads sharpen from the start (`python -m gemma_lab.tiny.train` has the same switch,
+# `--query-pre-attn-scalar`).
 
 # %%
 SEQ_LEN = 64
 config = train.tiny_config(tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=192,
-                           seq_len=SEQ_LEN, sliding_window=SEQ_LEN // 2)
+                           seq_len=SEQ_LEN, sliding_window=SEQ_LEN // 2, query_pre_attn_scalar=1.0)
 torch.manual_seed(0)
 model = train.damp_block_outputs(init_weights(Gemma(config), seed=0, std=0.02), 0.1)
 print(describe(model, source="initialised in this notebook"))
@@ -169,11 +176,11 @@ print(f"layer types: {config.layer_types}; {model.n_params():,} parameters "
 # Training rows come from `train.batches`: documents packed as `<bos> text <eos>` into rows of
 # `SEQ_LEN + 1` tokens, and a share of rows built whole from random tokens (`train.repeat_row`):
 # a random span written twice, or two random tokens alternating. Random ids are drawn from the
-# first `RANDOM_IDS` ids of the vocabulary here, so that each of them comes round often enough in a
-# short run (the bundled model draws from all 3,072).
+# first `RANDOM_IDS` ids of the vocabulary here (byte pieces and early merges), so that each of
+# them comes round often enough in a short run (the bundled model draws from all 3,072).
 
 # %%
-RANDOM_IDS = 512
+RANDOM_IDS = 128
 
 
 class FewerRandomIds:
@@ -296,8 +303,10 @@ if not result.passed:
     lr_schedule = get_exercise("lr_schedule").reference
 
 TRAINING_STEPS = 8 if QUICK else 900
-PEAK_LR, WARMUP = 0.005, max(1, min(40, TRAINING_STEPS // 10))
+PEAK_LR, WARMUP = 0.01, max(1, min(30, TRAINING_STEPS // 10))
 schedule = [float(rate) for rate in lr_schedule(TRAINING_STEPS, PEAK_LR, WARMUP, 0.1)]
+package = [train.lr_at(step, TRAINING_STEPS, PEAK_LR, WARMUP, 0.1) for step in range(TRAINING_STEPS)]
+print("the same rates as gemma_lab.tiny.train.lr_at:", all(math.isclose(a, b) for a, b in zip(schedule, package)))
 with plt.ioff():
     fig, ax = plt.subplots(figsize=(6, 2.4), layout="constrained")
 plt.close(fig)

@@ -477,4 +477,5 @@ display(fig)
 # * A function vector is the mean attention output over in-context prompts; it can only carry a task
 #   the model does in context.
 #
-# **Next:** notebook 15 (sparse autoencoders) looks for directions without labels.
+# **Next:** probes need labels; notebook 15's sparse autoencoders look for directions without them.
+# If you have not done it yet, it is the natural next step.

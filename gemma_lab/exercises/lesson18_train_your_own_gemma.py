@@ -1,8 +1,8 @@
 """Exercises of lesson 18, training a tiny Gemma (``notebooks/18_train_your_own_gemma.py``).
 
-Exercises: next_token_loss, lr_schedule, adamw_update. Each has its reference (the package's code
-where there is one: ``gemma_lab.tiny.train``'s loss and schedule, torch's AdamW arithmetic written
-out), its trial inputs, and its usual mistakes written out as the wrong functions they describe.
+Exercises: next_token_loss, lr_schedule, adamw_update. Each has its reference (the loss and schedule
+of ``gemma_lab.tiny.train``, torch's AdamW arithmetic written out), its trial inputs, and its usual
+mistakes written out as the wrong functions they describe.
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ def lr_schedule_inputs(generator: torch.Generator) -> tuple:
 
 
 def lr_schedule_reference(total: int, peak: float, warmup: int, floor: float) -> torch.Tensor:
-    """``[total]`` float64 learning rates, one per step: ``gemma_lab.tiny.train.lr_at`` at every step."""
-    from gemma_lab.tiny.train import lr_at
-
-    return torch.tensor([lr_at(step, total, peak, warmup, floor) for step in range(total)], dtype=torch.float64)
+    """``[total]`` float64 learning rates, one per step: linear warm-up to ``peak`` (step ``s`` gets
+    ``peak * (s + 1) / warmup``), then half a cosine down to ``floor * peak`` at the last step. The
+    same numbers as ``gemma_lab.tiny.train.lr_at`` (which this layer may not import; lesson 18
+    compares the two)."""
+    return _schedule(total, peak, warmup, floor)
 
 
 def _as_rates(rates) -> torch.Tensor:
