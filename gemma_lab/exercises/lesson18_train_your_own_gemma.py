@@ -1,4 +1,4 @@
-"""Exercises of lesson 18, training a tiny Gemma (``notebooks/18_train_your_own_gemma.py``).
+"""Exercises of lesson 18, training a tiny Gemma (``notebooks/18_train_your_own_gemma.ipynb``).
 
 Exercises: next_token_loss, lr_schedule, adamw_update. Each has its reference (the loss and schedule
 of ``gemma_lab.tiny.train``, torch's AdamW arithmetic written out), its trial inputs, and its usual

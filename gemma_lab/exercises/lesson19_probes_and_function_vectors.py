@@ -1,4 +1,4 @@
-"""Exercises of lesson 19, probes and function vectors (``notebooks/19_probes_and_function_vectors.py``).
+"""Exercises of lesson 19, probes and function vectors (``notebooks/19_probes_and_function_vectors.ipynb``).
 
 Exercises: train_probe, steer_resid. Each has its reference, its trial inputs, and its usual
 mistakes written out as the wrong functions they describe.
