@@ -279,7 +279,7 @@ print(f"cosine(probe direction, difference of means) for IO = {NAMES[target_name
 # For scale: two random directions in `d_model` dimensions have a cosine of about
 # `± 1 / sqrt(d_model)` (0.09 for the tiny model's 128). On the bundled tiny model the two agree
 # where the answer is readable, after the last layer (a cosine around 0.7), and are close to
-# orthogonal in the middle layers, where the held-out accuracy says the probe found nothing that
+# orthogonal before layers 1 and 2, where the held-out accuracy says the probe found nothing that
 # generalises: there it fits noise that the difference of means averages away. The difference of
 # means follows everything that differs between the groups; the probe only what separates them best
 # after standardisation, and it is free to lean on low-variance features. (Before layer 0 every
