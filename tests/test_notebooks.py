@@ -68,12 +68,13 @@ def kernel_env(model: str = "", sae: str = "") -> dict:
     """The kernel imports this checkout's gemma_lab and loads ``model`` ("" = the bundled tiny one);
     ``sae``: the SAE folder lesson 15 runs on real weights (``GEMMA_LAB_SAE``; "" = none).
 
+    ``GEMMA_LAB_QUICK=1``: lessons that train something (18) shrink the run to a few steps.
     One intra-op thread: the lesson models are small, and on a busy machine torch's thread pool
     spinning for cores that other processes hold makes a tiny forward pass 50 times slower.
     """
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": python_path, "GEMMA_LAB_MODEL": model, "GEMMA_LAB_DTYPE": "", "GEMMA_LAB_SAE": sae,
-            "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "GEMMA_LAB_QUICK": "1"}
 
 
 def exercise_cells(nb) -> list[tuple[int, str]]:
