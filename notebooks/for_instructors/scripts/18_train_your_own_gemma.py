@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/18_train_your_own_gemma.ipynb)
+# **[Open in Colab](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/18_train_your_own_gemma.ipynb)**
 #
 # # 18 · Train your own tiny Gemma
 #
@@ -38,14 +38,17 @@
 #    and explain the two changes the tiny model's recipe needed before they did.
 
 # %%
-# Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
+# Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
+# widgets; anywhere else it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gemma_lab[lab] @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
+    import torch  # Colab's build: pinned below, so pip keeps it instead of installing another
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"torch=={torch.__version__}",
+                    "gemma_lab @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()
