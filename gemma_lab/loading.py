@@ -36,6 +36,7 @@ from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
 from gemma_lab.model import Gemma
+from gemma_lab.quantize import check_quantize, quantize_modules, quantize_weight, quantized_names
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
 _PROGRESS_MIN_BYTES = 256 * 2**20
@@ -46,14 +47,19 @@ class CheckpointError(ValueError):
 
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-                    *, config: GemmaConfig | str | None = None, progress: bool | None = None) -> Gemma:
+                    *, config: GemmaConfig | str | None = None, progress: bool | None = None,
+                    quantize: str | None = None) -> Gemma:
     """A ready ``Gemma`` in eval mode from a checkpoint folder or file (or ``"tiny"``, the bundled model).
 
     dtype: e.g. ``torch.bfloat16`` or ``"float32"``; default: the checkpoint's own dtype.
     config: only for gemma_pytorch files without a config.json beside them: a preset name or a
         GemmaConfig (by default the preset whose tensor shapes match is used).
     progress: show a progress bar (default: for checkpoints above 256 MiB).
+    quantize: ``"int8"`` stores the embedding and every linear layer as int8 rows with one scale
+        each, quantized tensor by tensor as the file is read (``quantize.py``); activations stay in
+        ``dtype``. Best with bf16, where a fused int8 kernel runs.
     """
+    quantize = check_quantize(quantize)
     if is_tiny_name(path):
         path = tiny_model_dir()
     path = Path(path)
@@ -71,11 +77,13 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     with torch.device("meta"), _SkipWeightInit():
         model = Gemma(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
+    to_quantize = set(quantized_names(model)) if quantize else set()
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
-        for our_name, tensor, origin in source.tensors(config, dtype):
+        readers = {"row_readers": to_quantize} if isinstance(source, _SafetensorsFolder) else {}
+        for our_name, tensor, origin in source.tensors(config, dtype, **readers):
             if our_name is None:
                 continue
             if our_name not in expected:
@@ -91,9 +99,15 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 raise CheckpointError(
                     f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
                     f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
-            loaded[our_name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
-            if not bool(torch.isfinite(loaded[our_name]).all()):
-                non_finite.append(f"{origin} ({our_name})")
+            if our_name in to_quantize:  # int8 rows + scales, read in blocks of rows: no full-precision copy
+                q, scale = quantize_weight(tensor, scale_dtype=dtype or tensor.dtype)
+                if not bool(torch.isfinite(scale).all()):
+                    raise CheckpointError(f"{origin}: NaN or inf values cannot be quantized ({our_name})")
+                loaded[our_name] = (q.to(device), scale.to(device))
+            else:
+                loaded[our_name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+                if not bool(torch.isfinite(loaded[our_name]).all()):
+                    non_finite.append(f"{origin} ({our_name})")
             bar.update(tensor.numel() * tensor.element_size())
     finally:
         bar.close()
@@ -105,13 +119,32 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{source.describe()}: missing tensors {', '.join(missing[:5])}{more}")
-    dtypes = {t.dtype for t in loaded.values()}
-    if len(dtypes) > 1:  # mixed-precision files: settle on the embedding's dtype
-        loaded = {k: v.to(loaded["embed.weight"].dtype) for k, v in loaded.items()}
+    if quantize:
+        loaded = _with_quantized_names(model, loaded, to_quantize, dtype)
+    dtypes = {t.dtype for t in loaded.values() if t.dtype != torch.int8}
+    if len(dtypes) > 1:  # mixed-precision files: settle on the final norm's dtype (the embedding's, unquantized)
+        settle = loaded["ln_final.weight"].dtype if quantize else loaded["embed.weight"].dtype
+        loaded = {k: v if v.dtype == torch.int8 else v.to(settle) for k, v in loaded.items()}
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _with_quantized_names(model: Gemma, loaded: dict, to_quantize: set[str], dtype: torch.dtype | None) -> dict:
+    """Swap the model's linear layers and embedding for int8 ones; ``name.weight`` -> qweight, scale."""
+    scale_dtype = dtype or loaded["ln_final.weight"].dtype
+    with torch.device("meta"):
+        quantize_modules(model, scale_dtype)
+    renamed = {}
+    for name, value in loaded.items():
+        if name in to_quantize:
+            q, scale = value
+            prefix = name[: -len("weight")]
+            renamed[prefix + "qweight"], renamed[prefix + "scale"] = q, scale
+        else:
+            renamed[name] = value
+    return renamed
 
 
 class _SkipWeightInit(TorchFunctionMode):
@@ -189,8 +222,9 @@ class _SafetensorsFolder(_Source):
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, row_readers: set[str] = frozenset()
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        """``row_readers``: our names to hand over as ``_RowReader`` (read a few rows at a time)."""
         from safetensors import SafetensorError, safe_open
 
         table = hf_name_table(config)
@@ -218,7 +252,9 @@ class _SafetensorsFolder(_Source):
                         if ours == "embed.weight":
                             embed_at = (file, name)
                         stored = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
-                        if dtype is not None and stored != dtype:
+                        if ours in row_readers:  # quantized as it is read: never whole in memory
+                            yield ours, _RowReader(file, name, handle.get_slice(name).get_shape(), stored), origin
+                        elif dtype is not None and stored != dtype:
                             # Converting: read through a handle of its own, so the original's pages
                             # are unmapped as soon as the converted copy exists (peak ~ model bytes).
                             yield ours, _read_tensor(file, name), origin
@@ -237,6 +273,30 @@ class _SafetensorsFolder(_Source):
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+class _RowReader:
+    """A 2-D tensor in a safetensors file, read a block of rows at a time through short-lived handles.
+
+    Quantizing at load reads each matrix this way, so neither the matrix nor the file's pages
+    (a handle maps the whole file) stay in memory beyond one block.
+    """
+
+    def __init__(self, file: Path, name: str, shape: list[int], dtype: torch.dtype | None) -> None:
+        self.file, self.name, self.shape, self.dtype = file, name, torch.Size(shape), dtype
+        self.device = torch.device("cpu")
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as handle:
+            return handle.get_slice(self.name)[rows].clone()
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size() if self.dtype is not None else 1
 
 
 def _read_tensor(file: Path, name: str) -> torch.Tensor:
