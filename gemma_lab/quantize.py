@@ -27,8 +27,8 @@ from torch import nn
 #: The values ``load_pretrained(quantize=...)`` accepts.
 QUANTIZE_KINDS = ("int8",)
 
-# Rows quantized at a time: bounds the fp32 scratch copy while loading (4096 x 3072 fp32 = 48 MiB).
-_ROWS_PER_CHUNK = 4096
+# Elements quantized at a time: bounds the scratch memory of quantizing at load (4 MiB in fp32).
+_CHUNK_ELEMENTS = 2**20
 
 
 def check_quantize(quantize: str | None) -> str | None:
@@ -45,15 +45,17 @@ def quantize_weight(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[tor
     Works through the rows in chunks, so a memory-mapped weight is read once and the only
     full-precision scratch is one chunk in fp32.
     """
-    rows = weight.shape[0]
+    rows, cols = weight.shape
     q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     scale = torch.empty(rows, dtype=torch.float32, device=weight.device)
-    for start in range(0, rows, _ROWS_PER_CHUNK):
-        chunk = weight[start:start + _ROWS_PER_CHUNK].float()
-        chunk_scale = chunk.abs().amax(dim=1) / 127
-        chunk_scale = torch.where(chunk_scale > 0, chunk_scale, torch.ones_like(chunk_scale))  # an all-zero row
-        q[start:start + _ROWS_PER_CHUNK] = torch.round(chunk / chunk_scale[:, None]).clamp(-127, 127).to(torch.int8)
-        scale[start:start + _ROWS_PER_CHUNK] = chunk_scale
+    step = max(1, _CHUNK_ELEMENTS // cols)
+    for start in range(0, rows, step):
+        chunk = weight[start:start + step].to(torch.float32, copy=True)  # the only scratch: edited in place
+        low, high = chunk.aminmax(dim=1)
+        chunk_scale = torch.maximum(-low, high) / 127
+        chunk_scale[chunk_scale == 0] = 1  # an all-zero row
+        q[start:start + step] = chunk.div_(chunk_scale[:, None]).round_().clamp_(-127, 127)
+        scale[start:start + step] = chunk_scale
     return q, scale.to(scale_dtype)
 
 

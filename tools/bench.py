@@ -549,17 +549,21 @@ def _memory_child(impl: str, folder: str, dtype_name: str, prompt_len: int, voca
     quantize = "int8" if dtype_name == "int8" else None
     dtype = torch.bfloat16 if quantize else DTYPES.get(dtype_name)
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    for warm in (torch.float32, torch.bfloat16):  # start the thread pool and BLAS before the baseline
+        torch.nn.functional.linear(torch.ones(4, 64, dtype=warm), torch.ones(64, 64, dtype=warm))
     reset = _reset_peak_rss()
     baseline, baseline_file = _rss_now(), _proc_status().get("RssFile", 0)
     if impl == "ours":
         model = load_ours(Path(folder), dtype, quantize=quantize)
     else:
         model = load_theirs(Path(folder), dtype)
+    load_peak = _peak_rss()
     with torch.inference_mode():
         model(ids)
     peak = _peak_rss()
     status = _proc_status()
-    print(json.dumps({"peak": peak - baseline, "baseline": baseline, "peak_reset": reset,
+    print(json.dumps({"peak": peak - baseline, "load_peak": load_peak - baseline, "baseline": baseline,
+                      "peak_reset": reset,
                       "model_bytes": model_bytes(model),
                       "file_backed": status.get("RssFile", 0) - baseline_file}))
 
