@@ -117,8 +117,8 @@ def test_fp32_int8_model_uses_the_written_out_product(checkpoint):
 @pytest.mark.slow
 def test_quantized_load_never_holds_the_full_precision_model(tmp_path):
     """Peak RSS of loading in a fresh process (tools.bench's child): an fp32 checkpoint loaded as
-    int8 peaks at the int8 model plus scratch (~0.1-0.2 of the file here), below the bf16 copy (half the file)
-    that a loader converting first and quantizing after would hold."""
+    int8 peaks at the int8 model plus scratch, below the int8 model plus the bf16 copy (half the
+    file) that a loader converting first and quantizing after would hold."""
     import json
     import subprocess
     import sys
@@ -136,7 +136,9 @@ def test_quantized_load_never_holds_the_full_precision_model(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["model_bytes"] < 0.27 * size  # int8 weights, bf16 scales and norms: a quarter of fp32
-    assert 0 < report["load_peak"] < report["model_bytes"] + 0.25 * size, (report, size)  # bf16 copy: +0.5
+    # A loader that made the bf16 model first would peak at it plus the int8 one (0.25 + 0.5 of
+    # the file); measured here: 0.34-0.57 of the file (the scratch varies with the allocator).
+    assert 0 < report["load_peak"] < report["model_bytes"] + 0.45 * size, (report, size)
     assert report["peak"] >= report["load_peak"]  # the first forward comes after
 
 
