@@ -97,16 +97,19 @@ def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None 
     return logits[:, -1], kv_cache
 
 
-def decode_step(model, token_ids: torch.Tensor | Sequence[int] | int, cache: KVCache) -> torch.Tensor:
+def decode_step(model, token_ids: torch.Tensor | Sequence[int] | int, cache: KVCache, *,
+                check_ids: bool = True) -> torch.Tensor:
     """Feed one new token per row (``[batch]`` or ``[batch, 1]``); return the next logits ``[batch, vocab]``.
 
     Positions continue from the cache, so a left-padded row carries on from its own length.
+    check_ids: False skips the vocabulary range check (a host sync) for ids the caller knows are
+    valid, as the generation loop does for the tokens its sampler chose.
     """
     token_ids = torch.as_tensor(token_ids, device=model.device).reshape(-1, 1)
     if token_ids.shape[0] != cache.batch_size:
         raise ValueError(f"decode_step got {token_ids.shape[0]} token ids for a cache of batch {cache.batch_size}")
     with torch.no_grad():
-        return model(token_ids, kv_cache=cache)[:, -1]
+        return model(token_ids, kv_cache=cache, check_ids=check_ids)[:, -1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +333,8 @@ class _Run:
                     if step > 0:
                         model.run_context.step = step
                         last = [row[-1] for row in self.generated]
-                        logits = decode_step(model, last, self.cache)
+                        # The ids come from the sampler, so they are in the vocabulary: no check per step.
+                        logits = decode_step(model, last, self.cache, check_ids=False)
                     self._choose(logits, last_step=step == self.max_new_tokens - 1)
                     model.run_context.step = None  # no stale step for other passes while suspended
                     yield step, logits

@@ -44,6 +44,10 @@ class KVCache:
         self.batch_size = batch_size
         self.max_len = max_len
         self.length = 0  # tokens (padding included) written so far, per row
+        # Hand a sliding-window ring over oldest first (True) or as it lies in memory (False: the
+        # model sets this when no hook is attached; the mask comes from positions, so both attend
+        # to the same keys, and the in-memory order costs no copy per decoded token).
+        self.keys_in_order = True
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far, per row
         self.capacity: list[int] = []
         self.keys: list[torch.Tensor] = []
@@ -65,8 +69,7 @@ class KVCache:
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> "KVCache":
         """A cache matching the model's config, dtype and device (each block's, if placed across devices)."""
-        weight = model.embed.weight
-        return cls(model.cfg, batch_size, max_len, dtype=weight.dtype, device=weight.device,
+        return cls(model.cfg, batch_size, max_len, dtype=model.dtype, device=model.device,
                    layer_devices=getattr(model, "block_devices", None), kv_head_split=getattr(model, "tp_size", 1))
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
@@ -97,6 +100,8 @@ class KVCache:
         if n_new == 1:
             slot = self.length % capacity
             self._write(layer, slice(slot, slot + 1), keys, values, positions, valid)
+            if not self.keys_in_order and self.length + 1 >= capacity:  # the ring is full: all of it
+                return LayerKV(self.keys[layer], self.values[layer], self.positions[layer], self.valid[layer])
             return self._ring_in_order(layer, self.length + 1)
         old = self._ring_in_order(layer, self.length)
         seen = LayerKV(

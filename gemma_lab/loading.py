@@ -36,6 +36,7 @@ from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
 from gemma_lab.hub import resolve_model
 from gemma_lab.model import Gemma
+from gemma_lab.quantize import check_quantize, quantize_modules, quantize_weight, quantized_names
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
 _PROGRESS_MIN_BYTES = 256 * 2**20
@@ -48,7 +49,8 @@ class CheckpointError(ValueError):
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     *, config: GemmaConfig | str | None = None, progress: bool | None = None,
                     device_map: str | dict | None = None, max_memory: dict | None = None,
-                    offload_folder: str | os.PathLike | None = None, tensor_parallel: bool = False) -> Gemma:
+                    offload_folder: str | os.PathLike | None = None, tensor_parallel: bool = False,
+                    quantize: str | None = None) -> Gemma:
     """A ready ``Gemma`` in eval mode from a checkpoint folder or file, ``"tiny"`` (the bundled model),
     a Hugging Face id (``"google/gemma-2-2b"``, from the local cache or downloaded) or a Kaggle handle.
 
@@ -64,7 +66,15 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         safetensors (safetensors checkpoints are read in place).
     tensor_parallel: under ``torchrun`` with a process group, split attention heads and MLP
         columns over the ranks, each reading only its slice of the file (``tensor_parallel.py``).
+    quantize: ``"int8"`` stores the embedding and every linear layer as int8 rows with one scale
+        each, quantized tensor by tensor as the file is read (``quantize.py``); activations stay in
+        ``dtype``. Best with bf16, where a fused int8 kernel runs. Not combined with ``device_map``
+        or ``tensor_parallel``.
     """
+    quantize = check_quantize(quantize)
+    if quantize and (device_map is not None or tensor_parallel):
+        raise ValueError("quantize= is not combined with device_map= or tensor_parallel=: load the int8 model "
+                         "on one device (it needs about a quarter of the fp32 model's memory)")
     path = resolve_model(path)  # a local path as it is; "tiny", a Hub id or a Kaggle handle to its folder
     dtype = _parse_dtype(dtype)
     source = _find_checkpoint(path)
@@ -103,11 +113,13 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         splits = tp.parallelize(model, torch.device(device))
         on_disk = splits.__contains__  # not read now: each rank reads its own slice below
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
+    to_quantize = set(quantized_names(model)) if quantize else set()
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
-        for our_name, tensor, origin in source.tensors(config, dtype, on_disk=on_disk):
+        readers = {"row_readers": to_quantize} if isinstance(source, _SafetensorsFolder) else {}
+        for our_name, tensor, origin in source.tensors(config, dtype, on_disk=on_disk, **readers):
             if our_name is None:
                 continue
             if our_name not in expected:
@@ -139,10 +151,16 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 loaded[our_name] = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device="meta")
                 bar.update(tensor.numel() * tensor.element_size())
                 continue
-            target = device if placement is None else placing.load_device(placement, our_name)
-            loaded[our_name] = tensor.to(device=target, dtype=dtype or tensor.dtype)
-            if not bool(torch.isfinite(loaded[our_name]).all()):
-                non_finite.append(f"{origin} ({our_name})")
+            if our_name in to_quantize:  # int8 rows + scales, read in blocks of rows: no full-precision copy
+                q, scale = quantize_weight(tensor, scale_dtype=dtype or tensor.dtype)
+                if not bool(torch.isfinite(scale).all()):
+                    raise CheckpointError(f"{origin}: NaN or inf values cannot be quantized ({our_name})")
+                loaded[our_name] = (q.to(device), scale.to(device))
+            else:
+                target = device if placement is None else placing.load_device(placement, our_name)
+                loaded[our_name] = tensor.to(device=target, dtype=dtype or tensor.dtype)
+                if not bool(torch.isfinite(loaded[our_name]).all()):
+                    non_finite.append(f"{origin} ({our_name})")
             bar.update(tensor.numel() * tensor.element_size())
     finally:
         bar.close()
@@ -154,9 +172,12 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{source.describe()}: missing tensors {', '.join(missing[:5])}{more}")
-    dtypes = {t.dtype for t in loaded.values()}
-    if len(dtypes) > 1:  # mixed-precision files: settle on the embedding's dtype
-        loaded = {k: v.to(loaded["embed.weight"].dtype) for k, v in loaded.items()}
+    if quantize:
+        loaded = _with_quantized_names(model, loaded, to_quantize, dtype)
+    dtypes = {t.dtype for t in loaded.values() if t.dtype != torch.int8}
+    if len(dtypes) > 1:  # mixed-precision files: settle on the final norm's dtype (the embedding's, unquantized)
+        settle = loaded["ln_final.weight"].dtype if quantize else loaded["embed.weight"].dtype
+        loaded = {k: v if v.dtype == torch.int8 else v.to(settle) for k, v in loaded.items()}
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
@@ -189,6 +210,22 @@ def _offload_index(source: "_Source", offloaded: dict[str, torch.Tensor], dtypes
         if tensor.dtype != dtype:
             index[name]["dtype"] = str(dtype).removeprefix("torch.")
     return index
+
+
+def _with_quantized_names(model: Gemma, loaded: dict, to_quantize: set[str], dtype: torch.dtype | None) -> dict:
+    """Swap the model's linear layers and embedding for int8 ones; ``name.weight`` -> qweight, scale."""
+    scale_dtype = dtype or loaded["ln_final.weight"].dtype
+    with torch.device("meta"):
+        quantize_modules(model, scale_dtype)
+    renamed = {}
+    for name, value in loaded.items():
+        if name in to_quantize:
+            q, scale = value
+            prefix = name[: -len("weight")]
+            renamed[prefix + "qweight"], renamed[prefix + "scale"] = q, scale
+        else:
+            renamed[name] = value
+    return renamed
 
 
 class _SkipWeightInit(TorchFunctionMode):
@@ -283,8 +320,10 @@ class _SafetensorsFolder(_Source):
                         return _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
         return torch.float32  # no embedding: the load itself will say so
 
-    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, on_disk=None
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, on_disk=None,
+                row_readers: set[str] = frozenset()
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
+        """``row_readers``: our names to hand over as ``_RowReader`` (read a few rows at a time)."""
         from safetensors import SafetensorError, safe_open
 
         self.locations: dict[str, tuple[Path, str]] = {}
@@ -318,6 +357,8 @@ class _SafetensorsFolder(_Source):
                             self.locations[ours] = (file, name)
                             shape = handle.get_slice(name).get_shape()
                             yield ours, torch.empty(shape, dtype=stored, device="meta"), origin
+                        elif ours in row_readers:  # quantized as it is read: never whole in memory
+                            yield ours, _RowReader(file, name, handle.get_slice(name).get_shape(), stored), origin
                         elif dtype is not None and stored != dtype:
                             # Converting: read through a handle of its own, so the original's pages
                             # are unmapped as soon as the converted copy exists (peak ~ model bytes).
@@ -337,6 +378,30 @@ class _SafetensorsFolder(_Source):
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+class _RowReader:
+    """A 2-D tensor in a safetensors file, read a block of rows at a time through short-lived handles.
+
+    Quantizing at load reads each matrix this way, so neither the matrix nor the file's pages
+    (a handle maps the whole file) stay in memory beyond one block.
+    """
+
+    def __init__(self, file: Path, name: str, shape: list[int], dtype: torch.dtype | None) -> None:
+        self.file, self.name, self.shape, self.dtype = file, name, torch.Size(shape), dtype
+        self.device = torch.device("cpu")
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as handle:
+            return handle.get_slice(self.name)[rows].clone()
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size() if self.dtype is not None else 1
 
 
 def _read_tensor(file: Path, name: str) -> torch.Tensor:

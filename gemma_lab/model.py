@@ -118,6 +118,14 @@ def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, k_valid
     return allowed
 
 
+class TiedEmbedding(nn.Embedding):
+    """The token embedding, which Gemma also uses, transposed, as its unembedding."""
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``x @ weight.T`` (``quantize.Int8Embedding`` does the same from int8 rows)."""
+        return F.linear(x, self.weight)
+
+
 class Attention(nn.Module):
     """Multi-query / grouped-query / multi-head attention with rotary embeddings."""
 
@@ -341,7 +349,7 @@ class Gemma(HookedModule):
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the unembedding (tied)
+        self.embed = TiedEmbedding(cfg.vocab_size, cfg.d_model)  # also the unembedding (tied)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] after the sqrt(d_model) scale
         # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
         self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg, RMSNorm) if cfg.d_per_layer else None
@@ -352,7 +360,7 @@ class Gemma(HookedModule):
 
     def forward(self, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                last_position_only: bool = False) -> torch.Tensor:
+                last_position_only: bool = False, check_ids: bool = True) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` for ``tokens [batch, pos]`` (a 1-D tensor is one sequence).
 
         attention_mask: ``[batch, pos]``, 0 (False) for left padding. Positions then count only real
@@ -361,8 +369,10 @@ class Gemma(HookedModule):
         kv_cache: keys/values of earlier tokens; this pass reads them and appends its own.
         last_position_only: unembed only the last position (``[batch, 1, vocab]``): generation needs
             nothing else, and on a 256k vocabulary the unembedding dominates a prompt pass.
+        check_ids: False when the caller has already checked that every id is in the vocabulary
+            (generation does, once per call): the check reads the ids back, a host sync per pass.
         """
-        tokens = self._check_tokens(tokens)
+        tokens = self._check_tokens(tokens, check_ids=check_ids)
         valid = self._check_mask(attention_mask, tokens)
         if positions is None:
             start = kv_cache.next_positions()[:, None] if kv_cache is not None else 0
@@ -370,10 +380,14 @@ class Gemma(HookedModule):
         else:
             self._check_positions(positions, tokens)
         self.run_context.positions = positions
+        if kv_cache is not None:
+            # Nobody looking: a sliding-window layer may attend to its ring in slot order (no copy
+            # per step). With a hook attached, keys are handed over oldest first, as patterns are drawn.
+            kv_cache.keys_in_order = self.hooks_attached()
 
-        weight = self.embed.weight
+        dtype = self.dtype
         # sqrt(d_model) is rounded to the weight dtype first (34.0, not 33.94, for d_model=1152 in bf16).
-        embed_scale = torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(weight.dtype)
+        embed_scale = torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(dtype)
         resid = self.hook_embed(self.embed(tokens) * embed_scale)
         per_layer_inputs = self.per_layer_embed(tokens, resid) if self.per_layer_embed is not None else None
         shared_kv = {} if self.cfg.n_kv_shared_layers else None  # Gemma 4: keys/values other layers reuse
@@ -383,7 +397,7 @@ class Gemma(HookedModule):
             layer = block.layer
             rope = (self.cfg.d_head_for(layer), *self.cfg.rope_for_layer(layer), self.cfg.rope_fraction_for(layer))
             if rope not in rotary:
-                rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=weight.dtype, fraction=rope[3])
+                rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=dtype, fraction=rope[3])
             per_layer_input = per_layer_inputs[:, :, layer] if per_layer_inputs is not None else None
             # By keyword: a model placed across devices moves a block's arguments to its device,
             # all but these two, which the block updates in place (see placement.py).
@@ -405,9 +419,9 @@ class Gemma(HookedModule):
         if last_position_only:
             # Unembed the last row as a 2-D matrix: a [batch, 1, d_model] slice keeps the long
             # stride of its parent, which sends torch 2.13's bf16 CPU matmul down a path ~50x slower.
-            logits = F.linear(normalized[:, -1], self.embed.weight)[:, None]
+            logits = self.embed.unembed(normalized[:, -1])[:, None]
         else:
-            logits = F.linear(normalized, self.embed.weight)  # unembed with the embedding matrix itself
+            logits = self.embed.unembed(normalized)  # unembed with the embedding matrix itself
         if self.cfg.final_softcap is not None:  # Gemma 2 bounds logits smoothly to (-30, 30)
             logits = self.cfg.final_softcap * torch.tanh(logits / self.cfg.final_softcap)
         return logits
@@ -423,7 +437,11 @@ class Gemma(HookedModule):
                                                incl_bwd=incl_bwd, remove_batch_dim=remove_batch_dim, **kwargs)
         return logits, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hooks_attached(self) -> bool:
+        """True when any hook point has a hook attached (then no fast path may skip an activation)."""
+        return any(hook.fwd_fns or hook.bwd_fns for hook in self._hook_points.values())
+
+    def _check_tokens(self, tokens: torch.Tensor, check_ids: bool = True) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}")
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
@@ -434,6 +452,8 @@ class Gemma(HookedModule):
             raise ValueError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
         if tokens.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the model's max_seq_len of {self.cfg.max_seq_len}")
+        if not check_ids:
+            return tokens.long()
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.cfg.vocab_size:
             bad = low if low < 0 else high
@@ -465,11 +485,12 @@ class Gemma(HookedModule):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
+        """What activations are computed in (the final norm's dtype: also right for an int8 model)."""
+        return self.ln_final.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return self.ln_final.weight.device
 
     def n_params(self) -> int:
         """Parameters, the tied embedding counted once."""

@@ -35,6 +35,13 @@ def test_quick_benchmark_reports_every_section(tmp_path, capsys):
         assert expected in whats
     assert {row["dtype"] for row in rows if row["section"] == "forward"} == {"fp32", "bf16"}
     assert "same tokens" in whats  # greedy decoding agrees with transformers' generate
+    decode = " | ".join(row["what"] for row in rows if row["section"] == "decode")
+    for expected in ("ours (fast path)", "a hook attached", "transformers static cache", "ours int8",
+                     "top-1 agreement", "perplexity int8 / bf16"):
+        assert expected in decode
+    assert "TOKENS DIFFER" not in decode  # fast, watched and transformers' static cache agree
+    assert {row["dtype"] for row in rows if row["section"] == "decode"} == {"fp32", "bf16", "int8"}
+    assert "as int8 + first forward" in whats  # the quantized load's peak memory
 
 
 def test_memory_is_measured_in_a_fresh_process(tmp_path):

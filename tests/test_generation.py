@@ -146,6 +146,57 @@ def test_left_padded_batch_decodes_like_each_row_alone(family):
             assert rel_diff(cached[row], alone[len(prompt) - 1:]) <= REL_TOL, f"row {row}"
 
 
+def test_fast_decode_reads_the_ring_in_place_and_equals_the_watched_path():
+    """Nobody looking: a full sliding-window ring is attended to as it lies (no copy per token).
+    A hook attached: keys oldest first. Both give the same logits, so the same greedy tokens."""
+    model = random_model(3, seed=41)
+    local = model.cfg.layer_types.index("local")
+    prompt = random_tokens((1, 5), seed=41)
+    handed_over = []
+
+    def record(original):
+        def update(layer, *args):
+            seen = original(layer, *args)
+            if layer == local:
+                handed_over.append((seen.keys.data_ptr() == cache.keys[layer].data_ptr(), seen.positions[0].tolist()))
+            return seen
+        return update
+
+    runs = {}
+    for watched in (False, True):
+        handed_over.clear()
+        hooks = [("blocks.0.hook_resid_pre", lambda x, hook: None)] if watched else []
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            logits, cache = prefill(model, prompt, max_len=40)
+            cache.update = record(cache.update)
+            steps, token = [logits], logits.argmax(-1)
+            for _ in range(30):
+                steps.append(decode_step(model, token, cache))
+                token = steps[-1].argmax(-1)
+        runs[watched] = torch.stack(steps, dim=1), list(handed_over)
+    (fast, fast_kv), (watched, watched_kv) = runs[False], runs[True]
+    assert torch.equal(fast.argmax(-1), watched.argmax(-1))
+    assert rel_diff(fast, watched) <= REL_TOL
+    window = model.cfg.sliding_window
+    assert all(in_place for in_place, _ in fast_kv[window:])  # wrapped: the buffer itself
+    assert not any(in_place for in_place, _ in watched_kv[window:])  # copied into order
+    assert all(positions == sorted(positions) for _, positions in watched_kv)
+    assert sorted(fast_kv[-1][1]) == watched_kv[-1][1]  # the same keys either way
+
+
+def test_generation_checks_token_ids_once_per_call_not_per_step(monkeypatch):
+    model = random_model(1, seed=3)
+    checked = []
+    original = model._check_tokens
+    monkeypatch.setattr(model, "_check_tokens", lambda tokens, check_ids=True: (
+        checked.append(check_ids), original(tokens, check_ids=check_ids))[1])
+    gemma_lab.generate(model, [2, 5, 9], max_new_tokens=6, stop=[])
+    assert checked == [True] + [False] * 5  # the prompt pass checks; the sampler's tokens need no check
+    with pytest.raises(ValueError, match="outside the vocabulary"):  # decode_step itself still checks
+        _, cache = prefill(model, torch.tensor([[2, 5]]))
+        decode_step(model, [model.cfg.vocab_size], cache)
+
+
 def test_decode_step_checks_the_batch():
     model = random_model(1)
     _, cache = prefill(model, random_tokens((2, 4)))

@@ -1,6 +1,6 @@
 """Benchmarks: our Gemma against transformers' on the same weights, reported as ratios.
 
-    python -m tools.bench [forward|memory|hooks|generate|all] [--layers N] [--repeats R] [--quick]
+    python -m tools.bench [forward|memory|hooks|generate|decode|all] [--layers N] [--repeats R] [--quick]
 
 Role. Answers "what does readability cost?" with numbers a user can reproduce on their own
 machine. Every figure that matters is a RATIO against a peer measured side by side in the same
@@ -17,6 +17,10 @@ run, because absolute times on a shared or laptop CPU move by 2x from one minute
               ``generate``; a bare KV-cache loop over our model (what the generation module
               adds); the prompt pass alone; and the memory-bandwidth bound (bytes read per
               token / measured bandwidth), i.e. how close either gets to what the hardware allows.
+  * decode    greedy decode speed as a fraction of that bound for fp32, bf16 and int8, ours (fast
+              path, and with a hook attached) beside transformers with its static cache, interleaved;
+              the int8 model's error against bf16; the peak memory of loading Gemma-7B-shaped
+              weights (``--quantized-load-layers`` of its 28 layers) as int8.
 
 Method. The weights are random but Gemma-2B-shaped (d_model 2048, 8 heads, 1 kv head, d_head
 256, d_mlp 16384, vocab 256000) with only a few layers, written once by transformers'
@@ -50,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ("forward", "hooks", "memory", "generate")
+SECTIONS = ("forward", "hooks", "memory", "generate", "decode")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -90,8 +94,14 @@ def tiny_shape(n_layers: int = 2) -> Shape:
                  prompt_len=16, gen_prompt_len=8, new_tokens=8, bandwidth_mb=16)
 
 
-def write_checkpoint(folder: Path, shape: Shape, seed: int = 0) -> Path:
-    """Random Gemma (1) weights saved by transformers' own ``save_pretrained`` (fp32, one file)."""
+def gemma_7b_shape(n_layers: int = 28) -> Shape:
+    """Gemma 7B's widths (the 7B has 28 layers): for the quantized loading measurement."""
+    return Shape(vocab=256000, d_model=3072, n_heads=16, n_kv_heads=16, d_head=256, d_mlp=24576, n_layers=n_layers,
+                 prompt_len=16, gen_prompt_len=16, new_tokens=8, bandwidth_mb=512)
+
+
+def write_checkpoint(folder: Path, shape: Shape, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Random Gemma (1) weights saved by transformers' own ``save_pretrained`` (fp32 unless told, one file)."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -102,7 +112,7 @@ def write_checkpoint(folder: Path, shape: Shape, seed: int = 0) -> Path:
     )
     # Built on the meta device and filled once: transformers' own initialisation would be a second pass.
     with torch.device("meta"):
-        model = transformers.GemmaForCausalLM._from_config(config, dtype=torch.float32)
+        model = transformers.GemmaForCausalLM._from_config(config, dtype=dtype)
     model.to_empty(device="cpu")
     model.tie_weights()
     generator = torch.Generator().manual_seed(seed)
@@ -112,7 +122,7 @@ def write_checkpoint(folder: Path, shape: Shape, seed: int = 0) -> Path:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
             else:
                 param.normal_(0.0, 0.02, generator=generator)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, max_shard_size="100GB")
     return folder
 
 
@@ -183,10 +193,10 @@ def _seconds(t: float) -> str:
 # ---- the two implementations -----------------------------------------------------------------
 
 
-def load_ours(folder: Path, dtype: torch.dtype):
+def load_ours(folder: Path, dtype: torch.dtype, quantize: str | None = None):
     import gemma_lab
 
-    return gemma_lab.load_pretrained(folder, dtype=dtype, progress=False)
+    return gemma_lab.load_pretrained(folder, dtype=dtype, progress=False, **({"quantize": quantize} if quantize else {}))
 
 
 def load_theirs(folder: Path, dtype: torch.dtype, attn_implementation: str | None = None):
@@ -347,6 +357,111 @@ def bench_generate(folder: Path, shape: Shape, dtype_name: str, repeats: int) ->
     return rows, {"ours": rates["ours"], "theirs": rates["theirs"], "bytes_per_token": weight_bytes + kv_bytes}
 
 
+def theirs_generate_static(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """transformers' greedy generate with its preallocated (static) KV cache."""
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                         eos_token_id=None, cache_implementation="static")
+    return out[0, ids.shape[1]:].tolist()
+
+
+def ours_watched_generate(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """Our generate with an identity hook attached: the path every hook sees (no fast path)."""
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: None)]):
+        return ours_generate(model, ids, new_tokens)
+
+
+def model_bytes(model) -> int:
+    """Bytes of every parameter and buffer (int8 weights and their scales included)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def bench_decode(folder: Path, shape: Shape, repeats: int, bandwidth: Callable[[], float]) -> list[Row]:
+    """Greedy decode speed as a fraction of the memory-bandwidth bound: fp32, bf16 and int8 side by side.
+
+    Per dtype, in one interleaved timing: our generate (the fast path), the same with a hook
+    attached (the watched path), and transformers' generate with its static cache; int8 (bf16
+    activations) joins the bf16 round. Then the int8 model's error against bf16.
+    """
+    n, ids = shape.new_tokens, prompt(shape, shape.gen_prompt_len, seed=1)
+    rows: list[Row] = []
+    kv_per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * (shape.gen_prompt_len + n)
+    for dtype_name in DTYPES:
+        dtype = DTYPES[dtype_name]
+        models = {"ours": load_ours(folder, dtype)}
+        if dtype_name == "bf16":
+            models["int8"] = load_ours(folder, dtype, quantize="int8")
+        theirs = load_theirs(folder, dtype)
+        outputs: dict[str, list[int]] = {}
+        fns = {name: (lambda name=name, m=m: outputs.__setitem__(name, ours_generate(m, ids, n)))
+               for name, m in models.items()}
+        fns["watched"] = lambda: outputs.__setitem__("watched", ours_watched_generate(models["ours"], ids, n))
+        fns["static"] = lambda: outputs.__setitem__("static", theirs_generate_static(theirs, ids, n))
+        with torch.inference_mode():
+            for fn in fns.values():  # warm-up (the static cache compiles nothing on CPU, but allocates)
+                fn()
+        before = bandwidth()
+        timed = interleaved(fns, repeats, warmup=0)
+        best = max(before, bandwidth())
+        same = all(outputs[name] == outputs["ours"] for name in ("watched", "static"))
+        for name, label in (("ours", "ours (fast path)"), ("watched", "ours, a hook attached"),
+                            ("static", "transformers static cache"), ("int8", "ours int8")):
+            if name not in fns:
+                continue
+            m = models.get(name, theirs if name == "static" else models["ours"])
+            per_token = model_bytes(m) + kv_per_token * dtype.itemsize
+            rate = n / timed.median(name)
+            bound = best / per_token
+            rows.append(Row("decode", f"greedy {n} tokens, {label}: tokens/s / bandwidth bound "
+                                      f"({per_token / 1e9:.2f} GB/token at {best / 1e9:.1f} GB/s)",
+                            "int8" if name == "int8" else dtype_name, rate / bound, "fraction of bound", None,
+                            f"{rate:.2f} tok/s", f"bound {bound:.2f} tok/s"))
+        rows.append(Row("decode", f"greedy decode ({'same tokens' if same else 'TOKENS DIFFER'}): "
+                                  "ours / transformers static cache", dtype_name,
+                        *_ratio_fields(timed, "ours", "static", 0.8)))
+        rows.append(Row("decode", "greedy decode: fast path / a hook attached", dtype_name,
+                        *_ratio_fields(timed, "ours", "watched", 1.0, "fast/watched time")))
+        if "int8" in fns:
+            rows.append(Row("decode", "greedy decode: int8 / bf16 (ours both)", "int8",
+                            *_ratio_fields(timed, "int8", "ours", 1.0, "int8/bf16 time")))
+            rows += quantization_error_rows(models["ours"], models["int8"], shape)
+        del models, theirs, fns
+    return rows
+
+
+def quantization_error_rows(full, int8, shape: Shape) -> list[Row]:
+    """int8 against bf16 on a fixed token sequence: logits, top-1 agreement, perplexity."""
+    ids = prompt(shape, shape.prompt_len, seed=2)
+    with torch.inference_mode():
+        a, b = full(ids).float(), int8(ids).float()
+    rel = ((b - a).abs().max() / a.abs().max()).item()
+    top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+    def perplexity(logits):
+        return math.exp(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
+
+    what = f"int8 vs bf16 on {shape.prompt_len} fixed tokens"
+    return [Row("decode", f"{what}: top-1 agreement", "int8", top1, "fraction", None, f"{top1:.1%}",
+                f"max |logit diff| / max |logit| {rel:.3f}"),
+            Row("decode", f"{what}: perplexity int8 / bf16", "int8", perplexity(b) / perplexity(a),
+                "ppl ratio", None, f"{perplexity(b):.1f}", f"{perplexity(a):.1f}")]
+
+
+def bench_quantized_memory(shape: Shape) -> list[Row]:
+    """Peak RSS of loading a bf16 checkpoint as int8, over the checkpoint's bytes, in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="gemma_lab_bench_q_") as tmp:
+        folder = write_checkpoint(Path(tmp) / "checkpoint", shape, dtype=torch.bfloat16)
+        size = checkpoint_bytes(folder)
+        report = _memory_children([("ours", "int8"), ("ours", "bf16")], folder, shape, at_once=size < 64 * 2**20)
+    rows = []
+    for peak, label in zip(report, ("int8", "bf16")):
+        rows.append(Row("memory", f"load {shape.n_layers}-layer d_model {shape.d_model} bf16 checkpoint as {label}"
+                                  f" + first forward: peak / checkpoint bytes", label, peak["peak"] / size,
+                        "peak/checkpoint bytes", 0.6 if label == "int8" else 1.3,
+                        f"{peak['peak'] / 2**20:.0f} MiB peak", f"ckpt {size / 2**20:.0f} MiB, "
+                        f"model {peak['model_bytes'] / 2**20:.0f} MiB"))
+    return rows
+
+
 def bound_row(dtype_name: str, rates: dict, bandwidth: float) -> Row:
     """Tokens/s as a fraction of what memory bandwidth allows when every step reads all the weights."""
     per_token = rates["bytes_per_token"]
@@ -385,13 +500,13 @@ def bench_memory(folder: Path, shape: Shape, convert: bool = True) -> list[Row]:
     for dtype_name, label in cases:
         peaks = {impl: next(reports) for impl in impls}
         ours, theirs = peaks["ours"], peaks["transformers"]
-        model_bytes = ours["model_bytes"]
+        held = ours["model_bytes"]
         for impl, peak in peaks.items():
             note = f"{peak['peak'] / 2**20:.0f} MiB peak ({peak['file_backed'] / 2**20:.0f} MiB file-backed at the end)"
             rows.append(Row("memory", f"load + first forward, {label}: {impl} peak / checkpoint bytes",
                             dtype_name or "fp32", peak["peak"] / size, "peak/checkpoint bytes",
                             1.3 if impl == "ours" else None, note,
-                            f"ckpt {size / 2**20:.0f} MiB, model {model_bytes / 2**20:.0f} MiB"))
+                            f"ckpt {size / 2**20:.0f} MiB, model {held / 2**20:.0f} MiB"))
         rows.append(Row("memory", f"load + first forward, {label}: ours / transformers peak", dtype_name or "fp32",
                         ours["peak"] / theirs["peak"], "ours/transformers peak", 1.0,
                         f"{ours['peak'] / 2**20:.0f} MiB", f"{theirs['peak'] / 2**20:.0f} MiB"))
@@ -431,20 +546,25 @@ def _memory_child(impl: str, folder: str, dtype_name: str, prompt_len: int, voca
         import gemma_lab  # noqa: F401  (imported before the baseline: we measure load + forward)
     else:
         import transformers  # noqa: F401
-    dtype = DTYPES.get(dtype_name)
+    quantize = "int8" if dtype_name == "int8" else None
+    dtype = torch.bfloat16 if quantize else DTYPES.get(dtype_name)
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    for warm in (torch.float32, torch.bfloat16):  # start the thread pool and BLAS before the baseline
+        torch.nn.functional.linear(torch.ones(4, 64, dtype=warm), torch.ones(64, 64, dtype=warm))
     reset = _reset_peak_rss()
     baseline, baseline_file = _rss_now(), _proc_status().get("RssFile", 0)
     if impl == "ours":
-        model = load_ours(Path(folder), dtype)
+        model = load_ours(Path(folder), dtype, quantize=quantize)
     else:
         model = load_theirs(Path(folder), dtype)
+    load_peak = _peak_rss()
     with torch.inference_mode():
         model(ids)
     peak = _peak_rss()
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     status = _proc_status()
-    print(json.dumps({"peak": peak - baseline, "baseline": baseline, "peak_reset": reset, "model_bytes": model_bytes,
+    print(json.dumps({"peak": peak - baseline, "load_peak": load_peak - baseline, "baseline": baseline,
+                      "peak_reset": reset,
+                      "model_bytes": model_bytes(model),
                       "file_backed": status.get("RssFile", 0) - baseline_file}))
 
 
@@ -507,7 +627,7 @@ def machine_description() -> str:
 
 
 def run(sections: list[str], shape: Shape, repeats: int, gen_repeats: int, log: Callable[[str], None] = print,
-        convert_memory: bool = True) -> tuple[list[Row], dict]:
+        convert_memory: bool = True, quantized_memory_shape: Shape | None = None) -> tuple[list[Row], dict]:
     """Run the sections on one freshly written checkpoint; return the rows and the run's context."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gemma_lab_bench_") as tmp:
@@ -533,11 +653,17 @@ def run(sections: list[str], shape: Shape, repeats: int, gen_repeats: int, log: 
                 found, rates[dtype_name] = bench_generate(folder, shape, dtype_name, gen_repeats)
                 rows += found
                 bandwidths.append(measure_bandwidth(shape.bandwidth_mb))
+        if "decode" in sections:
+            log("decode fp32, bf16, int8 ...")
+            rows += bench_decode(folder, shape, repeats, lambda: measure_bandwidth(shape.bandwidth_mb))
         if bandwidths:
             context["bandwidth"] = max(bandwidths)
             context["bandwidths"] = bandwidths
             rows += [bound_row(dtype_name, found, context["bandwidth"]) for dtype_name, found in rates.items()]
     order = {name: i for i, name in enumerate(SECTIONS)}
+    if "decode" in sections and quantized_memory_shape is not None:
+        log(f"memory of a quantized load: {quantized_memory_shape.describe()} ...")
+        rows += bench_quantized_memory(quantized_memory_shape)
     rows.sort(key=lambda r: order[r.section])  # stable: within a section, fp32 before bf16
     return rows, context
 
@@ -570,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes, memory in the checkpoint's dtype only: checks the code paths, not the speed")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--quantized-load-layers", type=int, default=4,
+                        help="decode: layers of the Gemma-7B-shaped checkpoint loaded as int8 (the 7B has 28; 0 skips)")
     args = parser.parse_args(argv)
 
     shape = tiny_shape(args.layers) if args.quick else gemma_2b_shape(args.layers)
@@ -582,8 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: random, Gemma-2B-shaped{' (tiny: --quick)' if args.quick else ''}: {shape.describe()}")
     start = time.perf_counter()
     # --quick skips the dtype-converting memory case: two fewer processes, the same code path.
+    big = (tiny_shape(args.layers) if args.quick else gemma_7b_shape(args.quantized_load_layers)) \
+        if args.quantized_load_layers else None
     rows, context = run(sections, shape, repeats, gen_repeats, log=lambda msg: print(f"  {msg}", flush=True),
-                        convert_memory=not args.quick)
+                        convert_memory=not args.quick, quantized_memory_shape=big)
     print(f"checkpoint: {context['checkpoint_bytes'] / 2**20:.0f} MiB fp32 safetensors written by transformers; "
           f"our generation: {context['generate_impl']}; timed rounds: {repeats} (generate {gen_repeats})")
     if "bandwidth" in context:
