@@ -62,6 +62,12 @@ def test_bad_quantize_values_are_named(checkpoint):
             gemma_lab.load_pretrained(checkpoint, quantize=bad)
 
 
+def test_int8_is_not_combined_with_placement_or_tensor_parallelism(checkpoint):
+    for extra in ({"device_map": "auto"}, {"tensor_parallel": True}):
+        with pytest.raises(ValueError, match="quantize= is not combined with device_map= or tensor_parallel="):
+            gemma_lab.load_pretrained(checkpoint, quantize="int8", **extra)
+
+
 def test_int8_model_keeps_shapes_dtypes_and_hooks_and_agrees_with_bf16(checkpoint):
     full = gemma_lab.load_pretrained(checkpoint, dtype=torch.bfloat16)
     int8 = gemma_lab.load_pretrained(checkpoint, dtype=torch.bfloat16, quantize="int8")
