@@ -230,6 +230,70 @@ for ax, kind in zip(axes, ("previous_token", "induction")):
 display(fig)
 
 # %% [markdown]
+# ## 6. Resting on `<bos>`: the attention sink
+#
+# Lessons 01 and 04 promised this. A pattern's row is a softmax: it *must* sum to 1. A head whose
+# job does not apply at some position (a previous-token head is always useful, but a head that
+# looks for a repeated name has nothing to find in most positions) still has to put its weight
+# somewhere. The safest place is a key that is always visible and says nothing about the current
+# text: `<bos>`, at position 0, seen by every query. Heads learn to park their attention there:
+# what they then read is the same at every position, a constant offset rather than information.
+# This is the *attention sink* (Xiao et al., 2023, "Efficient Streaming Language Models with Attention
+# Sinks"). Below, the mean attention each head pays to position 0, over every other query of the
+# lesson's prompt.
+
+# %%
+_, prompt_cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith(("hook_pattern", "hook_resid_pre")))
+to_bos = torch.stack([prompt_cache["pattern", layer][0, :, 1:, 0].mean(dim=-1)  # [head]: queries 1.. to key 0
+                      for layer in range(model.cfg.n_layers)])  # [layer, head]
+sink_layer, sink_head = divmod(int(to_bos.argmax()), model.cfg.n_heads)
+resid_norms = torch.stack([prompt_cache["resid_pre", layer][0].norm(dim=-1)
+                           for layer in range(model.cfg.n_layers)])  # [layer, pos]
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(to_bos, kind="layer x head", value_label="mean attention to <bos>",
+                     title="how much each head rests on <bos>", ax=left)
+viz.attention_pattern(prompt_cache["pattern", sink_layer][0, sink_head], str_tokens, ax=right,
+                      title=f"the head that rests most: L{sink_layer} H{sink_head} "
+                            f"({float(to_bos[sink_layer, sink_head]):.0%} on <bos>)")
+display(fig)
+for layer in range(model.cfg.n_layers):
+    print(f"layer {layer}: |resid_pre| at <bos> {float(resid_norms[layer, 0]):6.1f}, "
+          f"mean over the other tokens {float(resid_norms[layer, 1:].mean()):6.1f}")
+
+# %% [markdown]
+# The left map says which heads use the sink and how much; the pattern on the right shows the
+# stripe down the first column that resting draws. The printout compares the length of the residual
+# stream at `<bos>` with the other tokens: in large models `<bos>`'s stream is often many times longer
+# than the rest, one of the "massive activations" (Sun et al., 2024) that make it an easy target
+# for every head's query. In a four-layer toy model the effect is milder; check what your model shows.
+#
+# What if there is no `<bos>`? Then the first real token is the only key every query can see, and
+# it becomes the sink instead. Compare the attention to position 0 and the next-token prediction
+# with and without `<bos>`:
+
+# %%
+without_bos = torch.tensor([tokenizer.encode(prompt, add_bos=False)])
+for label, ids in (("with <bos>", tokens), ("without <bos>", without_bos)):
+    ids_logits, ids_cache = model.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_pattern"))
+    to_first = torch.stack([ids_cache["pattern", layer][0, :, 1:, 0].mean(dim=-1)
+                            for layer in range(model.cfg.n_layers)])  # [layer, head]
+    probs = ids_logits[0, -1].softmax(-1)
+    top = int(probs.argmax())
+    print(f"{label:>14}: position 0 is {tokenizer.to_str_tokens(ids[0])[0]!r}; mean attention to it "
+          f"{float(to_first.mean()):.2f} (most: {float(to_first.max()):.2f}); "
+          f"prediction {tokenizer.decode([top])!r} with p = {float(probs[top]):.3f}")
+
+# %% [markdown]
+# Heads still rest on position 0 when it holds an ordinary word, but now that word's value vectors
+# are read too, and they were never trained to be harmless. Real Gemma checkpoints were trained with
+# `<bos>` on every sequence and can degrade badly without it; the tiny model, trained on short
+# documents that each start with `<bos>`, may shrug it off (compare the two predictions above). Either
+# way: always let the tokenizer add `<bos>`. Lesson 12 comes back to this: a steering vector should
+# not be added at the sink.
+#
 # ## Summary
 #
 # * A pattern `[q_pos, k_pos]` is where each token reads from; heads that do one job show it as a
@@ -237,5 +301,7 @@ display(fig)
 # * Repeated random tokens isolate in-context copying: loss on the second copy drops only if the
 #   model has induction heads.
 # * `interp.head_scores` scores every head at once.
+# * Heads with nothing to do rest on `<bos>` (the attention sink): a softmax must put its weight
+#   somewhere, and `<bos>` is always visible and says nothing about the text.
 #
 # **Next:** notebook 10 reads the residual stream itself, layer by layer, with the logit lens.
