@@ -208,10 +208,12 @@ except NotImplementedError:
 # ## 6. Explore, then sample reproducibly
 #
 # The `SamplingPlayground` shows the next-token distribution for a prompt and what each filter does to
-# it: drag temperature, top-k, top-p and min-p, and draw samples with the seed shown.
+# it: drag temperature, top-k, top-p and min-p, and draw samples with the seed shown. A prompt the
+# model is nearly sure about shows little (every filter keeps the one token that has almost all the
+# probability), so the playground opens on a less certain one; type `prompt` into it to compare.
 
 # %%
-SamplingPlayground(model, tokenizer, text=prompt, temperature=1.0, top_k=20)
+SamplingPlayground(model, tokenizer, text="Paris is the capital of", temperature=1.0, top_k=20)
 
 # %% [markdown]
 # Sampling uses a random generator; a **seed** fixes it, so the same seed gives the same text, and
