@@ -163,6 +163,9 @@ def prev_token_score(pattern):
 # %%
 check("prev_token_score", prev_token_score)
 
+# %%
+# solution("prev_token_score")  # uncomment to see one way to write it
+
 # %% [markdown]
 # ## 4. Exercise: an induction score
 #

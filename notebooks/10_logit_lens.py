@@ -111,6 +111,9 @@ def logit_lens_for_position(model, resid_stack, pos):
 result = check("logit_lens_for_position", logit_lens_for_position)
 display(result)
 
+# %%
+# solution("logit_lens_for_position")  # uncomment to see one way to write it
+
 # %% [markdown]
 # The last row reads the stream after the last block, which is exactly what the model outputs.
 # From here on the notebook uses your function if it passed, and the reference otherwise.

@@ -151,6 +151,9 @@ result = check("logit_difference", logit_difference)
 display(result)
 
 # %%
+# solution("logit_difference")  # uncomment to see one way to write it
+
+# %%
 # From here on: your function if it passed, otherwise the reference implementation.
 if not result.passed:
     logit_difference = get_exercise("logit_difference").reference
@@ -185,6 +188,9 @@ def patch_residual(corrupted, clean, pos):
 # %%
 result = check("patch_residual", patch_residual)
 display(result)
+
+# %%
+# solution("patch_residual")  # uncomment to see one way to write it
 
 # %% [markdown]
 # Used in a hook, one patch is one forward pass. Here we patch the position of the second S (the

@@ -123,6 +123,9 @@ result = check("steering_vector", steering_vector)
 display(result)
 
 # %%
+# solution("steering_vector")  # uncomment to see one way to write it
+
+# %%
 # From here on: your function if it passed, otherwise the reference implementation.
 if not result.passed:
     steering_vector = get_exercise("steering_vector").reference

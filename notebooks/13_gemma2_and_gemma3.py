@@ -138,6 +138,9 @@ def softcap(x, cap):
 check("softcap", softcap)
 
 # %%
+# solution("softcap")  # uncomment to see one way to write it
+
+# %%
 x = torch.linspace(-150, 150, 601)
 with plt.ioff():
     fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
@@ -176,6 +179,9 @@ def sliding_window_mask(n_pos, window):
 
 # %%
 check("sliding_window_mask", sliding_window_mask)
+
+# %%
+# solution("sliding_window_mask")  # uncomment to see one way to write it
 
 # %% [markdown]
 # Here is the mask in a real pattern: layer 0 of `test-gemma3` is local with a window of 8; its

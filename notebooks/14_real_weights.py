@@ -119,6 +119,9 @@ def weight_memory_gib(cfg, dtype):
 result = check("weight_memory_gib", weight_memory_gib)
 display(result)
 
+# %%
+# solution("weight_memory_gib")  # uncomment to see one way to write it
+
 # %% [markdown]
 # **Exercise.** Generation also keeps the keys and values of every token seen so far, per layer: the
 # KV cache. Write `kv_cache_bytes(cfg, n_tokens, dtype)`: bytes for one sequence of `n_tokens`
@@ -135,6 +138,9 @@ def kv_cache_bytes(cfg, n_tokens, dtype):
 # %%
 kv_result = check("kv_cache_bytes", kv_cache_bytes)
 display(kv_result)
+
+# %%
+# solution("kv_cache_bytes")  # uncomment to see one way to write it
 
 # %%
 # From here on: your functions if they passed, otherwise the reference implementations.
