@@ -17,7 +17,7 @@
 #
 # # 11 · Activation patching on indirect-object identification
 #
-# **Time:** about 50 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
+# **Time:** about 75 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
 #
 # *"When Mary and John went to the store, John gave a drink to"* ... **Mary**. Choosing the name that
 # is *not* repeated is the indirect-object identification (IOI) task, whose circuit in GPT-2 small
@@ -31,7 +31,10 @@
 # 1. build matched clean and corrupted prompts through the tokenizer (names of one token each);
 # 2. write the logit-difference metric and a residual-stream patch;
 # 3. read a `[layer, pos]` residual patching heatmap and a `[layer, head]` head patching heatmap;
-# 4. run your own experiments with the `PatchingExplorer` widget.
+# 4. write the head-patching loop yourself, hooks and all;
+# 5. estimate every head's effect at once with attribution patching (gradients), and judge the
+#    estimate against real patching in a scatter plot;
+# 6. run your own experiments with the `PatchingExplorer` widget.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
@@ -240,14 +243,37 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 # answer is predicted. Some layer in between is where attention heads *moved* it. (With random
 # weights there is no such story: every cell is noise.)
 #
-# ## 5. Which heads?
+# ## 5. Exercise: which heads? Write the patching loop
 #
 # Patching each head's output `z` (`[batch, pos, head, d_head]`, all positions at once) asks which
-# heads carry the difference. `interp.patch_by_head` does `n_layers x n_heads` forward passes.
+# heads carry the difference. This time you write the loop that `interp.patch_by_head` runs: for
+# every layer and head, run the corrupted prompts with a hook on `blocks.{layer}.attn.hook_z` that
+# copies in that one head's clean `z`, and record `metric(logits)`.
+#
+# Write `patch_heads(model, corrupted_tokens, clean_cache, metric)` returning a `[layer, head]`
+# float tensor. Three things trip people up: `z[:, head]` indexes a *position* (the head axis is
+# the third); a hook must not edit the tensor it is given in place (clone it first); and a hook
+# defined in a loop sees the loop variable's *last* value unless you bind it (`head=head`).
+# `check` compares with `interp.patch_by_head` on small random models.
+
+# %% exercise="patch_heads" tags=["exercise"]
+def patch_heads(model, corrupted_tokens, clean_cache, metric):
+    """[layer, head]: the metric of the corrupted run with one head's z taken from the clean run."""
+    raise NotImplementedError  # your code here: two loops, a hook, model.run_with_hooks(...)
+
 
 # %%
-by_head = interp.patch_by_head(model, corrupted_tokens, clean_cache, ioi_metric, activation="z",
-                               progress=show_progress)  # [layer, head]
+result = check("patch_heads", patch_heads)
+display(result)
+
+# %%
+# solution("patch_heads")  # uncomment to see one way to write it
+
+# %%
+if not result.passed:
+    patch_heads = get_exercise("patch_heads").reference
+
+by_head = patch_heads(model, corrupted_tokens, clean_cache, ioi_metric)  # [layer, head]
 restored_by_head = (by_head - corrupted_diff) / gap if abs(gap) > 1e-6 else by_head - corrupted_diff
 best_layer, best_head = divmod(int(restored_by_head.argmax()), model.cfg.n_heads)
 print(f"the head whose clean output restores most: layer {best_layer}, head {best_head} "
@@ -256,7 +282,65 @@ viz.patching_heatmap(restored_by_head, kind="layer x head",
                      value_label="fraction of the logit difference restored", title="patching each head's z")
 
 # %% [markdown]
-# ## 6. Explore
+# ## 6. Attribution patching: every head from one backward pass
+#
+# Real patching costs one forward pass per cell. *Attribution patching* (Nanda, 2023; Syed et al.,
+# 2023) estimates all cells at once with a first-order Taylor expansion: run the corrupted prompts
+# once with gradients on, take the gradient of the metric with respect to each head's `z`, and
+# estimate the effect of patching as
+#
+#     (clean z - corrupted z) . d metric / d z          summed over batch, pos and d_head  ->  [layer, head]
+#
+# It is exact when the metric is linear in `z`, and only an estimate otherwise: attention patterns,
+# norms and MLPs downstream all bend the line. The scatter plot compares it with the real patching
+# you just computed. (This is the one place in the course where gradients are turned on.)
+
+# %%
+z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+corrupted_z = {}
+
+
+def keep_z(z, hook):  # keeps the corrupted run's z, part of the autograd graph, to read its gradient later
+    z.retain_grad()
+    corrupted_z[hook.name] = z
+
+
+with torch.enable_grad():
+    corrupted_run = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keep_z) for name in z_names])
+    ioi_metric(corrupted_run).backward()
+estimate = torch.stack([
+    ((clean_cache[name] - corrupted_z[name].detach()) * corrupted_z[name].grad).sum(dim=(0, 1, 3))  # [head]
+    for name in z_names])  # [layer, head]
+model.zero_grad(set_to_none=True)  # the backward pass also filled the weights' .grad: drop them
+real = by_head - corrupted_diff  # the real change of the metric, [layer, head]
+
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+plt.close(fig)
+ax.scatter(real.flatten(), estimate.flatten(), s=18)
+for layer in range(model.cfg.n_layers):
+    for head in range(model.cfg.n_heads):
+        if abs(float(real[layer, head])) > 0.2 * float(real.abs().max()):
+            ax.annotate(f"L{layer}H{head}", (float(real[layer, head]), float(estimate[layer, head])), fontsize=8)
+ax.axline((0, 0), slope=1, color="0.5", linewidth=0.8, linestyle="--")
+ax.set(xlabel="real patching: change in logit difference", ylabel="attribution patching estimate",
+       title="attribution vs real patching, per head")
+display(fig)
+correlation = float(torch.corrcoef(torch.stack([real.flatten(), estimate.flatten()]))[0, 1])
+print(f"correlation over {real.numel()} heads: {correlation:.2f}")
+print(f"largest real effect {float(real.abs().max()):.2f}, its estimate "
+      f"{float(estimate.flatten()[real.abs().argmax()]):.2f}")
+
+# %% [markdown]
+# Points on the dashed line are heads the linear estimate gets right. Heads with small effects
+# usually sit near it; a head whose patch changes the metric by many nats often does not: the
+# estimate knows only the slope at the corrupted run, and a big change walks far along a curved
+# function. Use attribution patching to *rank* thousands of components cheaply (on a 2B model it is
+# one forward and one backward pass instead of thousands), then confirm the top of the ranking
+# with real patching.
+#
+# %% [markdown]
+# ## 7. Explore
 #
 # The `PatchingExplorer` widget runs both patching experiments for prompts you type. Try other
 # templates, other names (one token each), or a corrupted prompt that changes a different word.
@@ -273,6 +357,9 @@ PatchingExplorer(model, tokenizer, clean=clean_text[0], corrupted=corrupted_text
 # * Metric: logit difference `logit(IO) - logit(S)` at the last position; normalise patched values so
 #   0 = corrupted and 1 = clean.
 # * Residual patching `[layer, pos]` shows *where* the information is at each depth; head patching
-#   `[layer, head]` shows *who* moves it.
+#   `[layer, head]` shows *who* moves it. You wrote that loop: a hook per (layer, head), one forward
+#   pass each.
+# * Attribution patching estimates every cell from one forward and one backward pass; it ranks
+#   components cheaply but misjudges large, non-linear effects: confirm with real patching.
 #
 # **Next:** notebook 12 adds a direction to the residual stream on purpose: steering.
