@@ -32,9 +32,11 @@
 # 2. write the logit-difference metric and a residual-stream patch;
 # 3. read a `[layer, pos]` residual patching heatmap and a `[layer, head]` head patching heatmap;
 # 4. write the head-patching loop yourself, hooks and all;
-# 5. estimate every head's effect at once with attribution patching (gradients), and judge the
+# 5. split the logit difference into what each head and MLP writes directly (direct logit
+#    attribution, with the final and post-attention norms held at their cached scale);
+# 6. estimate every head's effect at once with attribution patching (gradients), and judge the
 #    estimate against real patching in a scatter plot;
-# 6. run your own experiments with the `PatchingExplorer` widget.
+# 7. run your own experiments with the `PatchingExplorer` widget.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
@@ -60,6 +62,7 @@ if MODEL:
     os.environ["GEMMA_LAB_MODEL"] = MODEL
 
 # %%
+import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
@@ -282,7 +285,54 @@ viz.patching_heatmap(restored_by_head, kind="layer x head",
                      value_label="fraction of the logit difference restored", title="patching each head's z")
 
 # %% [markdown]
-# ## 6. Attribution patching: every head from one backward pass
+# ## 6. Direct logit attribution: who writes the answer?
+#
+# Patching says which heads *carry* the difference. A different question: which components *write*
+# the final logit difference directly? The residual stream at the end is a sum: the embedding plus
+# what every head and every MLP added. The logit difference reads that sum through the final
+# RMSNorm and the unembedding, `(ln_final(resid) @ (W_U[IO] - W_U[S]))`. The norm divides the whole
+# stream by one number, its RMS in this run; holding that number at its cached value makes the
+# readout linear, so each component's share is its own vector, scaled the same way, dotted with
+# `W_U[IO] - W_U[S]`. Gemma 2 and 3 add one more norm after attention: each head's share of
+# `hook_attn_out` is its `o_proj` term scaled by that layer's cached `ln1_post` factor, which is how
+# the heads of a layer still sum to what the layer wrote. `interp.direct_logit_attribution` does
+# both and returns `heads [layer, head]`, `mlps [layer]`, `embed` and their `total`.
+
+# %%
+dla = interp.direct_logit_attribution(model, clean_tokens, io_ids, incorrect=s_ids)
+parts = float(dla.embed + dla.heads.sum() + dla.mlps.sum())
+print(f"logit difference before any final softcap: {float(dla.total):+.2f}; "
+      f"embed + heads + MLPs = {parts:+.2f}")
+print(f"all heads together {float(dla.heads.sum()):+.2f}, all MLPs {float(dla.mlps.sum()):+.2f}, "
+      f"embedding {float(dla.embed):+.2f}")
+for layer in range(model.cfg.n_layers):
+    heads = ", ".join(f"{float(v):+.2f}" for v in dla.heads[layer])
+    print(f"  layer {layer}: heads [{heads}]  sum {float(dla.heads[layer].sum()):+.2f} · MLP {float(dla.mlps[layer]):+.2f}")
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(dla.heads, kind="layer x head", value_label="direct effect on logit(IO) - logit(S)",
+                     title="what each head writes directly", ax=left)
+right.bar(range(model.cfg.n_layers), dla.mlps.numpy(), color="C2")
+right.axhline(0, color="0.5", linewidth=0.8)
+right.set(xlabel="layer", ylabel="direct effect", title="what each MLP writes directly",
+          xticks=range(model.cfg.n_layers))
+display(fig)
+
+# %% [markdown]
+# Compare the two views on the tiny model. Patching found one early head that moves "which name was
+# repeated" to the end; that head writes under one nat of the logit difference itself (most of its
+# effect is *indirect*, through later layers). The direct writers are elsewhere: read the printout. On the
+# tiny model the last layer's heads write large contributions of both signs that largely cancel,
+# and the MLPs write most of the net answer. That is not the textbook GPT-2 circuit (name movers,
+# S-inhibition heads), and it does not have to be: this is what a four-layer model trained for
+# minutes found. Rerun this lesson on real weights and compare. Two cautions: direct attribution
+# misses everything indirect (a head that only feeds later layers scores 0), and the frozen norm
+# factor makes it exact for *this* run only.
+#
+# %% [markdown]
+# ## 7. Attribution patching: every head from one backward pass
 #
 # Real patching costs one forward pass per cell. *Attribution patching* (Nanda, 2023; Syed et al.,
 # 2023) estimates all cells at once with a first-order Taylor expansion: run the corrupted prompts
@@ -340,7 +390,7 @@ print(f"largest real effect {float(real.abs().max()):.2f}, its estimate "
 # with real patching.
 #
 # %% [markdown]
-# ## 7. Explore
+# ## 8. Explore
 #
 # The `PatchingExplorer` widget runs both patching experiments for prompts you type. Try other
 # templates, other names (one token each), or a corrupted prompt that changes a different word.
@@ -359,6 +409,8 @@ PatchingExplorer(model, tokenizer, clean=clean_text[0], corrupted=corrupted_text
 # * Residual patching `[layer, pos]` shows *where* the information is at each depth; head patching
 #   `[layer, head]` shows *who* moves it. You wrote that loop: a hook per (layer, head), one forward
 #   pass each.
+# * Direct logit attribution splits the final logit difference into each component's direct share;
+#   an early head that patching finds can write nothing directly (its effect is indirect).
 # * Attribution patching estimates every cell from one forward and one backward pass; it ranks
 #   components cheaply but misjudges large, non-linear effects: confirm with real patching.
 #
