@@ -246,6 +246,15 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 # answer is predicted. Some layer in between is where attention heads *moved* it. (With random
 # weights there is no such story: every cell is noise.)
 #
+# **Denoising and noising.** What we did is *denoising*: run the corrupted prompts and restore one
+# clean activation. A cell near 1 says that activation is *sufficient* to bring the clean behaviour
+# back. The reverse, *noising*, runs the clean prompts with one corrupted activation; a big drop says
+# the activation is *necessary*. They can disagree: when two components each carry the information,
+# restoring either one may be enough (denoising finds both) while corrupting either one alone breaks
+# nothing (noising finds neither). Heimersheim and Nanda (2024, "How to use and interpret activation
+# patching") discuss when to use which. The functions here do either: for noising, pass the *clean*
+# tokens and a cache of the *corrupted* run.
+#
 # ## 5. Exercise: which heads? Write the patching loop
 #
 # Patching each head's output `z` (`[batch, pos, head, d_head]`, all positions at once) asks which
@@ -350,9 +359,11 @@ z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
 corrupted_z = {}
 
 
-def keep_z(z, hook):  # keeps the corrupted run's z, part of the autograd graph, to read its gradient later
-    z.retain_grad()
-    corrupted_z[hook.name] = z
+def keep_z(z, hook):
+    """Swap z for an equal leaf tensor that asks for its gradient (the weights need none), and keep it."""
+    leaf = z.detach().requires_grad_(True)
+    corrupted_z[hook.name] = leaf
+    return leaf
 
 
 with torch.enable_grad():
@@ -361,7 +372,6 @@ with torch.enable_grad():
 estimate = torch.stack([
     ((clean_cache[name] - corrupted_z[name].detach()) * corrupted_z[name].grad).sum(dim=(0, 1, 3))  # [head]
     for name in z_names])  # [layer, head]
-model.zero_grad(set_to_none=True)  # the backward pass also filled the weights' .grad: drop them
 real = by_head - corrupted_diff  # the real change of the metric, [layer, head]
 
 with plt.ioff():
