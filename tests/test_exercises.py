@@ -227,7 +227,7 @@ def test_trial_inputs_are_repeatable_and_varied():
 
 def test_list_exercises_by_notebook():
     assert list_exercises("02_embeddings_and_rmsnorm") == ["embed", "rms_norm"]
-    assert list_exercises("07") == ["top_k_filter", "top_p_filter"]
+    assert list_exercises("07") == ["top_k_filter", "top_p_filter", "decode_step"]
 
 
 def test_fill_in_solutions_replaces_exercise_cells():

@@ -180,5 +180,5 @@ exercise(
         "z[:, :, head]?": _patch_heads_whole_layer,
     },
     notebook=NOTEBOOK,
-    trials=3,
+    trials=2,  # each trial is n_layers x n_heads forward passes, twice: two Gemma generations suffice
 )
