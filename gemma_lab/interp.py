@@ -9,6 +9,8 @@
     steer                     add a direction to the residual stream (also around generation)
     repeated_tokens, head_scores, in_context_loss
                               previous-token, induction and duplicate-token heads on repeated random tokens
+    head_circuits, composition_score
+                              each head's OV and QK matrices, and how strongly two heads compose
 
 Conventions. ``tokens`` are ``[batch, pos]`` token ids (a 1-D tensor is one sequence). A
 ``metric`` is ``fn(logits) -> scalar`` (a float or a 0-d tensor). Functions that loop over many
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from gemma_lab.activation_cache import ActivationCache
@@ -498,3 +501,73 @@ def in_context_loss(model: "Gemma", seq_len: int = 50, batch: int = 4, *, seed: 
     first = loss[start: start + seq_len - 1]
     second = loss[start + seq_len: start + 2 * seq_len - 1]
     return {"per_position": loss, "first_copy": first.mean(), "second_copy": second.mean()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Circuits in the weights: OV, QK and composition
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadCircuits:
+    """Each head's circuits as ``[layer, head, d_model, d_model]`` matrices acting on row vectors.
+
+    ``ov``: what a head writes when it attends to a key position, ``x_key @ ov`` (``W_V @ W_O``).
+    ``qk``: the attention score between a query and a key, ``x_query @ qk @ x_key.T``
+    (``W_Q @ W_K.T``).
+    """
+
+    ov: torch.Tensor
+    qk: torch.Tensor
+
+
+def head_circuits(model: "Gemma") -> HeadCircuits:
+    """The OV and QK circuits of every head, with the gains of the norms around them folded in.
+
+    Folded in: the pre-attention norm's gain on the input side (``ln1``), Gemma 2/3's
+    post-attention norm gain on the OV output side (``ln1_post``) and Gemma 3's q/k norm gains
+    (``q_norm``, ``k_norm``). What cannot be folded into one matrix is left out and should be said
+    when reading them: each norm's division by the RMS of its input (a per-position scale, which
+    changes sizes but no directions), RoPE (``qk`` is the score at equal query and key positions:
+    no rotation), the ``query_pre_attn_scalar`` scale and Gemma 2's softcap. Grouped-query heads
+    share their kv head's ``W_K`` and ``W_V``. Gemma 1 to 3 (Gemma 4's per-layer head sizes and
+    shared key/values are not covered).
+    """
+    cfg = model.cfg
+    if cfg.family == 4:
+        raise ValueError("head_circuits covers Gemma 1 to 3; Gemma 4 layers differ in head size and may share keys")
+    ov, qk = [], []
+    with torch.no_grad():
+        for block in model.blocks:
+            attn = block.attn
+            group = cfg.n_heads // attn.n_kv_heads
+            split = "(head d_head) d_model -> head d_model d_head"
+            w_q = rearrange(attn.q_proj.weight.float(), split, head=cfg.n_heads)
+            w_k = rearrange(attn.k_proj.weight.float(), split, head=attn.n_kv_heads).repeat_interleave(group, 0)
+            w_v = rearrange(attn.v_proj.weight.float(), split, head=attn.n_kv_heads).repeat_interleave(group, 0)
+            w_o = rearrange(attn.o_proj.weight.float(), "d_model (head d_head) -> head d_head d_model",
+                            head=cfg.n_heads)
+            gain_in = block.ln1.gain()[:, None]  # [d_model, 1]: scales the rows the projections read
+            w_q, w_k, w_v = w_q * gain_in, w_k * gain_in, w_v * gain_in
+            if attn.q_norm is not None:
+                w_q, w_k = w_q * attn.q_norm.gain(), w_k * attn.k_norm.gain()
+            head_ov = w_v @ w_o  # [head, d_model, d_model]
+            if block.ln1_post is not None:
+                head_ov = head_ov * block.ln1_post.gain()
+            ov.append(head_ov)
+            qk.append(w_q @ w_k.transpose(-1, -2))
+    return HeadCircuits(torch.stack(ov), torch.stack(qk))
+
+
+def composition_score(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
+    """How much of ``w_b`` reads what ``w_a`` writes: ``|w_a @ w_b|_F / (|w_a|_F |w_b|_F)``.
+
+    ``w_a``: ``[..., d, d]`` an earlier head's OV circuit; ``w_b``: ``[..., d, d]`` a later head's
+    matrix that reads the stream, ``qk.T`` for K-composition (the key side), ``qk`` for
+    Q-composition, ``ov`` for V-composition (Elhage et al., 2021). Leading axes broadcast. Between 0
+    and 1; random Gaussian matrices (of any rank) in ``d`` dimensions score about ``1 / sqrt(d)``,
+    not 0, so compare with that baseline.
+    """
+    w_a, w_b = w_a.float(), w_b.float()
+    product = torch.linalg.matrix_norm(w_a @ w_b)
+    return product / (torch.linalg.matrix_norm(w_a) * torch.linalg.matrix_norm(w_b))

@@ -280,6 +280,10 @@ def attention_pattern(
     return fig
 
 
+#: Token labels of the all-heads grid, in points (at 100 dpi, 8 pt is 11 px).
+TOKEN_LABEL_POINTS = 8
+
+
 def attention_heads_grid(
     patterns: Any,
     tokens: Sequence[str],
@@ -299,11 +303,14 @@ def attention_heads_grid(
     q_tokens, k_tokens = _check_attention(patterns, tokens, "patterns")
     n_head, q_len, k_len = patterns.shape
     masked = _attention_mask(mask, q_len, k_len)
+    # Panels big enough for 8-point token labels, and at most ~10 inches of panels side by side:
+    # a wider figure is shrunk to the notebook's width, and its labels with it (to ~5 px at 13 inches).
+    panel = _clip(1.6 + 0.16 * k_len, 2.6, 4.5)
     if ncols is None:
-        ncols = n_head if n_head <= 4 else (4 if n_head <= 16 else 8)
+        widest = max(1, int(10.0 // panel))
+        ncols = math.ceil(n_head / math.ceil(n_head / widest))  # balanced rows: 2 x 2, not 3 + 1
     ncols = max(1, min(ncols, n_head))
     nrows = math.ceil(n_head / ncols)
-    panel = _clip(1.2 + 0.12 * k_len, 2.2, 4.0)
     if fig is None:
         fig = new_figure((panel * ncols + 1.0, panel * nrows + 0.6))
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -316,11 +323,11 @@ def attention_heads_grid(
         im = _draw_attention(ax, patterns[h], masked, top)
         ax.set_title(f"head {h}" if layer is None else f"L{layer} H{h}", fontsize=9)
         if h + ncols >= n_head:  # no panel below this one
-            _set_token_ticks(ax, "x", k_tokens, rotate=True, fontsize=6)
+            _set_token_ticks(ax, "x", k_tokens, rotate=True, fontsize=TOKEN_LABEL_POINTS)
         else:
             ax.set_xticks([])
         if h % ncols == 0:
-            _set_token_ticks(ax, "y", q_tokens, fontsize=6)
+            _set_token_ticks(ax, "y", q_tokens, fontsize=TOKEN_LABEL_POINTS)
         else:
             ax.set_yticks([])
     fig.suptitle("attention patterns" if layer is None else f"layer {layer} attention patterns")
@@ -411,6 +418,7 @@ def top_k_bars(
     k: int = 10,
     *,
     highlight: str | Iterable[str] | None = None,
+    highlight_color: str = "C3",
     value_format: str = "{:.1%}",
     value_label: str = "probability",
     title: str | None = None,
@@ -421,25 +429,33 @@ def top_k_bars(
     ``probs`` is either a full ``probs[vocab]`` (with ``labels`` a vocabulary list or an
     ``id -> str`` function; without labels the ids are shown as ``#id``), or a pair
     ``(values, labels)`` of strings, or ``(values, ids)`` such as ``torch.topk(probs, k)``.
-    ``highlight`` names token string(s) whose bars are drawn in a contrasting colour.
-    Bars are ``ax.patches`` in rank order; their widths are the values.
+    ``highlight`` names token string(s) whose bars are drawn in ``highlight_color``.
+    Bars are ``ax.patches`` in rank order; their widths are the values. Probabilities (every value in
+    [0, 1]) get an axis that ends at 1 at most; a value too long to write beside its bar is written
+    inside it.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     values, names = _top_k(probs, labels, k)
     marked = {highlight} if isinstance(highlight, str) else set(highlight or ())
-    colours = ["C3" if name in marked else "C0" for name in names]
+    colours = [highlight_color if name in marked else "C0" for name in names]
 
     fig, ax = _new_axes(ax, (6.0, _clip(0.8 + 0.32 * len(values), 2.5, 9.0)))
     ypos = np.arange(len(values))
     ax.barh(ypos, values, color=colours)
     ax.set_yticks(ypos, [readable_token(n) for n in names], fontsize=9, parse_math=False)
     ax.invert_yaxis()
-    for y, v in zip(ypos, values, strict=True):
-        ax.text(v, y, " " + value_format.format(v), va="center", fontsize=8)
     low = min(0.0, float(values.min()) if len(values) else 0.0)
     high = float(values.max()) if len(values) else 1.0
-    ax.set_xlim(low, high * 1.25 if high > 0 else 1.0)
+    right = high * 1.25 if high > 0 else 1.0  # room for the numbers beside the bars
+    if len(values) and low >= 0.0 and high <= 1.0:
+        right = min(right, 1.0)  # a probability axis never goes past 1
+    ax.set_xlim(low, right)
+    for y, v in zip(ypos, values, strict=True):
+        if v > 0.8 * right:  # no room beside the bar: write it inside, right-aligned
+            ax.text(v, y, value_format.format(v) + " ", va="center", ha="right", fontsize=8, color="white")
+        else:
+            ax.text(v, y, " " + value_format.format(v), va="center", fontsize=8)
     ax.set_xlabel(value_label)
     ax.spines[["top", "right"]].set_visible(False)
     if title is not None:

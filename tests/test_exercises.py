@@ -139,6 +139,27 @@ def test_an_exception_is_reported_with_its_message():
     assert "x: float32 [" in result.message  # the trial's inputs are named
 
 
+def test_torch_errors_learners_meet_get_a_hint():
+    def forgot_keepdim(x, weight, eps):  # the classic: a [batch, pos] mean against [batch, pos, d_model]
+        return x / torch.sqrt(x.pow(2).mean(-1) + eps) * (1 + weight)
+
+    result = check("rms_norm", forgot_keepdim)
+    assert result.status == ERROR and "must match the size of tensor b" in result.message
+    assert result.hint is not None and "x[:, None]" in result.hint and "lines shapes up from the *right*" in result.hint
+
+    def untransposed(x, w_gate, w_up, w_down):
+        return x @ w_gate
+
+    result = check("geglu", untransposed)
+    assert result.status == ERROR and "cannot be multiplied" in result.message
+    assert "x @ weight.T" in result.hint
+
+    def plain_error(*args):
+        raise ValueError("my own message")
+
+    assert check("rms_norm", plain_error).hint is None
+
+
 def test_wrong_shape_dtype_and_missing_return_are_named():
     def flat(x, weight, eps):
         return lesson02_embeddings_and_rmsnorm.rms_norm(x, weight, eps).flatten()
@@ -206,7 +227,7 @@ def test_trial_inputs_are_repeatable_and_varied():
 
 def test_list_exercises_by_notebook():
     assert list_exercises("02_embeddings_and_rmsnorm") == ["embed", "rms_norm"]
-    assert list_exercises("07") == ["top_k_filter", "top_p_filter"]
+    assert list_exercises("07") == ["top_k_filter", "top_p_filter", "decode_step"]
 
 
 def test_fill_in_solutions_replaces_exercise_cells():

@@ -266,3 +266,54 @@ def test_in_context_loss_measures_each_copy():
     assert result["second_copy"] == pytest.approx(0.0, abs=1e-4)
     assert result["first_copy"] > 1.0
     torch.testing.assert_close(result["first_copy"], result["per_position"][1:seq_len].mean())
+
+
+# ---- circuits in the weights --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", [1, 2, 3])
+def test_head_circuits_reproduce_the_heads_on_a_one_token_input(family):
+    """With one token at position 0 every head attends only to it (pattern 1, RoPE the identity), so
+    the folded circuits must give the cached values exactly, up to the RMS divisions they leave out."""
+    model = small_model(family, seed=1)
+    with torch.no_grad():  # norm gains away from 1, so that folding them in is tested
+        for name, parameter in model.named_parameters():
+            if "norm" in name or name.split(".")[-2].startswith("ln"):
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    token = torch.tensor([[7]])
+    _, cache = model.run_with_cache(token)
+    circuits = interp.head_circuits(model)
+    cfg = model.cfg
+    assert circuits.ov.shape == circuits.qk.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_model)
+    for layer, block in enumerate(model.blocks):
+        u = (cache["resid_pre", layer] * cache[f"blocks.{layer}.ln1.hook_inv_rms"])[0, 0]  # ln1 without its gain
+        w_o = block.attn.o_proj.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
+        for head in range(cfg.n_heads):
+            written = cache["z", layer][0, 0, head] @ w_o[head]  # the head's term of o_proj(z)
+            if block.ln1_post is not None:
+                written = written * block.ln1_post.gain()
+            torch.testing.assert_close(u @ circuits.ov[layer, head], written, atol=1e-5, rtol=1e-4)
+            score = cache["attn_scores_pre_softcap", layer][0, head, 0, 0] / cfg.attn_scale
+            if block.attn.q_norm is not None:  # undo the per-vector RMS divisions the circuit leaves out
+                kv_head = head // (cfg.n_heads // cfg.n_kv_heads)
+                score = score / (cache[f"blocks.{layer}.attn.q_norm.hook_inv_rms"][0, 0, head, 0]
+                                 * cache[f"blocks.{layer}.attn.k_norm.hook_inv_rms"][0, 0, kv_head, 0])
+            torch.testing.assert_close(u @ circuits.qk[layer, head] @ u, score, atol=1e-4, rtol=1e-4)
+
+
+def test_composition_score_is_a_normalised_frobenius_product():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 6, 6, generator=generator), torch.randn(6, 6, generator=generator)
+    scores = interp.composition_score(a, b)  # broadcasts: [3]
+    for i in range(3):
+        expected = (a[i] @ b).norm() / (a[i].norm() * b.norm())
+        torch.testing.assert_close(scores[i], expected)
+    assert float(interp.composition_score(torch.eye(6), torch.eye(6))) == pytest.approx(6 ** -0.5)
+    writes_x = torch.zeros(6, 6)
+    writes_x[0, 0] = 1.0  # writes direction 0
+    reads_y = torch.zeros(6, 6)
+    reads_y[1, 1] = 1.0  # reads direction 1 only
+    assert float(interp.composition_score(writes_x, reads_y)) == 0.0
+    assert float(interp.composition_score(writes_x, writes_x)) == pytest.approx(1.0)
+    big = 100 * torch.randn(8, 8, generator=generator)
+    small = torch.randn(8, 8, generator=generator)
+    assert float(interp.composition_score(big, small)) == pytest.approx(float(interp.composition_score(big / 100, small)))

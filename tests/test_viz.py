@@ -334,3 +334,24 @@ def test_html_escape_is_the_standard_one():
     out = viz.colored_tokens_html(["a<>&'\""], [1.0])
     inner = out.split('">', 2)[-1].split("</span>")[0]
     assert html.unescape(inner) == "a<>&'\""
+
+
+def test_top_k_bars_probability_axis_ends_at_one_and_labels_fit():
+    ax = viz.top_k_bars((np.array([0.997, 0.002]), ["Paris", "Rome"]), highlight="Rome",
+                        highlight_color="C2").axes[0]
+    assert ax.get_xlim()[1] == 1.0
+    inside, beside = ax.texts
+    assert inside.get_ha() == "right" and beside.get_ha() == "left"
+    assert mcolors.to_hex(ax.patches[1].get_facecolor()) == mcolors.to_hex("C2")
+    # Not probabilities (a logit can exceed 1): the axis follows the data.
+    ax = viz.top_k_bars((np.array([4.0, 2.0]), ["a", "b"]), value_format="{:.1f}", value_label="logit").axes[0]
+    assert ax.get_xlim()[1] == pytest.approx(5.0)
+
+
+def test_attention_heads_grid_token_labels_are_readable_at_notebook_width():
+    tokens = [f"t{i}" for i in range(16)]
+    fig = viz.attention_heads_grid(causal_pattern(16, heads=4), tokens)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert fig.get_size_inches()[0] <= 11.0  # not shrunk to fit a notebook cell
+    assert all(label.get_fontsize() >= 8 for label in panels[0].get_yticklabels())
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 2 x 2, not 3 + 1

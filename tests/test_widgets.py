@@ -325,11 +325,10 @@ def test_sampling_playground_top_k_3_keeps_exactly_3_tokens(model, tokenizer, re
     assert int((playground.probs > 0).sum()) == 3
     assert torch.equal(playground.probs, sampling.logits_to_probs(last, temperature=1.0, top_k=3))
     assert len(playground.removed["top_k"]) == last.shape[-1] - 3
-    # the right-hand bars are the filtered distribution, largest first
+    # the right-hand bars are the filtered distribution, largest first, and only the tokens it kept
     bars = [patch.get_width() for patch in playground.figure.axes[1].patches]
-    torch.testing.assert_close(torch.tensor(bars[:3]), playground.probs.topk(3).values.double(),
+    torch.testing.assert_close(torch.tensor(bars), playground.probs.topk(3).values.double(),
                                check_dtype=False)
-    assert all(width == 0 for width in bars[3:])
 
     playground.top_k_slider.value = 0
     playground.temperature_slider.value = 1.5
@@ -475,3 +474,88 @@ def test_the_sampling_playground_refuses_a_typed_seed_out_of_range(model, tokeni
     playground.seed_box.value = 2**40
     playground.sample_button.click()
     assert "outside 0 to" in playground.summary.value and playground.samples == []
+
+
+def test_sampling_playground_titles_colours_and_axes_read_cleanly(model, tokenizer):
+    """What a browser showed wrong once: float noise in titles, one colour with two meanings,
+    zero-probability bars padding the filtered side, a probability axis running past 1."""
+    import matplotlib.colors as mcolors
+
+    from gemma_lab.widgets import explorers
+
+    playground = SamplingPlayground(model, tokenizer, text=TEXT)
+    playground.top_p_slider.value = 0.9
+    playground.temperature_slider.value = 0.7
+    left, right = playground.figure.axes[:2]
+    assert "top_p=0.9," in right.get_title() and "temperature=0.7," in right.get_title()
+    assert "0000000" not in right.get_title()
+    assert "\n" in left.get_title() and "\n" in right.get_title()  # two short lines each: no overlap
+    for ax in (left, right):
+        assert ax.get_xlim()[1] <= 1.0
+
+    playground.top_k_slider.value = 2
+    kept = int((playground.probs > 0).sum())
+    assert kept == 2
+    left, right = playground.figure.axes[:2]
+    assert len(right.patches) == kept and all(p.get_width() > 0 for p in right.patches)
+    removed = mcolors.to_hex(explorers.REMOVED_COLOUR)
+    sampled = mcolors.to_hex(explorers.SAMPLED_COLOUR)
+    assert removed != sampled
+    left_colours = [mcolors.to_hex(p.get_facecolor()) for p in left.patches]
+    assert left_colours[:2] != [removed] * 2 and left_colours[2:] == [removed] * (len(left_colours) - 2)
+    playground.sample_button.click()
+    right = playground.figure.axes[1]
+    drawn = playground.samples[-1]
+    colours = {tick.get_text(): mcolors.to_hex(p.get_facecolor())
+               for tick, p in zip(right.get_yticklabels(), right.patches)}
+    assert colours[viz.readable_token(playground._label(drawn))] == sampled
+    assert removed not in colours.values()
+
+
+@pytest.mark.skipif(not bundled.tiny_model_dir().joinpath("model.safetensors").is_file(),
+                    reason="the bundled tiny model is not there")
+def test_sampling_playground_opens_on_a_prompt_the_tiny_model_is_unsure_of():
+    playground = SamplingPlayground()
+    top = float(playground.probs.max())
+    assert 0.3 < top < 0.95, f"the default prompt's top token has p = {top:.3f}: the controls would show little"
+
+
+def test_text_boxes_stretch_instead_of_overflowing(model, tokenizer, stepper):
+    explorer = PatchingExplorer(model, tokenizer, clean="Then the dog saw the", corrupted="Then a dog saw the",
+                                answer=" the", wrong=" a")
+    for box in (stepper.text_box, explorer.clean_box, explorer.corrupted_box,
+                AttentionExplorer(model, tokenizer, text=TEXT).text_box):
+        assert box.layout.width == "auto" and box.layout.align_self == "stretch"
+
+
+def test_patching_explorer_drops_its_heatmaps_when_the_inputs_are_wrong(model, tokenizer, widget_outputs):
+    explorer = PatchingExplorer(model, tokenizer, clean="Then the dog saw the", corrupted="Then a dog saw the",
+                                answer=" the", wrong=" a")
+    assert len(widget_outputs.pngs(explorer.out)) == 2
+    explorer.answer_box.value = " elephant"
+    explorer.run_button.click()
+    assert "exactly one" in explorer.summary.value
+    assert widget_outputs.pngs(explorer.out) == [] and explorer.figures == []
+    assert "No patching results" in str(explorer.out.recorded)  # a message replaces the old pictures
+    assert explorer.by_pos is None and explorer.shown_by_head is None
+
+
+def test_stepper_names_the_layer_in_its_stage_list_and_shows_appended_text(stepper, tokenizer):
+    labels = dict((value, label) for label, value in stepper.stage_list.options)
+    assert "layer 0 · " in labels["z"] and "layer" not in labels["tokens"]
+    stepper.go("z", layer=3)
+    labels = dict((value, label) for label, value in stepper.stage_list.options)
+    assert "layer 3 · " in labels["z"] and stepper.current_stage == "z"
+    stepper.layer_slider.value = 4
+    assert stepper.current_stage == "z" and "layer 4 · " in dict(
+        (value, label) for label, value in stepper.stage_list.options)["z"]
+
+    stepper.temperature_slider.value = 0.0
+    stepper.append_button.click()
+    stepper.append_button.click()
+    assert stepper.text_box.value == tokenizer.decode(stepper.tokens[0].tolist())
+    assert len(stepper.generated) == 2 and stepper.cache_lengths()  # writing the box did not rerun the prompt
+    assert stepper.current_stage == "kv_cache"
+
+    stepper.text_box.value = "word " * 200  # an error: the picture is replaced by a message
+    assert stepper.figures == [] and "Nothing to show" in str(stepper.out.recorded)

@@ -59,11 +59,15 @@ def _positions(generator: torch.Generator, batch: int, pos: int, high: int = 200
     return start + torch.arange(pos)
 
 
+_SOFTMAX_AXIS_HINT = ("Did you take the softmax over the query axis? Each query's weights over the keys sum to 1: "
+                      "softmax over k_pos (the last axis of the scores), not q_pos.")
+_FUTURE_HINT = ("Is your causal comparison flipped? A query at q may read keys at k <= q (the past and itself); "
+                "your mask lets it read k >= q, the future.")
 _SCALE_HINT = ("Did you scale by sqrt(d_head) rather than query_pre_attn_scalar? Gemma 2 and 3 multiply the "
                "scores by query_pre_attn_scalar ** -0.5 (Gemma 1: d_head ** -0.5).")
 
 
-def _grouped(q, k, v, allowed, scale, softcap, kv_layout="(kv_head group)", masked=True):
+def _grouped(q, k, v, allowed, scale, softcap, kv_layout="(kv_head group)", masked=True, softmax_dim=-1):
     dtype, n_kv_heads = v.dtype, k.shape[2]
     q = rearrange(q.float(), f"batch q_pos {kv_layout} d_head -> batch q_pos kv_head group d_head", kv_head=n_kv_heads)
     scores = einsum(q, k.float(), "batch q_pos kv_head group d_head, batch k_pos kv_head d_head "
@@ -72,7 +76,7 @@ def _grouped(q, k, v, allowed, scale, softcap, kv_layout="(kv_head group)", mask
         scores = softcap * torch.tanh(scores / softcap)
     if masked:
         scores = scores.masked_fill(~allowed[:, None, None], torch.finfo(scores.dtype).min)
-    pattern = scores.softmax(-1)
+    pattern = scores.softmax(softmax_dim)  # -1: over keys (right); -2 reproduces the slip "over queries"
     z = einsum(pattern, v.float(), "batch kv_head group q_pos k_pos, batch k_pos kv_head d_head "
                                    "-> batch q_pos kv_head group d_head")
     return rearrange(z, f"batch q_pos kv_head group d_head -> batch q_pos {kv_layout} d_head").to(dtype)

@@ -19,6 +19,7 @@ import importlib.resources
 import inspect
 import math
 import pkgutil
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -436,7 +437,7 @@ def _check(registered: Exercise, fn: Callable[..., Any]) -> CheckResult:
                                                     "with your code, then run this cell again)")
         except Exception as error:  # the learner's code: report whatever it raised, with the inputs
             return CheckResult(name, ERROR, f"trial {trial + 1} ({describe_inputs(names, inputs)}) raised "
-                                            f"{type(error).__name__}: {error}")
+                                            f"{type(error).__name__}: {error}", error_hint(error))
         outputs.append(got)
         if first_failure is None and not registered.matches(got, expected):
             problem = _difference(got, expected) or "output differs from the reference (custom comparison)"
@@ -448,6 +449,35 @@ def _check(registered: Exercise, fn: Callable[..., Any]) -> CheckResult:
         return CheckResult(name, FAILED, f"wrong on some of {len(trials)} trials, in a familiar way. "
                                          f"First: {first_failure}", hint)
     return CheckResult(name, FAILED, first_failure)
+
+
+#: What torch's own messages mean for an exercise: (pattern in the message, hint). Read in order.
+_ERROR_HINTS = (
+    (re.compile(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)"),
+     "Two tensors were combined whose axes do not line up: one axis is {0} long in the first and {1} in "
+     "the second. Broadcasting lines shapes up from the *right*, so a tensor that runs along an earlier "
+     "axis needs length-1 axes after it: x[:, None] (or x.unsqueeze(-1), or einops.rearrange) turns [pos] "
+     "into [pos, 1], which then spreads over d_model. Print the shapes of both operands."),
+    (re.compile(r"mat1 and mat2 shapes cannot be multiplied"),
+     "A matrix product whose inner sizes differ: x @ W needs x's last axis to equal W's first. nn.Linear "
+     "stores its weight as [out, in], so the product is x @ weight.T."),
+    (re.compile(r"Dimension out of range"),
+     "An axis number past the tensor's rank: count the axes of the tensor you index (print .shape); "
+     "negative axes count from the end (-1 is the last)."),
+    (re.compile(r"expected scalar type|expected .*dtype|must have the same dtype"),
+     "Two tensors of different dtypes met in one operation: convert one (x.to(other.dtype)), or compute "
+     "in float32 and convert the result back to the input's dtype at the end."),
+)
+
+
+def error_hint(error: BaseException) -> str | None:
+    """A hint for an exception torch raised inside a learner's function (None when none applies)."""
+    message = str(error)
+    for pattern, hint in _ERROR_HINTS:
+        found = pattern.search(message)
+        if found:
+            return hint.format(*found.groups())
+    return None
 
 
 def _matching_mistake(registered: Exercise, trials: list[tuple], outputs: list[Any]) -> str | None:

@@ -12,7 +12,7 @@ from einops import einsum, rearrange
 
 from gemma_lab import model as gemma_model
 from gemma_lab.config import GemmaConfig
-from gemma_lab.exercises._trials import _SCALE_HINT, _dtype, _grouped, _positions, _randn
+from gemma_lab.exercises._trials import _SCALE_HINT, _SOFTMAX_AXIS_HINT, _dtype, _grouped, _positions, _randn
 from gemma_lab.exercises.checking import choice, exercise, randint, trial_number
 
 __all__ = [
@@ -248,6 +248,10 @@ def _grouped_attention_head_dim_scale(q, k, v, allowed, query_pre_attn_scalar, s
     return _grouped(q, k, v, allowed, q.shape[-1] ** -0.5, softcap)
 
 
+def _grouped_attention_query_softmax(q, k, v, allowed, query_pre_attn_scalar, softcap=None):
+    return _grouped(q, k, v, allowed, query_pre_attn_scalar ** -0.5, softcap, softmax_dim=-2)
+
+
 exercise(
     "grouped_attention",
     make_inputs=_grouped_attention_inputs,
@@ -257,6 +261,7 @@ exercise(
         "(query head h uses kv_head h // group), like repeat_interleave, not repeat.": _grouped_attention_tiled,
         _CAUSAL_HINT: _grouped_attention_unmasked,
         _SCALE_HINT: _grouped_attention_head_dim_scale,
+        _SOFTMAX_AXIS_HINT: _grouped_attention_query_softmax,
     },
     notebook=NOTEBOOK,
 )

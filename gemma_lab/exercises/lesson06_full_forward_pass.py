@@ -12,7 +12,7 @@ from einops import rearrange
 
 from gemma_lab import model as gemma_model
 from gemma_lab.config import GLOBAL, LOCAL, GemmaConfig
-from gemma_lab.exercises._trials import _SCALE_HINT, _grouped, _randn, _randomise, _small_config
+from gemma_lab.exercises._trials import _FUTURE_HINT, _SCALE_HINT, _SOFTMAX_AXIS_HINT, _grouped, _randn, _randomise, _small_config
 from gemma_lab.exercises.checking import choice, exercise, randint, trial_number
 from gemma_lab.exercises.lesson02_embeddings_and_rmsnorm import embed, rms_norm
 from gemma_lab.exercises.lesson03_rotary_embeddings import apply_rotary
@@ -69,7 +69,7 @@ def _attention_layer_inputs(generator: torch.Generator) -> tuple:
 
 
 def _attention_layer(attn, x, positions, *, local_rope=True, qk_norm=True, window=True, softcap=True,
-                     scale=True) -> torch.Tensor:
+                     scale=True, softmax_dim=-1, future=False) -> torch.Tensor:
     """The attention sublayer written out, with switches that reproduce common slips."""
     cfg = attn.cfg
     q = rearrange(x @ attn.q_proj.weight.T, "batch pos (head d_head) -> batch pos head d_head", head=cfg.n_heads)
@@ -83,8 +83,10 @@ def _attention_layer(attn, x, positions, *, local_rope=True, qk_norm=True, windo
     cos, sin = gemma_model.rotary_cos_sin(positions, cfg.d_head, theta, rope_scale, x.dtype)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     allowed = attention_mask(positions, positions, attn.window if window else None)
+    if future:  # k >= q instead of k <= q (queries and keys are the same positions: a transpose)
+        allowed = allowed.transpose(-1, -2)
     attn_scale = cfg.attn_scale if scale else cfg.d_head ** -0.5
-    z = _grouped(q, k, v, allowed, attn_scale, cfg.attn_softcap if softcap else None)
+    z = _grouped(q, k, v, allowed, attn_scale, cfg.attn_softcap if softcap else None, softmax_dim=softmax_dim)
     return rearrange(z, "batch pos head d_head -> batch pos (head d_head)") @ attn.o_proj.weight.T
 
 
@@ -108,6 +110,14 @@ def _attention_layer_head_dim_scale(attn, x, positions):
     return _attention_layer(attn, x, positions, scale=False)
 
 
+def _attention_layer_query_softmax(attn, x, positions):
+    return _attention_layer(attn, x, positions, softmax_dim=-2)
+
+
+def _attention_layer_future(attn, x, positions):
+    return _attention_layer(attn, x, positions, future=True)
+
+
 _ROPE_HINT = ("Did you use each layer's own RoPE base? Gemma 3's sliding-window layers rotate with a different "
               "theta (and no position scaling): theta, scale = cfg.rope_for_layer(layer).")
 
@@ -123,6 +133,8 @@ exercise(
             _attention_layer_no_window,
         "Did you apply Gemma 2's attention softcap (cfg.attn_softcap) to the scores?": _attention_layer_no_softcap,
         _SCALE_HINT: _attention_layer_head_dim_scale,
+        _SOFTMAX_AXIS_HINT: _attention_layer_query_softmax,
+        _FUTURE_HINT: _attention_layer_future,
     },
     notebook=NOTEBOOK,
 )

@@ -1,6 +1,6 @@
-"""Exercises of lesson 07, sampling filters (``notebooks/07_generation_and_sampling.ipynb``).
+"""Exercises of lesson 07, the cached decode step and sampling filters (``notebooks/07_generation_and_sampling.ipynb``).
 
-Exercises: top_k_filter, top_p_filter. Each has its reference (the
+Exercises: decode_step, top_k_filter, top_p_filter. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out
 as the wrong functions they describe.
 """
@@ -12,10 +12,12 @@ import math
 import torch
 
 from gemma_lab import sampling
-from gemma_lab.exercises._trials import _randn
+from gemma_lab.exercises._trials import _randn, _small_model
 from gemma_lab.exercises.checking import choice, exercise, randint, trial_number
 
 __all__ = [
+    "decode_step_inputs",
+    "decode_step_reference",
     "top_k_filter",
     "top_p_filter",
 ]
@@ -134,4 +136,49 @@ exercise(
         _NEG_INF_HINT: _top_p_zero_fill,
     },
     notebook=NOTEBOOK,
+)
+
+
+def decode_step_inputs(generator: torch.Generator) -> tuple:
+    from gemma_lab import generation  # lazily, like the model-based exercises of other lessons
+
+    model = _small_model(generator)
+    batch, n_prompt = randint(generator, 1, 2), randint(generator, 2, 12)  # past test-gemma3's window of 8 too
+    prompt = torch.randint(3, model.cfg.vocab_size, (batch, n_prompt), generator=generator)
+    _, cache = generation.prefill(model, prompt, max_len=n_prompt + 4)
+    token_ids = torch.randint(3, model.cfg.vocab_size, (batch,), generator=generator)
+    return model, token_ids, cache
+
+
+def decode_step_reference(model, token_ids: torch.Tensor, cache) -> torch.Tensor:
+    """Next-token logits ``[batch, vocab]`` after one new token per row, read through and appended to
+    the KV cache: ``gemma_lab.generation.decode_step``."""
+    from gemma_lab import generation
+
+    return generation.decode_step(model, token_ids, cache)
+
+
+def _decode_without_cache(model, token_ids, cache):
+    with torch.no_grad():
+        return model(token_ids[:, None])[:, -1]
+
+
+def _decode_keeps_pos_axis(model, token_ids, cache):
+    with torch.no_grad():
+        return model(token_ids[:, None], kv_cache=cache)
+
+
+exercise(
+    "decode_step",
+    make_inputs=decode_step_inputs,
+    reference=decode_step_reference,
+    mistakes={
+        "Your step ignores the cache: the new token alone, at position 0, with nothing before it. Pass the "
+        "cache to the model (model(tokens, kv_cache=cache)): its attention then reads every earlier key and "
+        "value, and the positions continue from the cache.": _decode_without_cache,
+        "The model returns [batch, pos, vocab] (here pos = 1): return the last position, logits[:, -1], "
+        "[batch, vocab].": _decode_keeps_pos_axis,
+    },
+    notebook=NOTEBOOK,
+    trials=4,
 )

@@ -1,6 +1,6 @@
 """Exercises of lesson 09, attention patterns and induction heads (``notebooks/09_attention_patterns_and_induction.ipynb``).
 
-Exercises: prev_token_score, induction_score. Each has its reference (the
+Exercises: prev_token_score, induction_score, k_composition_scores, ov_copying_score. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out
 as the wrong functions they describe.
 """
@@ -12,6 +12,10 @@ import torch
 from gemma_lab.exercises.checking import exercise, randint
 
 __all__ = [
+    "k_composition_scores_inputs",
+    "k_composition_scores_reference",
+    "ov_copying_score_inputs",
+    "ov_copying_score_reference",
     "induction_score_inputs",
     "induction_score_reference",
     "prev_token_score_inputs",
@@ -99,6 +103,106 @@ exercise(
             _induction_duplicate_token,
         "Average over the queries of the second copy only (the last seq_len positions): in the "
         "first copy there is nothing to repeat yet.": _induction_all_queries,
+    },
+    notebook=NOTEBOOK,
+)
+
+
+def _low_rank(generator: torch.Generator, heads: int, d: int, rank: int) -> torch.Tensor:
+    """``[heads, d, d]`` products of two random factors: rank ``rank``, like a head's OV or QK matrix."""
+    left = torch.randn(heads, d, rank, generator=generator)
+    right = torch.randn(heads, rank, d, generator=generator)
+    return left @ right
+
+
+def k_composition_scores_inputs(generator: torch.Generator) -> tuple:
+    d = randint(generator, 6, 16)
+    rank = randint(generator, 2, d // 2)
+    ov = _low_rank(generator, randint(generator, 1, 4), d, rank)
+    qk = _low_rank(generator, randint(generator, 1, 4), d, rank)
+    return ov, qk
+
+
+def k_composition_scores_reference(ov: torch.Tensor, qk: torch.Tensor) -> torch.Tensor:
+    """K-composition of every pair: ``[head_later, head_earlier]``.
+
+    ov: ``[head_earlier, d_model, d_model]`` (an earlier layer's OV circuits), qk: ``[head_later,
+    d_model, d_model]`` (a later layer's QK circuits). The later head's keys read the stream
+    through ``qk.T`` (the score is ``x_q @ qk @ x_k.T``), so the score is
+    ``composition_score(ov[e], qk[l].T)``.
+    """
+    from gemma_lab import interp  # lazily: loading the exercises must not need the interp layer
+
+    return interp.composition_score(ov[None], qk[:, None].transpose(-1, -2))
+
+
+def _k_composition_as_q(ov, qk):
+    from gemma_lab import interp
+
+    return interp.composition_score(ov[None], qk[:, None])
+
+
+def _k_composition_reversed(ov, qk):
+    from gemma_lab import interp
+
+    return interp.composition_score(qk[:, None].transpose(-1, -2), ov[None])
+
+
+def _k_composition_unnormalised(ov, qk):
+    return torch.linalg.matrix_norm(ov[None] @ qk[:, None].transpose(-1, -2))
+
+
+exercise(
+    "k_composition_scores",
+    make_inputs=k_composition_scores_inputs,
+    reference=k_composition_scores_reference,
+    mistakes={
+        "That is Q-composition: the query side reads x_q @ qk. The keys are read through the other side, "
+        "x_k @ qk.T, so compose ov with qk.T (transpose the last two axes).": _k_composition_as_q,
+        "Order matters: the earlier head writes first, so the product is ov @ qk.T, not qk.T @ ov.":
+            _k_composition_reversed,
+        "Divide by the two norms: |ov @ qk.T|_F / (|ov|_F |qk.T|_F), so that big weights do not look like "
+        "strong composition.": _k_composition_unnormalised,
+    },
+    notebook=NOTEBOOK,
+)
+
+
+def ov_copying_score_inputs(generator: torch.Generator) -> tuple:
+    n = randint(generator, 3, 30)
+    full = torch.randn(n, n, generator=generator)
+    boosted = torch.rand(n, generator=generator) < 0.5  # some rows copy (their diagonal wins), some do not
+    full[boosted, boosted.nonzero()[:, 0]] += 4.0
+    return (full,)
+
+
+def ov_copying_score_reference(full_ov: torch.Tensor) -> torch.Tensor:
+    """The fraction of source tokens (rows) whose largest output logit is the token itself: a 0-d tensor.
+
+    full_ov: ``[vocab_in, vocab_out]`` with the same token list on both axes (row ``i``: the logits a
+    head writes when it attends to token ``i``).
+    """
+    rows = torch.arange(full_ov.shape[0])
+    return (full_ov.argmax(dim=-1) == rows).float().mean()
+
+
+def _copying_over_columns(full_ov):
+    return (full_ov.argmax(dim=0) == torch.arange(full_ov.shape[0])).float().mean()
+
+
+def _copying_diagonal_mean(full_ov):
+    return full_ov.diagonal().float().mean()
+
+
+exercise(
+    "ov_copying_score",
+    make_inputs=ov_copying_score_inputs,
+    reference=ov_copying_score_reference,
+    mistakes={
+        "Rows are the token attended to, columns the logits it produces: take the argmax along each row "
+        "(dim=-1), not down each column.": _copying_over_columns,
+        "The score counts rows whose *largest* entry is on the diagonal (argmax == row index); the mean of "
+        "the diagonal's values says nothing about whether the token beats the others.": _copying_diagonal_mean,
     },
     notebook=NOTEBOOK,
 )

@@ -1,6 +1,6 @@
 """Exercises of lesson 11, activation patching on indirect-object identification (``notebooks/11_activation_patching_ioi.ipynb``).
 
-Exercises: logit_difference, patch_residual. Each has its reference (the
+Exercises: logit_difference, patch_residual, patch_heads. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out
 as the wrong functions they describe.
 """
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from gemma_lab.exercises._trials import _random_float
+from gemma_lab.exercises._trials import _random_float, _small_model
 from gemma_lab.exercises.checking import exercise, randint
 
 __all__ = [
+    "patch_heads_inputs",
+    "patch_heads_reference",
     "logit_difference_inputs",
     "logit_difference_reference",
     "patch_residual_inputs",
@@ -104,4 +106,79 @@ exercise(
         "`corrupted` and copy in clean[:, pos].": _patch_wrong_direction,
     },
     notebook=NOTEBOOK,
+)
+
+
+class _LogitDifference:
+    """A metric ``logits -> 0-d tensor``: mean over the batch of logit(a) - logit(b) at the last position."""
+
+    def __init__(self, a: int, b: int) -> None:
+        self.a, self.b = a, b
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1].float()
+        return (last[:, self.a] - last[:, self.b]).mean()
+
+    def __repr__(self) -> str:
+        return f"metric: logit[{self.a}] - logit[{self.b}] at the last position"
+
+
+def patch_heads_inputs(generator: torch.Generator) -> tuple:
+    model = _small_model(generator)
+    shape = (randint(generator, 1, 2), randint(generator, 5, 8))  # more positions than heads
+    clean = torch.randint(3, model.cfg.vocab_size, shape, generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, randint(generator, 0, shape[1] - 1)] = torch.randint(3, model.cfg.vocab_size, (shape[0],),
+                                                                      generator=generator)
+    _, clean_cache = model.run_with_cache(clean, names_filter=lambda name: name.endswith("attn.hook_z"))
+    a, b = torch.randperm(model.cfg.vocab_size, generator=generator)[:2].tolist()
+    return model, corrupted, clean_cache, _LogitDifference(a, b)
+
+
+def patch_heads_reference(model, corrupted_tokens, clean_cache, metric) -> torch.Tensor:
+    """``[layer, head]`` float32: the metric of the corrupted run with one head's ``z`` (every position)
+    taken from the clean run, the package's ``interp.patch_by_head``."""
+    from gemma_lab import interp  # lazily: loading the exercises must not need the interp layer
+
+    with torch.no_grad():
+        return interp.patch_by_head(model, corrupted_tokens, clean_cache, metric, activation="z", progress=False)
+
+
+def _patch_heads_with(model, corrupted_tokens, clean_cache, metric, index):
+    cfg = model.cfg
+    results = torch.zeros(cfg.n_layers, cfg.n_heads)
+    for layer in range(cfg.n_layers):
+        clean = clean_cache[f"blocks.{layer}.attn.hook_z"]
+        for head in range(cfg.n_heads):
+            def patch(z, hook):
+                z = z.clone()
+                z[index(head)] = clean[index(head)]
+                return z
+
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])
+            results[layer, head] = float(metric(logits))
+    return results
+
+
+def _patch_heads_pos_axis(model, corrupted_tokens, clean_cache, metric):
+    return _patch_heads_with(model, corrupted_tokens, clean_cache, metric,
+                             lambda head: (slice(None), head))
+
+
+def _patch_heads_whole_layer(model, corrupted_tokens, clean_cache, metric):
+    return _patch_heads_with(model, corrupted_tokens, clean_cache, metric, lambda head: (slice(None),))
+
+
+exercise(
+    "patch_heads",
+    make_inputs=patch_heads_inputs,
+    reference=patch_heads_reference,
+    mistakes={
+        "z is [batch, pos, head, d_head]: z[:, head] picks a *position*. One head is z[:, :, head].":
+            _patch_heads_pos_axis,
+        "Every cell of a layer is the same: did you copy the whole z (all heads) instead of one head's slice "
+        "z[:, :, head]?": _patch_heads_whole_layer,
+    },
+    notebook=NOTEBOOK,
+    trials=2,  # each trial is n_layers x n_heads forward passes, twice: two Gemma generations suffice
 )

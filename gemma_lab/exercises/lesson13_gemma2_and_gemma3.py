@@ -70,6 +70,11 @@ def _window_one_too_wide(n_pos, window):
     return (k <= q) & (q - k <= window)
 
 
+def _window_flipped(n_pos, window):
+    q, k = torch.arange(n_pos)[:, None], torch.arange(n_pos)[None, :]
+    return (k >= q) & (k - q < window)
+
+
 def _window_not_causal(n_pos, window):
     q, k = torch.arange(n_pos)[:, None], torch.arange(n_pos)[None, :]
     return (q - k).abs() < window
@@ -83,6 +88,8 @@ exercise(
         "The window counts the query itself: a window of w sees q and the w - 1 before it, so q - k < w.":
             _window_one_too_wide,
         "Still causal: a key after the query (k > q) is never visible, window or not.": _window_not_causal,
+        "Rows are queries, columns keys: a query at q sees the keys *before* it, k <= q and q - k < window. "
+        "Yours sees the window after it (k >= q): the comparison is flipped.": _window_flipped,
     },
     notebook=NOTEBOOK,
 )

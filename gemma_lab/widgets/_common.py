@@ -69,6 +69,15 @@ def resolve_model(model=None, tokenizer=None):
     return model, tokenizer
 
 
+def full_width() -> widgets.Layout:
+    """A layout for a text box as wide as its box, margins included.
+
+    ``width="100%"`` plus the 2 px margins ipywidgets puts on each side of a control overflows the
+    box by 4 px, and the right edge is clipped; ``auto`` lets the flex box stretch it instead.
+    """
+    return widgets.Layout(width="auto", flex="0 0 auto", align_self="stretch")
+
+
 def cached_names(name: str) -> bool:
     """Every hook point except ``hook_result``.
 

@@ -28,6 +28,7 @@ from gemma_lab.widgets._common import (
     ModelWidget,
     WidgetBase,
     encode,
+    full_width,
     message_html,
     run_prompt,
     str_tokens,
@@ -45,7 +46,7 @@ class _PromptWidget(ModelWidget):
     def __init__(self, model, tokenizer, text: str) -> None:
         super().__init__(model, tokenizer)
         self.text_box = widgets.Text(value=text, description="text", continuous_update=False,
-                                     layout=widgets.Layout(width="100%"))
+                                     layout=full_width())
         self.text_box.observe(self._on_text, names="value")
         self.error: str | None = None
         self.tokens: torch.Tensor | None = None
@@ -278,6 +279,12 @@ class LogitLensExplorer(_PromptWidget):
 # ---------------------------------------------------------------------------------------------
 
 
+#: The playground's opening prompt: one the tiny model is unsure about (its top token has about
+#: 0.74 of the probability), so that every control visibly reshapes the distribution.
+SAMPLING_TEXT = "Paris is the capital of"
+REMOVED_COLOUR, SAMPLED_COLOUR = "0.6", "C2"
+
+
 class SamplingPlayground(_PromptWidget):
     """The next-token distribution after the prompt, reshaped by the sampling filters, and sampled.
 
@@ -287,7 +294,7 @@ class SamplingPlayground(_PromptWidget):
     ``report`` (``sampling.filter_report``), ``removed`` (filter -> removed token ids), ``samples``.
     """
 
-    def __init__(self, model=None, tokenizer=None, text: str = DEFAULT_TEXT, *, temperature: float = 1.0,
+    def __init__(self, model=None, tokenizer=None, text: str = SAMPLING_TEXT, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                  seed: int = 0, bars: int = 12) -> None:
         super().__init__(model, tokenizer, text)
@@ -357,6 +364,11 @@ class SamplingPlayground(_PromptWidget):
     def _on_control(self, change) -> None:
         self.redraw()
 
+    def setting_text(self) -> str:
+        """The controls as one line, each number as the slider shows it (0.9, not 0.9000000000000001)."""
+        return ", ".join(f"{name}={'off' if value is None else format(value, 'g')}"
+                         for name, value in self.sampling_kwargs().items())
+
     def redraw(self) -> None:
         kwargs = self.sampling_kwargs()
         self.report = sampling.filter_report(self.logits, **kwargs)
@@ -365,16 +377,18 @@ class SamplingPlayground(_PromptWidget):
         original = sampling.logits_to_probs(self.logits)  # temperature 1, no filter: the model's own
         removed_any = set().union(*map(set, self.removed.values()))
         n = min(self.bars, self.logits.shape[-1])
-        top = original.topk(n).indices.tolist()
-        fig, axes = viz.new_subplots((12, max(3.0, 0.3 * n + 1)), 1, 2)
-        left, right = axes[0]
-        viz.top_k_bars(original, self._label, k=n, ax=left,
-                       title="the model's distribution (T=1, no filter); red: removed",
-                       highlight=[self._label(t) for t in top if t in removed_any])
-        setting = ", ".join(f"{k}={'off' if v is None else v}" for k, v in kwargs.items())
-        viz.top_k_bars(self.probs, self._label, k=n, ax=right, title=f"after the filters ({setting})",
-                       highlight=[self._label(t) for t in self.samples[-1:]])
         kept = int((self.probs > 0).sum())
+        top = original.topk(n).indices.tolist()
+        fig, axes = viz.new_subplots((12, max(3.0, 0.3 * n + 1.2)), 1, 2)
+        left, right = axes[0]
+        # One colour, one meaning: grey = removed by a filter (left), green = the last sample (right).
+        viz.top_k_bars(original, self._label, k=n, ax=left, highlight_color=REMOVED_COLOUR,
+                       title="the model's distribution\n(T=1, no filter; grey: removed by the filters)",
+                       highlight=[self._label(t) for t in top if t in removed_any])
+        # Only tokens that kept a probability: bars of zero (removed tokens, unused special ids) say nothing.
+        viz.top_k_bars(self.probs, self._label, k=max(1, min(n, kept)), ax=right, highlight_color=SAMPLED_COLOUR,
+                       title=f"after the filters\n({self.setting_text()}; green: last sample)",
+                       highlight=[self._label(t) for t in self.samples[-1:]])
         lines = [f"<b>{kept}</b> of {self.logits.shape[-1]} tokens keep a probability above 0."]
         for name in sampling.FILTER_ORDER:
             ids = self.removed.get(name, [])
@@ -417,7 +431,7 @@ class TokenizerExplorer(WidgetBase):
         super().__init__()
         self.tokenizer = tokenizer
         self.text_area = widgets.Textarea(value=text, description="text", continuous_update=False,
-                                          layout=widgets.Layout(width="100%", height="70px"))
+                                          layout=widgets.Layout(width="auto", height="70px", align_self="stretch"))
         self.add_bos = widgets.Checkbox(value=add_bos, description="add <bos>")
         self.chat_checkbox = widgets.Checkbox(value=True, description="show as a chat turn")
         for control in (self.text_area, self.add_bos, self.chat_checkbox):
@@ -512,10 +526,9 @@ class PatchingExplorer(ModelWidget):
                  corrupted: str = "When Mary and John went to the store, Mary gave a drink to",
                  answer: str = " Mary", wrong: str = " John", *, activation: str = "resid_pre") -> None:
         super().__init__(model, tokenizer)
-        text = {"continuous_update": False, "layout": widgets.Layout(width="100%"),
-                "style": {"description_width": "90px"}}
-        self.clean_box = widgets.Text(value=clean, description="clean", **text)
-        self.corrupted_box = widgets.Text(value=corrupted, description="corrupted", **text)
+        text = {"continuous_update": False, "style": {"description_width": "90px"}}
+        self.clean_box = widgets.Text(value=clean, description="clean", layout=full_width(), **text)
+        self.corrupted_box = widgets.Text(value=corrupted, description="corrupted", layout=full_width(), **text)
         short = {"continuous_update": False, "layout": widgets.Layout(width="270px"),
                  "style": {"description_width": "105px"}}
         self.answer_box = widgets.Text(value=answer, description="answer", **short)
@@ -563,9 +576,14 @@ class PatchingExplorer(ModelWidget):
                                  f"(got {clean.shape[1]} and {corrupted.shape[1]}); patching copies position "
                                  "by position")
         except ValueError as error:
+            # Forget the last results and replace their heatmaps by the message: an empty redraw
+            # (clear_output(wait=True) with nothing after it) would leave the old pictures on screen.
             self.error = str(error)
+            self.by_pos = self.by_head = self.shown_by_pos = self.shown_by_head = None
+            self.clean_metric = self.corrupted_metric = None
             self.summary.value = message_html(self.error, "error")
-            self._show()
+            self._show(html_parts=[message_html("No patching results for these inputs: fix them above and "
+                                                "press Run patching.", "note")])
             return
         self.error = None
         self.clean_tokens, self.corrupted_tokens = clean, corrupted

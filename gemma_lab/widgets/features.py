@@ -22,6 +22,7 @@ from gemma_lab.widgets._common import (
     DEFAULT_TEXT,
     ModelWidget,
     encode,
+    full_width,
     message_html,
     str_tokens,
     table_html,
@@ -81,7 +82,7 @@ class FeatureExplorer(ModelWidget):
         self.reference_rows = [self.tokenizer.encode(t) for t in reference_texts]
         self.reference_acts = sae_features.feature_acts_of_rows(self.model, sae, self.reference_rows)
         self.text_box = widgets.Text(value=text, description="text", continuous_update=False,
-                                     layout=widgets.Layout(width="100%"))
+                                     layout=full_width())
         self.feature_box = widgets.BoundedIntText(value=feature, min=0, max=sae.cfg.d_sae - 1,
                                                   description="feature")
         self.token_picker = widgets.Dropdown(options=[("", 0)], description="token")

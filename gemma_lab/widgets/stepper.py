@@ -34,6 +34,7 @@ from gemma_lab.widgets._common import (
     MAX_SEED,
     ModelWidget,
     encode,
+    full_width,
     hook_axes,
     message_html,
     run_prompt,
@@ -215,8 +216,9 @@ class InferenceStepper(ModelWidget):
         seed = self._int_setting("seed", seed, 0, MAX_SEED, 0)
         layout = widgets.Layout(width="330px")
         self.text_box = widgets.Text(value=text, description="text", continuous_update=False,
-                                     layout=widgets.Layout(width="100%"))
-        self.stage_list = widgets.Select(options=self._stage_options(), value="text", rows=18,
+                                     layout=full_width())
+        self._syncing_text = False  # True while append_token writes the grown text into text_box
+        self.stage_list = widgets.Select(options=self._stage_options(layer), value="text", rows=18,
                                          layout=widgets.Layout(width="250px"))
         self.back_button = widgets.Button(description="◀ Back", layout=widgets.Layout(width="120px"))
         self.next_button = widgets.Button(description="Next ▶", button_style="primary",
@@ -244,6 +246,7 @@ class InferenceStepper(ModelWidget):
         self.back_button.on_click(self._on_back)
         self.append_button.on_click(self._on_append)
         self.text_box.observe(self._on_text, names="value")
+        self.layer_slider.observe(self._on_layer, names="value")  # before the redraw: the list names the layer
         for control in (self.stage_list, self.layer_slider, self.head_slider, self.pos_slider):
             control.observe(self._on_control, names="value")
         for control in (self.temperature_slider, self.top_k_slider, self.top_p_slider, self.seed_box):
@@ -343,6 +346,7 @@ class InferenceStepper(ModelWidget):
         # generation.decode_step's forward pass (one token, positions continued from the cache),
         # with every activation cached so that the stages can show it.
         logits, cache = run_prompt(self.model, new, kv_cache=self.kv_cache)
+        self._show_text_so_far()
         with self._hold():
             self._set_pass(new, torch.tensor([position]), logits, cache)
             self.stage_list.value = "kv_cache"
@@ -367,7 +371,29 @@ class InferenceStepper(ModelWidget):
         self.append_token()
 
     def _on_text(self, change) -> None:
-        self.run(change["new"])
+        if not self._syncing_text:
+            self.run(change["new"])
+
+    def _on_layer(self, change) -> None:
+        self._relabel_stages()
+
+    def _show_text_so_far(self) -> None:
+        """Write prompt + appended tokens into the text box, without rerunning it as a new prompt."""
+        self._syncing_text = True
+        try:
+            self.text_box.value = self.tokenizer.decode(self.tokens[0].tolist())
+        finally:
+            self._syncing_text = False
+
+    def _relabel_stages(self) -> None:
+        """Per-layer stages name the layer shown (a new options list resets the selection: keep it)."""
+        outer, self._holding = self._holding, True
+        try:
+            stage = self.stage_list.value
+            self.stage_list.options = self._stage_options(self.layer_slider.value)
+            self.stage_list.value = stage
+        finally:
+            self._holding = outer
 
     def _on_control(self, change) -> None:
         if not self._holding:
@@ -394,10 +420,10 @@ class InferenceStepper(ModelWidget):
     # State
     # ------------------------------------------------------------------------------------------
 
-    def _stage_options(self) -> list[tuple[str, str]]:
+    def _stage_options(self, layer: int) -> list[tuple[str, str]]:
         options = []
         for number, stage in enumerate(self.stage_table, start=1):
-            prefix = "  layer · " if stage.per_layer else ""
+            prefix = f"  layer {layer} · " if stage.per_layer else ""
             options.append((f"{number:2d}. {prefix}{stage.title}", stage.name))
         return options
 
@@ -439,7 +465,8 @@ class InferenceStepper(ModelWidget):
         if self.error is not None and self.cache is None:
             self.view = StageView(sentence="")
             self.caption.value = message_html(self.error, "error")
-            self._show()
+            # A message, not an empty redraw: clear_output(wait=True) with nothing after it keeps the old picture.
+            self._show(html_parts=[message_html("Nothing to show for this text: change it above.", "note")])
             return
         stage = self.current_stage
         self.view = self._layer_view(stage) if stage in _LAYER_HOOKS else getattr(self, f"_view_{stage}")()
@@ -516,7 +543,7 @@ class InferenceStepper(ModelWidget):
 
     def _sampling_text(self) -> str:
         kwargs = self._sampling_kwargs()
-        return ", ".join(f"{k}={'off' if v is None else v}" for k, v in kwargs.items())
+        return ", ".join(f"{k}={'off' if v is None else format(v, 'g')}" for k, v in kwargs.items())
 
     # Stages before the layers -------------------------------------------------------------------
 

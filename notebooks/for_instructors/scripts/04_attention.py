@@ -17,7 +17,7 @@
 #
 # # 04 · Attention and multi-query attention
 #
-# **Time:** about 50 minutes. **Before this:** notebook 03 (rotary embeddings).
+# **Time:** 60 to 75 minutes. **Before this:** notebook 03 (rotary embeddings).
 #
 # Attention is the only place where tokens exchange information. Each token asks a question (its
 # **query**), every earlier token offers a label (its **key**) and a message (its **value**); the

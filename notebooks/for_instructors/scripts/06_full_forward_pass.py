@@ -17,7 +17,7 @@
 #
 # # 06 · The full forward pass
 #
-# **Time:** about 45 minutes. **Before this:** notebooks 02 to 05.
+# **Time:** 60 to 90 minutes. **Before this:** notebooks 02 to 05.
 #
 # You have built every piece: the embedding, RMSNorm, the rotation, the mask, grouped-query attention,
 # the GeGLU MLP and the block. Here they become a whole Gemma, reading nothing from the model but its

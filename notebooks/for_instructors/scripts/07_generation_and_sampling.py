@@ -17,7 +17,7 @@
 #
 # # 07 · Generation, the key/value cache and sampling
 #
-# **Time:** about 45 minutes. **Before this:** notebook 06 (the full forward pass).
+# **Time:** about 55 minutes. **Before this:** notebook 06 (the full forward pass).
 #
 # A forward pass gives one distribution over the next token. Text comes from a loop: choose a token,
 # append it, run again. Two questions make that loop practical and useful. How not to recompute the
@@ -27,8 +27,8 @@
 # **Learning goals.** By the end you can
 #
 # 1. write the generation loop by hand, and say what each step recomputes;
-# 2. explain the key/value cache (prefill, then one token per step) and verify that cached decoding
-#    gives the same logits as recomputing everything;
+# 2. explain the key/value cache (prefill, then one token per step), write the cached decode step,
+#    and verify that cached decoding gives the same logits as recomputing everything;
 # 3. explain temperature, top-k and top-p, and write the top-k and top-p filters yourself;
 # 4. sample reproducibly with seeds, and explore the filters in the `SamplingPlayground`.
 
@@ -64,8 +64,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from gemma_lab import sampling, viz
-from gemma_lab.exercises import check, solution  # noqa: F401
-from gemma_lab.generation import decode_step, generate, prefill
+from gemma_lab.exercises import check, get_exercise, solution  # noqa: F401
+from gemma_lab.generation import generate, prefill
 from gemma_lab.notebook import describe, load_lesson_model
 from gemma_lab.widgets import SamplingPlayground
 
@@ -109,8 +109,37 @@ print("same tokens as generate():", reference.token_ids == by_hand)
 #
 # The positions continue from the cache, so the rotation (lesson 03) and the mask (lesson 04) see
 # absolute positions. On sliding-window layers the cache only needs the last `window` tokens.
+#
+# `prefill(model, tokens, max_len=...)` does the first part and returns the last position's logits
+# and a `KVCache`. The step is yours.
+#
+# **Exercise.** Write `decode_step(model, token_ids, cache)`: `token_ids` holds one new token per row
+# (`[batch]`); run just those through the model with `kv_cache=cache` (the model then reads the
+# cached keys and values and appends the new ones), and return the next-token logits `[batch, vocab]`.
+# The model wants `[batch, pos]` with `pos = 1` here. `check` compares your step with the package's
+# on small random Gemma 1, 2 and 3 models, prompts longer than a sliding window included.
+
+# %% exercise="decode_step" tags=["exercise"]
+def decode_step(model, token_ids, cache):
+    """One new token per row [batch] -> next-token logits [batch, vocab], through the KV cache."""
+    raise NotImplementedError  # your code here
+
 
 # %%
+result = check("decode_step", decode_step)
+result
+
+# %%
+# solution("decode_step")  # uncomment to see one way to write it
+
+# %% [markdown]
+# Now the same greedy loop as in section 1, with the cache: one prefill, then one `decode_step` per
+# new token, compared at every step with the logits recomputed from scratch.
+
+# %%
+if not result.passed:  # from here on: your step if it passed, otherwise the package's
+    decode_step = get_exercise("decode_step").reference
+
 logits, cache = prefill(model, torch.tensor([prompt_ids]), max_len=len(prompt_ids) + N_NEW)  # [batch, vocab]
 cached_ids, gaps = list(prompt_ids), []
 for step in range(N_NEW):
@@ -212,10 +241,12 @@ except NotImplementedError:
 # ## 6. Explore, then sample reproducibly
 #
 # The `SamplingPlayground` shows the next-token distribution for a prompt and what each filter does to
-# it: drag temperature, top-k, top-p and min-p, and draw samples with the seed shown.
+# it: drag temperature, top-k, top-p and min-p, and draw samples with the seed shown. A prompt the
+# model is nearly sure about shows little (every filter keeps the one token that has almost all the
+# probability), so the playground opens on a less certain one; type `prompt` into it to compare.
 
 # %%
-SamplingPlayground(model, tokenizer, text=prompt, temperature=1.0, top_k=20)
+SamplingPlayground(model, tokenizer, text="Paris is the capital of", temperature=1.0, top_k=20)
 
 # %% [markdown]
 # Sampling uses a random generator; a **seed** fixes it, so the same seed gives the same text, and

@@ -17,7 +17,7 @@
 #
 # # 08 · Hooks and caching
 #
-# **Time:** about 40 minutes. **Before this:** notebooks 04 to 06 (attention, the MLP and the block, the full forward pass).
+# **Time:** about 50 minutes. **Before this:** notebooks 04 to 06 (attention, the MLP and the block, the full forward pass).
 #
 # Every intermediate tensor of `gemma_lab`'s Gemma passes through a *hook point*: a named identity
 # function where you can read the tensor, store it, or replace it. Everything in the rest of the
@@ -31,7 +31,8 @@
 # 2. record activations with `run_with_cache` and read them back with `cache["pattern", layer]`;
 # 3. change a forward pass with a hook function `fn(activation, hook)`, knowing that hooks are
 #    *scoped*: they are removed when the block ends, even after an error;
-# 4. write a hook that silences one attention head, and use it to find the heads a prediction needs.
+# 4. write a hook that silences one attention head, and use zero- and mean-ablation with a logit
+#    difference to find the heads a prediction needs (and see why a saturated probability hides them).
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -221,8 +222,12 @@ assert attached_hooks() == []
 #
 # Attention's output is `o_proj(z)`, where `z` is `[batch, pos, head, d_head]` flattened to
 # `[batch, pos, (head d_head)]`. `o_proj` is linear, so each head's share of the output comes only
-# from its own slice `z[:, :, head]`: setting that slice to zero removes exactly that head's
-# contribution (this is *zero-ablation*).
+# from its own slice `z[:, :, head]`: setting that slice to zero removes exactly that head's term
+# from `o_proj(z)` (this is *zero-ablation*). In Gemma 1, `o_proj(z)` is what attention adds to the
+# stream, so that is the whole story. In Gemma 2 and 3, `hook_attn_out` comes *after* the
+# post-attention norm, which divides the sum of all heads' terms by its RMS: zeroing one head also
+# rescales what the other heads of the layer write. An ablation there removes a head *and* changes
+# the size of its neighbours; direct logit attribution (lesson 10) deals with that norm explicitly.
 #
 # Write `run_with_head_ablated(model, tokens, layer, head)`: run the model with a hook on
 # `blocks.{layer}.attn.hook_z` that zeros head `head`, and return the logits `[batch, pos, vocab]`.
@@ -259,13 +264,77 @@ for layer in range(model.cfg.n_layers):
             ablated = model(tokens)[0, -1].log_softmax(-1)
         effect[layer, head] = ablated[predicted] - log_probs[predicted]
 
-print(f"prediction after {prompt!r}: {tokenizer.decode([predicted])!r}")
-viz.patching_heatmap(effect, kind="layer x head", value_label="change in log-prob when ablated",
-                     title=f"zero-ablating each head: effect on {tokenizer.decode([predicted])!r}")
+print(f"prediction after {prompt!r}: {tokenizer.decode([predicted])!r} "
+      f"with probability {float(log_probs[predicted].exp()):.4f}")
+print(f"largest change in its log-prob from silencing one head: {float(effect.abs().max()):.3f} nats")
 
 # %% [markdown]
-# Red cells are heads whose removal hurts the prediction. On a trained model only a few heads
-# matter for any one prediction; on random weights the picture is noise.
+# On the tiny model this scan shows almost nothing: the prediction is *saturated* (probability near
+# 1), so its log-probability sits on the flat top of the softmax, and no single head moves it by
+# more than a few hundredths of a nat (the line above). That is a property of the metric, not
+# proof that heads do not matter. Two fixes, both standard:
+#
+# 1. **A prompt the model is less sure about**, and the **logit difference** between its answer and
+#    its runner-up as the metric: a difference of logits is linear in the final residual stream
+#    and does not flatten out near probability 1.
+# 2. **Mean-ablation beside zero-ablation.** A head never outputs exactly zero on real text, so
+#    zeroing it puts the next layers off their training distribution. Mean-ablation replaces the
+#    head's output by its average over reference text: "this head tells us nothing about *this*
+#    prompt", which is closer to the question we mean to ask.
+
+# %%
+prompt2 = "Paris is the capital of"
+tokens2 = torch.tensor([tokenizer.encode(prompt2)])
+logits2 = model(tokens2)[0, -1]
+answer, runner_up = logits2.topk(2).indices.tolist()
+print(f"after {prompt2!r}: {tokenizer.decode([answer])!r} (p = {float(logits2.softmax(-1)[answer]):.2f}), "
+      f"runner-up {tokenizer.decode([runner_up])!r}")
+
+
+def logit_diff(logits):  # [batch, pos, vocab] -> the answer's logit minus the runner-up's, at the last position
+    return float(logits[0, -1, answer] - logits[0, -1, runner_up])
+
+
+# The mean-ablation reference: the same kind of text, on other facts (one row; positions are averaged too).
+reference_text = " ".join(f"The capital of {country} is {city}." for country, city in
+                          [("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"), ("Japan", "Tokyo"),
+                           ("Peru", "Lima"), ("Norway", "Oslo"), ("Germany", "Berlin")])
+reference = torch.tensor([tokenizer.encode(reference_text)])
+
+clean_diff = logit_diff(model(tokens2))
+change = {}
+for mode in ("zero", "mean"):
+    change[mode] = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            with interp.ablate_heads(model, [(layer, head)], mode=mode, reference_tokens=reference):
+                change[mode][layer, head] = logit_diff(model(tokens2)) - clean_diff
+
+with plt.ioff():
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+plt.close(fig)
+for ax, mode in zip(axes, ("zero", "mean")):
+    viz.patching_heatmap(change[mode], kind="layer x head", value_label="change in logit difference",
+                         title=f"{mode}-ablating each head", ax=ax)
+display(fig)
+print(f"logit difference without ablation: {clean_diff:.2f}")
+for mode in ("zero", "mean"):
+    values = change[mode]
+    print(f"{mode}-ablation: {int((values.abs() > 1).sum())} of {values.numel()} heads move it by more than 1; "
+          f"range {float(values.min()):+.2f} to {float(values.max()):+.2f}")
+agree = float(torch.corrcoef(torch.stack([change["zero"].flatten(), change["mean"].flatten()]))[0, 1])
+print(f"correlation between the zero- and mean-ablation maps: {agree:.2f}")
+
+# %% [markdown]
+# Read the two maps together. On the tiny model many heads move the logit difference, in *both*
+# directions (red: removing the head lowers the difference, so the head was helping the answer;
+# blue: removing it raises the difference, so the head was helping the runner-up), and
+# the two kinds of ablation disagree on several heads: zeroing a head is a bigger, stranger
+# intervention than replacing it by its average, and on Gemma 3 the post-attention norm then
+# rescales the rest of the layer. "Only a few heads matter" is what a clean textbook circuit looks
+# like; a four-layer model trained for minutes spreads a fact over many heads and the MLPs. On
+# random weights the maps are noise. Lesson 11 turns this into a method: patching, where the
+# replacement comes from a *specific* other prompt instead of zero or an average.
 #
 # ## Summary
 #

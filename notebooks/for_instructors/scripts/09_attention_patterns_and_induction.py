@@ -17,7 +17,7 @@
 #
 # # 09 · Attention patterns, previous-token heads and induction heads
 #
-# **Time:** about 45 minutes. **Before this:** notebook 08 (hooks and caching).
+# **Time:** about 75 minutes. **Before this:** notebook 08 (hooks and caching).
 #
 # An attention pattern shows, for every query position, how much it reads from each earlier key
 # position. Some heads do one recognisable job everywhere. Two of them, working together, let a
@@ -30,7 +30,10 @@
 # 2. explain why repeated random tokens are the standard test for induction, and see the loss drop
 #    on the second copy;
 # 3. compute previous-token and induction scores from a pattern `[batch, head, q_pos, k_pos]`;
-# 4. find the induction heads of the model in a `[layer, head]` heatmap.
+# 4. find the induction heads of the model in a `[layer, head]` heatmap;
+# 5. say why heads rest on `<bos>` (the attention sink);
+# 6. read a head's OV and QK circuits from its weights, and find the previous-token heads an
+#    induction head composes with (K-composition), as checked exercises.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -66,7 +69,7 @@ from IPython.display import display
 
 import gemma_lab.exercises.lesson09_attention_patterns_and_induction  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp, viz
-from gemma_lab.exercises import check, solution  # noqa: F401
+from gemma_lab.exercises import check, get_exercise, solution  # noqa: F401
 from gemma_lab.notebook import describe, load_lesson_model
 from gemma_lab.widgets import AttentionExplorer
 
@@ -167,6 +170,9 @@ def prev_token_score(pattern):
 # %%
 check("prev_token_score", prev_token_score)
 
+# %%
+# solution("prev_token_score")  # uncomment to see one way to write it
+
 # %% [markdown]
 # ## 4. Exercise: an induction score
 #
@@ -234,6 +240,193 @@ for ax, kind in zip(axes, ("previous_token", "induction")):
 display(fig)
 
 # %% [markdown]
+# ## 6. Resting on `<bos>`: the attention sink
+#
+# Lessons 01 and 04 promised this. A pattern's row is a softmax: it *must* sum to 1. A head whose
+# job does not apply at some position (a previous-token head is always useful, but a head that
+# looks for a repeated name has nothing to find in most positions) still has to put its weight
+# somewhere. The safest place is a key that is always visible and says nothing about the current
+# text: `<bos>`, at position 0, seen by every query. Heads learn to park their attention there:
+# what they then read is the same at every position, a constant offset rather than information.
+# This is the *attention sink* (Xiao et al., 2023, "Efficient Streaming Language Models with Attention
+# Sinks"). Below, the mean attention each head pays to position 0, over every other query of the
+# lesson's prompt.
+
+# %%
+_, prompt_cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith(("hook_pattern", "hook_resid_pre")))
+to_bos = torch.stack([prompt_cache["pattern", layer][0, :, 1:, 0].mean(dim=-1)  # [head]: queries 1.. to key 0
+                      for layer in range(model.cfg.n_layers)])  # [layer, head]
+sink_layer, sink_head = divmod(int(to_bos.argmax()), model.cfg.n_heads)
+resid_norms = torch.stack([prompt_cache["resid_pre", layer][0].norm(dim=-1)
+                           for layer in range(model.cfg.n_layers)])  # [layer, pos]
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(to_bos, kind="layer x head", value_label="mean attention to <bos>",
+                     title="how much each head rests on <bos>", ax=left)
+viz.attention_pattern(prompt_cache["pattern", sink_layer][0, sink_head], str_tokens, ax=right,
+                      title=f"the head that rests most: L{sink_layer} H{sink_head} "
+                            f"({float(to_bos[sink_layer, sink_head]):.0%} on <bos>)")
+display(fig)
+for layer in range(model.cfg.n_layers):
+    print(f"layer {layer}: |resid_pre| at <bos> {float(resid_norms[layer, 0]):6.1f}, "
+          f"mean over the other tokens {float(resid_norms[layer, 1:].mean()):6.1f}")
+
+# %% [markdown]
+# The left map says which heads use the sink and how much; the pattern on the right shows the
+# stripe down the first column that resting draws. The printout compares the length of the residual
+# stream at `<bos>` with the other tokens: in large models `<bos>`'s stream is often many times longer
+# than the rest, one of the "massive activations" (Sun et al., 2024) that make it an easy target
+# for every head's query. In a four-layer toy model the effect is milder; check what your model shows.
+#
+# What if there is no `<bos>`? Then the first real token is the only key every query can see, and
+# it becomes the sink instead. Compare the attention to position 0 and the next-token prediction
+# with and without `<bos>`:
+
+# %%
+without_bos = torch.tensor([tokenizer.encode(prompt, add_bos=False)])
+for label, ids in (("with <bos>", tokens), ("without <bos>", without_bos)):
+    ids_logits, ids_cache = model.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_pattern"))
+    to_first = torch.stack([ids_cache["pattern", layer][0, :, 1:, 0].mean(dim=-1)
+                            for layer in range(model.cfg.n_layers)])  # [layer, head]
+    probs = ids_logits[0, -1].softmax(-1)
+    top = int(probs.argmax())
+    print(f"{label:>14}: position 0 is {tokenizer.to_str_tokens(ids[0])[0]!r}; mean attention to it "
+          f"{float(to_first.mean()):.2f} (most: {float(to_first.max()):.2f}); "
+          f"prediction {tokenizer.decode([top])!r} with p = {float(probs[top]):.3f}")
+
+# %% [markdown]
+# Heads still rest on position 0 when it holds an ordinary word, but now that word's value vectors
+# are read too, and they were never trained to be harmless. Real Gemma checkpoints were trained with
+# `<bos>` on every sequence and can degrade badly without it; the tiny model, trained on short
+# documents that each start with `<bos>`, may shrug it off (compare the two predictions above). Either
+# way: always let the tokenizer add `<bos>`. Lesson 12 comes back to this: a steering vector should
+# not be added at the sink.
+
+# %% [markdown]
+# ## 7. Circuits in the weights: OV, QK and K-composition
+#
+# Everything so far watched the heads *run*. The weights alone say a lot too (Elhage et al., 2021,
+# "A Mathematical Framework for Transformer Circuits"). Each head is two circuits, two
+# `[d_model, d_model]` matrices acting on residual-stream rows:
+#
+# * **QK**, `W_Q @ W_K.T`: the attention score between a query row `x_q` and a key row `x_k` is
+#   `x_q @ QK @ x_k.T`. It decides *where* the head looks.
+# * **OV**, `W_V @ W_O`: what the head adds to the stream when it attends to `x_k` is `x_k @ OV`
+#   (times the attention weight). It decides *what* the head moves.
+#
+# `interp.head_circuits(model)` builds both for every head, `[layer, head, d_model, d_model]`, with
+# the gains of the norms around the head folded in (`ln1`, Gemma 2/3's `ln1_post`, Gemma 3's q/k
+# norms). What cannot be folded into a matrix is left out and matters when reading the numbers: each
+# norm's division by its input's RMS (sizes, not directions), RoPE (QK is the score of a query and a
+# key at the same position) and the score scale.
+#
+# **The induction head's OV circuit copies.** Put every token's embedding through the head's OV
+# circuit and read the result with the unembedding: the *full OV circuit* `[vocab, vocab]`, row `i`
+# the logits the head writes when it attends to token `i`. An induction head attends to the token
+# that came next last time, and should then say *that token*: row `i`'s largest logit should be `i`
+# itself. Write `ov_copying_score(full_ov)`: the fraction of rows whose largest entry is on the
+# diagonal, as a 0-d tensor.
+
+# %% exercise="ov_copying_score" tags=["exercise"]
+def ov_copying_score(full_ov):
+    """[vocab, vocab] -> []: the fraction of rows whose largest entry is on the diagonal."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+result = check("ov_copying_score", ov_copying_score)
+display(result)
+
+# %%
+# solution("ov_copying_score")  # uncomment to see one way to write it
+
+# %%
+if not result.passed:
+    ov_copying_score = get_exercise("ov_copying_score").reference
+
+circuits = interp.head_circuits(model)  # .ov, .qk: [layer, head, d_model, d_model]
+# A sample of token ids the tokenizer can show (a real vocabulary of 256k squared would not fit in memory).
+n_sample = min(2048, n_ids)
+sample = torch.randperm(n_ids, generator=torch.Generator().manual_seed(0))[:n_sample].sort().values
+embedding = model.embed.weight[sample].float() * model.cfg.embed_scale  # [sample, d_model], as the stream gets it
+embedding = embedding / embedding.pow(2).mean(-1, keepdim=True).add(model.cfg.norm_eps).sqrt()  # ln1's division
+unembed = model.embed.weight[sample].float() * model.ln_final.gain()  # [sample, d_model]: ln_final's gain folded in
+copying = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)  # [layer, head]
+for layer in range(model.cfg.n_layers):
+    for head in range(model.cfg.n_heads):
+        full_ov = embedding @ circuits.ov[layer, head] @ unembed.T  # [sample, sample]
+        copying[layer, head] = ov_copying_score(full_ov)
+ind_layer, ind_head = strongest(scores["induction"])
+print(f"full OV circuits on {n_sample} tokens; chance level {1 / n_sample:.4f}")
+print(f"the strongest induction head, L{ind_layer} H{ind_head}: copying score {float(copying[ind_layer, ind_head]):.2f}")
+viz.patching_heatmap(copying, kind="layer x head", value_label="fraction of tokens copied",
+                     title="full OV circuit: does attending to a token make the head say it?")
+
+# %% [markdown]
+# **K-composition.** The induction head finds "the token after the earlier copy" because its *keys*
+# carry "the token before me was ...", which the previous-token head wrote into the stream. In the
+# weights, that is an earlier head's OV output being read by a later head's key side: the product
+# `OV_earlier @ QK_later.T`. Its relative size is the *composition score*,
+# `|A @ B|_F / (|A|_F |B|_F)` (`interp.composition_score`). Write
+# `k_composition_scores(ov, qk)`: for an earlier layer's OV circuits `[head_e, d, d]` and a later
+# layer's QK circuits `[head_l, d, d]`, the K-composition score of every pair, `[head_l, head_e]`.
+# (Broadcasting does the pairs: `ov[None]` against `qk.T[:, None]`.)
+
+# %% exercise="k_composition_scores" tags=["exercise"]
+def k_composition_scores(ov, qk):
+    """[head_e, d, d], [head_l, d, d] -> [head_l, head_e]: K-composition of each (later, earlier) pair."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+result = check("k_composition_scores", k_composition_scores)
+display(result)
+
+# %%
+# solution("k_composition_scores")  # uncomment to see one way to write it
+
+# %%
+if not result.passed:
+    k_composition_scores = get_exercise("k_composition_scores").reference
+
+# Every earlier head against the induction head's QK circuit: [earlier layer, head].
+k_comp = torch.zeros(max(ind_layer, 1), model.cfg.n_heads)
+for earlier in range(ind_layer):
+    k_comp[earlier] = k_composition_scores(circuits.ov[earlier], circuits.qk[ind_layer, ind_head][None])[0]
+# The baseline: the same score between random matrices of the same shapes.
+generator = torch.Generator().manual_seed(0)
+d_model, d_head = model.cfg.d_model, model.cfg.d_head
+
+
+def random_circuit():
+    return torch.randn(d_model, d_head, generator=generator) @ torch.randn(d_head, d_model, generator=generator)
+
+
+baseline = sum(float(interp.composition_score(random_circuit(), random_circuit())) for _ in range(20)) / 20
+if ind_layer > 0:
+    top_layer, top_head = divmod(int(k_comp.argmax()), model.cfg.n_heads)
+    prev_layer, prev_head = strongest(scores["previous_token"])
+    print(f"K-composition into L{ind_layer} H{ind_head}: highest from L{top_layer} H{top_head} "
+          f"({float(k_comp.max()):.3f}); random matrices score about {baseline:.3f}")
+    if prev_layer < ind_layer:
+        print(f"the strongest previous-token head, L{prev_layer} H{prev_head}, scores "
+              f"{float(k_comp[prev_layer, prev_head]):.3f}")
+    display(viz.patching_heatmap(k_comp - baseline, kind="layer x head",
+                                 value_label="K-composition minus random baseline",
+                                 title=f"which earlier heads feed L{ind_layer} H{ind_head}'s keys?"))
+else:
+    print("the strongest induction-scoring head is in layer 0: there is no earlier head to compose with")
+
+# %% [markdown]
+# On a model with an induction circuit, the heads that stand out are the previous-token heads of
+# the layer before (compare with the previous-token scores of section 5): the weights alone find the
+# circuit the attention patterns showed. The scores are small numbers (a head reads a few directions
+# of a wide stream) and only mean something against the random baseline; they ignore RoPE and the
+# norms' RMS divisions, so treat them as a map of where to look, then confirm by patching
+# (lesson 11). On random weights nothing stands out.
+#
 # ## Summary
 #
 # * A pattern `[q_pos, k_pos]` is where each token reads from; heads that do one job show it as a
@@ -241,5 +434,9 @@ display(fig)
 # * Repeated random tokens isolate in-context copying: loss on the second copy drops only if the
 #   model has induction heads.
 # * `interp.head_scores` scores every head at once.
+# * In the weights: a head's QK circuit says where it looks, its OV circuit what it moves; the
+#   induction head's full OV circuit copies tokens, and its keys K-compose with the previous-token heads.
+# * Heads with nothing to do rest on `<bos>` (the attention sink): a softmax must put its weight
+#   somewhere, and `<bos>` is always visible and says nothing about the text.
 #
 # **Next:** notebook 10 reads the residual stream itself, layer by layer, with the logit lens.

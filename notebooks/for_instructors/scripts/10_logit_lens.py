@@ -115,6 +115,9 @@ def logit_lens_for_position(model, resid_stack, pos):
 result = check("logit_lens_for_position", logit_lens_for_position)
 display(result)
 
+# %%
+# solution("logit_lens_for_position")  # uncomment to see one way to write it
+
 # %% [markdown]
 # The last row reads the stream after the last block, which is exactly what the model outputs.
 # From here on the notebook uses your function if it passed, and the reference otherwise.
@@ -183,7 +186,9 @@ LogitLensExplorer(model, tokenizer, text="When Mary and John went to the store, 
 # * Gemma's embedding and unembedding are the same matrix, so at the `embed` row the lens mostly
 #   predicts the input token itself.
 # * The final RMSNorm divides by the stream's size, so the lens reads the *direction* of the residual
-#   stream, never its length: a small early component can still dominate the readout.
+#   stream, never its length. An early stream is rescaled to the same size as the final one, so its
+#   readout can look as confident as the last layer's even when later layers are about to add much
+#   larger vectors that overwrite it: a confident early row is a hint, not a decision.
 #
 # ## Summary
 #

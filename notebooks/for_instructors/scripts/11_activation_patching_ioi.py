@@ -17,7 +17,7 @@
 #
 # # 11 · Activation patching on indirect-object identification
 #
-# **Time:** about 50 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
+# **Time:** about 75 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
 #
 # *"When Mary and John went to the store, John gave a drink to"* ... **Mary**. Choosing the name that
 # is *not* repeated is the indirect-object identification (IOI) task, whose circuit in GPT-2 small
@@ -31,7 +31,12 @@
 # 1. build matched clean and corrupted prompts through the tokenizer (names of one token each);
 # 2. write the logit-difference metric and a residual-stream patch;
 # 3. read a `[layer, pos]` residual patching heatmap and a `[layer, head]` head patching heatmap;
-# 4. run your own experiments with the `PatchingExplorer` widget.
+# 4. write the head-patching loop yourself, hooks and all;
+# 5. split the logit difference into what each head and MLP writes directly (direct logit
+#    attribution, with the final and post-attention norms held at their cached scale);
+# 6. estimate every head's effect at once with attribution patching (gradients), and judge the
+#    estimate against real patching in a scatter plot;
+# 7. run your own experiments with the `PatchingExplorer` widget.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -61,6 +66,7 @@ if MODEL:
     os.environ["GEMMA_LAB_MODEL"] = MODEL
 
 # %%
+import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
@@ -155,6 +161,9 @@ result = check("logit_difference", logit_difference)
 display(result)
 
 # %%
+# solution("logit_difference")  # uncomment to see one way to write it
+
+# %%
 # From here on: your function if it passed, otherwise the reference implementation.
 if not result.passed:
     logit_difference = get_exercise("logit_difference").reference
@@ -189,6 +198,9 @@ def patch_residual(corrupted, clean, pos):
 # %%
 result = check("patch_residual", patch_residual)
 display(result)
+
+# %%
+# solution("patch_residual")  # uncomment to see one way to write it
 
 # %% [markdown]
 # Used in a hook, one patch is one forward pass. Here we patch the position of the second S (the
@@ -238,14 +250,46 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 # answer is predicted. Some layer in between is where attention heads *moved* it. (With random
 # weights there is no such story: every cell is noise.)
 #
-# ## 5. Which heads?
+# **Denoising and noising.** What we did is *denoising*: run the corrupted prompts and restore one
+# clean activation. A cell near 1 says that activation is *sufficient* to bring the clean behaviour
+# back. The reverse, *noising*, runs the clean prompts with one corrupted activation; a big drop says
+# the activation is *necessary*. They can disagree: when two components each carry the information,
+# restoring either one may be enough (denoising finds both) while corrupting either one alone breaks
+# nothing (noising finds neither). Heimersheim and Nanda (2024, "How to use and interpret activation
+# patching") discuss when to use which. The functions here do either: for noising, pass the *clean*
+# tokens and a cache of the *corrupted* run.
+#
+# ## 5. Exercise: which heads? Write the patching loop
 #
 # Patching each head's output `z` (`[batch, pos, head, d_head]`, all positions at once) asks which
-# heads carry the difference. `interp.patch_by_head` does `n_layers x n_heads` forward passes.
+# heads carry the difference. This time you write the loop that `interp.patch_by_head` runs: for
+# every layer and head, run the corrupted prompts with a hook on `blocks.{layer}.attn.hook_z` that
+# copies in that one head's clean `z`, and record `metric(logits)`.
+#
+# Write `patch_heads(model, corrupted_tokens, clean_cache, metric)` returning a `[layer, head]`
+# float tensor. Three things trip people up: `z[:, head]` indexes a *position* (the head axis is
+# the third); a hook must not edit the tensor it is given in place (clone it first); and a hook
+# defined in a loop sees the loop variable's *last* value unless you bind it (`head=head`).
+# `check` compares with `interp.patch_by_head` on small random models.
+
+# %% exercise="patch_heads" tags=["exercise"]
+def patch_heads(model, corrupted_tokens, clean_cache, metric):
+    """[layer, head]: the metric of the corrupted run with one head's z taken from the clean run."""
+    raise NotImplementedError  # your code here: two loops, a hook, model.run_with_hooks(...)
+
 
 # %%
-by_head = interp.patch_by_head(model, corrupted_tokens, clean_cache, ioi_metric, activation="z",
-                               progress=show_progress)  # [layer, head]
+result = check("patch_heads", patch_heads)
+display(result)
+
+# %%
+# solution("patch_heads")  # uncomment to see one way to write it
+
+# %%
+if not result.passed:
+    patch_heads = get_exercise("patch_heads").reference
+
+by_head = patch_heads(model, corrupted_tokens, clean_cache, ioi_metric)  # [layer, head]
 restored_by_head = (by_head - corrupted_diff) / gap if abs(gap) > 1e-6 else by_head - corrupted_diff
 best_layer, best_head = divmod(int(restored_by_head.argmax()), model.cfg.n_heads)
 print(f"the head whose clean output restores most: layer {best_layer}, head {best_head} "
@@ -254,7 +298,113 @@ viz.patching_heatmap(restored_by_head, kind="layer x head",
                      value_label="fraction of the logit difference restored", title="patching each head's z")
 
 # %% [markdown]
-# ## 6. Explore
+# ## 6. Direct logit attribution: who writes the answer?
+#
+# Patching says which heads *carry* the difference. A different question: which components *write*
+# the final logit difference directly? The residual stream at the end is a sum: the embedding plus
+# what every head and every MLP added. The logit difference reads that sum through the final
+# RMSNorm and the unembedding, `(ln_final(resid) @ (W_U[IO] - W_U[S]))`. The norm divides the whole
+# stream by one number, its RMS in this run; holding that number at its cached value makes the
+# readout linear, so each component's share is its own vector, scaled the same way, dotted with
+# `W_U[IO] - W_U[S]`. Gemma 2 and 3 add one more norm after attention: each head's share of
+# `hook_attn_out` is its `o_proj` term scaled by that layer's cached `ln1_post` factor, which is how
+# the heads of a layer still sum to what the layer wrote. `interp.direct_logit_attribution` does
+# both and returns `heads [layer, head]`, `mlps [layer]`, `embed` and their `total`.
+
+# %%
+dla = interp.direct_logit_attribution(model, clean_tokens, io_ids, incorrect=s_ids)
+parts = float(dla.embed + dla.heads.sum() + dla.mlps.sum())
+print(f"logit difference before any final softcap: {float(dla.total):+.2f}; "
+      f"embed + heads + MLPs = {parts:+.2f}")
+print(f"all heads together {float(dla.heads.sum()):+.2f}, all MLPs {float(dla.mlps.sum()):+.2f}, "
+      f"embedding {float(dla.embed):+.2f}")
+for layer in range(model.cfg.n_layers):
+    heads = ", ".join(f"{float(v):+.2f}" for v in dla.heads[layer])
+    print(f"  layer {layer}: heads [{heads}]  sum {float(dla.heads[layer].sum()):+.2f} · MLP {float(dla.mlps[layer]):+.2f}")
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(dla.heads, kind="layer x head", value_label="direct effect on logit(IO) - logit(S)",
+                     title="what each head writes directly", ax=left)
+right.bar(range(model.cfg.n_layers), dla.mlps.numpy(), color="C2")
+right.axhline(0, color="0.5", linewidth=0.8)
+right.set(xlabel="layer", ylabel="direct effect", title="what each MLP writes directly",
+          xticks=range(model.cfg.n_layers))
+display(fig)
+
+# %% [markdown]
+# Compare the two views on the tiny model. Patching found one early head that moves "which name was
+# repeated" to the end; that head writes under one nat of the logit difference itself (most of its
+# effect is *indirect*, through later layers). The direct writers are elsewhere: read the printout. On the
+# tiny model the last layer's heads write large contributions of both signs that largely cancel,
+# and the MLPs write most of the net answer. That is not the textbook GPT-2 circuit (name movers,
+# S-inhibition heads), and it does not have to be: this is what a four-layer model trained for
+# minutes found. Rerun this lesson on real weights and compare. Two cautions: direct attribution
+# misses everything indirect (a head that only feeds later layers scores 0), and the frozen norm
+# factor makes it exact for *this* run only.
+#
+# %% [markdown]
+# ## 7. Attribution patching: every head from one backward pass
+#
+# Real patching costs one forward pass per cell. *Attribution patching* (Nanda, 2023; Syed et al.,
+# 2023) estimates all cells at once with a first-order Taylor expansion: run the corrupted prompts
+# once with gradients on, take the gradient of the metric with respect to each head's `z`, and
+# estimate the effect of patching as
+#
+#     (clean z - corrupted z) . d metric / d z          summed over batch, pos and d_head  ->  [layer, head]
+#
+# It is exact when the metric is linear in `z`, and only an estimate otherwise: attention patterns,
+# norms and MLPs downstream all bend the line. The scatter plot compares it with the real patching
+# you just computed. (This is the one place in the course where gradients are turned on.)
+
+# %%
+z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+corrupted_z = {}
+
+
+def keep_z(z, hook):
+    """Swap z for an equal leaf tensor that asks for its gradient (the weights need none), and keep it."""
+    leaf = z.detach().requires_grad_(True)
+    corrupted_z[hook.name] = leaf
+    return leaf
+
+
+with torch.enable_grad():
+    corrupted_run = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keep_z) for name in z_names])
+    ioi_metric(corrupted_run).backward()
+estimate = torch.stack([
+    ((clean_cache[name] - corrupted_z[name].detach()) * corrupted_z[name].grad).sum(dim=(0, 1, 3))  # [head]
+    for name in z_names])  # [layer, head]
+real = by_head - corrupted_diff  # the real change of the metric, [layer, head]
+
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+plt.close(fig)
+ax.scatter(real.flatten(), estimate.flatten(), s=18)
+for layer in range(model.cfg.n_layers):
+    for head in range(model.cfg.n_heads):
+        if abs(float(real[layer, head])) > 0.2 * float(real.abs().max()):
+            ax.annotate(f"L{layer}H{head}", (float(real[layer, head]), float(estimate[layer, head])), fontsize=8)
+ax.axline((0, 0), slope=1, color="0.5", linewidth=0.8, linestyle="--")
+ax.set(xlabel="real patching: change in logit difference", ylabel="attribution patching estimate",
+       title="attribution vs real patching, per head")
+display(fig)
+correlation = float(torch.corrcoef(torch.stack([real.flatten(), estimate.flatten()]))[0, 1])
+print(f"correlation over {real.numel()} heads: {correlation:.2f}")
+print(f"largest real effect {float(real.abs().max()):.2f}, its estimate "
+      f"{float(estimate.flatten()[real.abs().argmax()]):.2f}")
+
+# %% [markdown]
+# Points on the dashed line are heads the linear estimate gets right. Heads with small effects
+# usually sit near it; a head whose patch changes the metric by many nats often does not: the
+# estimate knows only the slope at the corrupted run, and a big change walks far along a curved
+# function. Use attribution patching to *rank* thousands of components cheaply (on a 2B model it is
+# one forward and one backward pass instead of thousands), then confirm the top of the ranking
+# with real patching.
+#
+# %% [markdown]
+# ## 8. Explore
 #
 # The `PatchingExplorer` widget runs both patching experiments for prompts you type. Try other
 # templates, other names (one token each), or a corrupted prompt that changes a different word.
@@ -271,6 +421,11 @@ PatchingExplorer(model, tokenizer, clean=clean_text[0], corrupted=corrupted_text
 # * Metric: logit difference `logit(IO) - logit(S)` at the last position; normalise patched values so
 #   0 = corrupted and 1 = clean.
 # * Residual patching `[layer, pos]` shows *where* the information is at each depth; head patching
-#   `[layer, head]` shows *who* moves it.
+#   `[layer, head]` shows *who* moves it. You wrote that loop: a hook per (layer, head), one forward
+#   pass each.
+# * Direct logit attribution splits the final logit difference into each component's direct share;
+#   an early head that patching finds can write nothing directly (its effect is indirect).
+# * Attribution patching estimates every cell from one forward and one backward pass; it ranks
+#   components cheaply but misjudges large, non-linear effects: confirm with real patching.
 #
 # **Next:** notebook 12 adds a direction to the residual stream on purpose: steering.

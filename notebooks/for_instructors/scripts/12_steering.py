@@ -23,8 +23,10 @@
 # the residual stream, in every forward pass, while the model generates. If the vector points along
 # a concept the model uses ("dog rather than cat"), what the model writes drifts towards it. The simplest recipe
 # for such a vector is the difference between the mean activations on two contrasting sets of
-# prompts (activation addition: Turner et al., 2023, "Steering Language Models With Activation
-# Engineering").
+# prompts: *contrastive activation addition* (Panickssery, Rimsky et al., 2023, "Steering Llama 2
+# via Contrastive Activation Addition"). Its forerunner, ActAdd (Turner et al., 2023, "Steering
+# Language Models With Activation Engineering"), takes the difference of the activations of a
+# *single* pair of prompts (such as "Love" and "Hate") instead of means over two sets.
 #
 # **Learning goals.** By the end you can
 #
@@ -125,6 +127,9 @@ result = check("steering_vector", steering_vector)
 display(result)
 
 # %%
+# solution("steering_vector")  # uncomment to see one way to write it
+
+# %%
 # From here on: your function if it passed, otherwise the reference implementation.
 if not result.passed:
     steering_vector = get_exercise("steering_vector").reference
@@ -137,18 +142,25 @@ print(f"|direction| = {direction.float().norm():.2f}; resid_pre of layer {layer}
 # ## 3. Steering generation
 #
 # `interp.steer(model, direction, layer, coeff=c)` is a context manager: inside it, every forward
-# pass adds `c * direction` to `blocks.{layer}.hook_resid_pre` at every position, including the
-# passes that generate new tokens one by one. Coefficient 0 is the model as it is; 1 adds the whole
-# difference between a typical dog and a typical cat; negative coefficients steer towards the cat.
+# pass adds `c * direction` to `blocks.{layer}.hook_resid_pre`, including the passes that generate
+# new tokens one by one. Coefficient 0 is the model as it is; 1 adds the whole difference between a
+# typical dog and a typical cat; negative coefficients steer towards the cat.
+#
+# By default `steer` adds the vector at *every* position, `<bos>` included. `<bos>` is special: many
+# heads park their attention there when they have nothing to read (the attention sink of lesson 09),
+# so shifting it changes what every such head reads, a side effect we did not ask for. We steer
+# positions 1 onwards only (`positions=STEERED`; positions count from 0 at `<bos>`, and keep
+# counting during generation).
 #
 # The test prompt is about neither: *"The horse says"*. Does the horse start to bark?
 
 # %%
 neutral = "The horse says"
+STEERED = range(1, model.cfg.max_seq_len)  # every position but <bos>
 coefficients = [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0]
 rows = []
 for coeff in coefficients:
-    with interp.steer(model, direction, layer, coeff=coeff):
+    with interp.steer(model, direction, layer, coeff=coeff, positions=STEERED):
         text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=8).text
     rows.append(f"<tr><td style='text-align:right'>{coeff:+g}</td><td style='text-align:left'>"
                 f"{html.escape(neutral)}<b>{html.escape(text)}</b></td></tr>")
@@ -175,20 +187,45 @@ def preference(logits):
     return float(logits[0, -1, id_a].float() - logits[0, -1, id_b].float())
 
 
+def rank_and_probability(logits, token):
+    """Where `token` stands among *all* tokens for the next position: (rank, 1 = top; probability)."""
+    last = logits[0, -1].float()
+    return int((last > last[token]).sum()) + 1, float(last.softmax(-1)[token])
+
+
 sweep = torch.linspace(-3, 3, 13)
-effect = []
+effect, ranks, probabilities = [], [], []
 for coeff in sweep:
-    with interp.steer(model, direction, layer, coeff=float(coeff)):
-        effect.append(preference(model(neutral_tokens)))
+    with interp.steer(model, direction, layer, coeff=float(coeff), positions=STEERED):
+        steered_logits = model(neutral_tokens)
+    effect.append(preference(steered_logits))
+    rank, probability = rank_and_probability(steered_logits, id_a)
+    ranks.append(rank)
+    probabilities.append(probability)
 
 with plt.ioff():
-    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
 plt.close(fig)
-ax.plot(sweep, effect, marker="o")
-ax.axhline(0, color="0.6", linewidth=0.8)
-ax.set(xlabel=f"steering coefficient ({concept_a} - {concept_b})", ylabel=f"logit({sound_a!r}) - logit({sound_b!r})",
-       title=f"{neutral!r}, steered at resid_pre of layer {layer}")
+left.plot(sweep, effect, marker="o")
+left.axhline(0, color="0.6", linewidth=0.8)
+left.set(xlabel=f"steering coefficient ({concept_a} - {concept_b})", ylabel=f"logit({sound_a!r}) - logit({sound_b!r})",
+         title=f"{neutral!r}, steered at resid_pre of layer {layer}")
+right.semilogy(sweep, ranks, marker="o", color="C1")
+right.invert_yaxis()  # rank 1 at the top
+right.set(xlabel="steering coefficient", ylabel=f"rank of {sound_a!r} among all tokens",
+          title=f"{sound_a!r}: rank (line) and probability (labels)")
+for coeff, rank, probability in zip(sweep[::3], ranks[::3], probabilities[::3]):
+    right.annotate(f"p={probability:.1e}", (float(coeff), rank), fontsize=7, textcoords="offset points", xytext=(0, 6))
 display(fig)
+best = max(range(len(sweep)), key=lambda i: probabilities[i])
+print(f"unsteered: {sound_a!r} has rank {ranks[len(sweep) // 2]} and probability {probabilities[len(sweep) // 2]:.2e}; "
+      f"best over the sweep: rank {ranks[best]}, probability {probabilities[best]:.2e} at coefficient {float(sweep[best]):+g}")
+
+# %% [markdown]
+# The logit difference only compares two tokens; the rank and probability say whether the target
+# ever becomes something the model would actually *say*. A difference that rises steadily while the
+# target stays far down the ranking means the vector pushes "dog-cat" without making " woof" likely:
+# always look at both.
 
 # %% [markdown]
 # ## 5. Which layer?
@@ -204,7 +241,7 @@ by_layer = torch.zeros(model.cfg.n_layers, len(coeffs))  # [layer, coeff]
 for each_layer in range(model.cfg.n_layers):
     layer_direction = steering_vector(all_acts_a[each_layer], all_acts_b[each_layer]).to(model.dtype)
     for column, coeff in enumerate(coeffs):
-        with interp.steer(model, layer_direction, each_layer, coeff=coeff):
+        with interp.steer(model, layer_direction, each_layer, coeff=coeff, positions=STEERED):
             by_layer[each_layer, column] = preference(model(neutral_tokens)) - baseline
 
 with plt.ioff():
@@ -224,9 +261,12 @@ display(fig)
 # ## Summary
 #
 # * A steering vector is a difference of mean activations, `[d_model]`, at one layer.
-# * `with interp.steer(model, direction, layer, coeff=c):` adds `c * direction` in every forward
-#   pass, generation included.
-# * Check the effect with a number (a logit difference), across coefficients and layers; too large a
-#   coefficient breaks the model rather than steering it.
+# * `with interp.steer(model, direction, layer, coeff=c, positions=...):` adds `c * direction` in
+#   every forward pass, generation included; leave `<bos>` (position 0) alone.
+# * The difference of means over two prompt sets is contrastive activation addition; ActAdd uses
+#   one pair of prompts.
+# * Check the effect with numbers (a logit difference, and the target's rank and probability among
+#   all tokens), across coefficients and layers; too large a coefficient breaks the model rather
+#   than steering it.
 #
 # **Next:** notebook 13 looks at what changed in the architecture from Gemma 1 to Gemma 2 and 3.

@@ -107,9 +107,10 @@ for family, small_model in small.items():
 #
 # In Gemma 1 a block adds whatever attention and the MLP produce: `x + Attn(RMSNorm(x))`. Gemma 2
 # and 3 normalise that output before adding it: `x + RMSNorm(Attn(RMSNorm(x)))`. What a block can
-# add is then bounded by the norm's learned gain, whatever happens inside, which keeps the residual
-# stream from growing layer after layer and makes deep models train more stably. With equal random
-# weights, compare what each block adds (`hook_attn_out`, `[batch, pos, d_model]`):
+# add is then bounded by the norm's learned gain, whatever happens inside. The stream itself still
+# grows from layer to layer (lesson 05 watched it), but by steps of bounded size, so no single block
+# can swamp it, and deep models train more stably. With equal random weights, compare what each
+# block adds (`hook_attn_out`, `[batch, pos, d_model]`):
 
 # %%
 random_tokens = torch.randint(3, 512, (1, 24), generator=torch.Generator().manual_seed(0))  # [batch, pos]
@@ -141,6 +142,9 @@ def softcap(x, cap):
 check("softcap", softcap)
 
 # %%
+# solution("softcap")  # uncomment to see one way to write it
+
+# %%
 x = torch.linspace(-150, 150, 601)
 with plt.ioff():
     fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
@@ -155,8 +159,11 @@ display(fig)
 # %% [markdown]
 # Softcapping the logits never changes which token is most likely (tanh is increasing), but it does
 # flatten the distribution when logits are large: the top probability shrinks. Softcapping scores
-# is why Gemma 2 cannot use the fused attention kernel (it has no softcap): `gemma_lab` switches
-# to the explicit einsum path, `hook_attn_scores_pre_softcap` then `hook_attn_scores`.
+# is why `gemma_lab` runs Gemma 2's attention on the explicit einsum path
+# (`hook_attn_scores_pre_softcap` then `hook_attn_scores`) instead of PyTorch's fused
+# `scaled_dot_product_attention`, which has no softcap option. That is a limit of that one kernel,
+# not of fused attention: FlashAttention (from 2.6) takes a `softcap` argument, and PyTorch's
+# FlexAttention applies one as a `score_mod`; inference servers use those for Gemma 2.
 #
 # ## 4. Sliding-window attention (Gemma 2 and 3)
 #
@@ -176,6 +183,9 @@ def sliding_window_mask(n_pos, window):
 
 # %%
 check("sliding_window_mask", sliding_window_mask)
+
+# %%
+# solution("sliding_window_mask")  # uncomment to see one way to write it
 
 # %% [markdown]
 # Here is the mask in a real pattern: layer 0 of `test-gemma3` is local with a window of 8; its
@@ -228,15 +238,16 @@ display(fig)
 # Attention scores are dot products `q · k`. If training makes queries or keys large, scores grow
 # without bound, the softmax saturates, and training becomes unstable; Gemma 2's softcap limited
 # the *scores*. Gemma 3 instead applies RMSNorm to every query and key head (over `d_head`)
-# before RoPE, so each has norm about `sqrt(d_head)` times its gain. Below we multiply the query
-# weights of both small models by 20 and look at the largest score.
+# before RoPE, so each has norm about `sqrt(d_head)` times its gain. Below we take the two small
+# random-weight models of section 1 as they are, then multiply their query weights by 20, and look
+# at the largest score.
 
 # %%
 for family in (1, 3):
     scaled = init_weights(Gemma(small[family].cfg), seed=0, std=0.1).eval()
     for block in scaled.blocks:
         block.attn.q_proj.weight.mul_(20)
-    for name, m in (("as trained", small[family]), ("queries x 20", scaled)):
+    for name, m in (("random init", small[family]), ("queries x 20", scaled)):
         _, cache = m.run_with_cache(random_tokens, names_filter=lambda n: n.endswith("hook_attn_scores_pre_softcap"))
         top = cache["attn_scores_pre_softcap", 0].abs().max()
         print(f"Gemma {family} {name:>13}: largest |score| in layer 0 = {top:8.2f}")

@@ -128,6 +128,9 @@ def weight_memory_gib(cfg, dtype):
 result = check("weight_memory_gib", weight_memory_gib)
 display(result)
 
+# %%
+# solution("weight_memory_gib")  # uncomment to see one way to write it
+
 # %% [markdown]
 # **Exercise.** Generation also keeps the keys and values of every token seen so far, per layer: the
 # KV cache. Write `kv_cache_bytes(cfg, n_tokens, dtype)`: bytes for one sequence of `n_tokens`
@@ -144,6 +147,9 @@ def kv_cache_bytes(cfg, n_tokens, dtype):
 # %%
 kv_result = check("kv_cache_bytes", kv_cache_bytes)
 display(kv_result)
+
+# %%
+# solution("kv_cache_bytes")  # uncomment to see one way to write it
 
 # %%
 # From here on: your functions if they passed, otherwise the reference implementations.
@@ -225,8 +231,13 @@ print(chat)
 # %% [markdown]
 # ## 4. bf16 or fp32?
 #
-# Gemma's weights are published in bfloat16: 8 bits of exponent like fp32 (the same range) but 8
-# significant bits instead of 24 (about 3 decimal digits). Loading in bf16 halves the memory and, on hardware
+# bfloat16 keeps fp32's 8 bits of exponent (the same range) but only 8 significant bits instead of
+# 24: `8 * log10(2)`, about 2.4 decimal digits (the cell below computes it). Which dtype a checkpoint
+# is *stored* in differs between releases: some Gemma checkpoints on Hugging Face are stored in
+# bfloat16, others in float32 (twice the download). Don't guess: the header of each
+# `.safetensors` file lists every tensor's dtype, and the next cell reads it for the checkpoint
+# this lesson runs on. Whatever the file holds, `load_pretrained(..., dtype=...)` converts it on
+# loading. Loading in bf16 halves the memory and, on hardware
 # with bf16 units, speeds things up; the price is rounding in every matrix multiply. `gemma_lab`
 # keeps the numerically delicate steps in fp32 either way (RMSNorm statistics, RoPE angles,
 # softmax). Float16 is *not* a substitute: its range ends at 65 504, and Gemma's activations exceed
@@ -235,6 +246,34 @@ print(chat)
 # For interpretability, fp32 makes small effects (a patching result of 0.01) trustworthy; bf16 is
 # fine for generation and for large effects. Here we load the same checkpoint in both and compare
 # the logits (skipped for models above 3B parameters, to spare your memory).
+
+# %%
+import json
+import math
+from collections import Counter
+
+from gemma_lab.loading import checkpoint_files
+from gemma_lab.notebook import lesson_checkpoint
+
+for name, bits in (("bfloat16", 8), ("float16", 11), ("float32", 24)):
+    print(f"{name:>8}: {bits:2d} significant bits = {bits * math.log10(2):.1f} decimal digits")
+
+
+def stored_dtypes(files):
+    """How many tensors of each dtype the .safetensors files hold (read from their JSON headers only)."""
+    counts = Counter()
+    for file in files:
+        if file.suffix != ".safetensors":
+            continue
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+        counts.update(entry["dtype"] for key, entry in header.items() if key != "__metadata__")
+    return counts
+
+
+stored = stored_dtypes(checkpoint_files(lesson_checkpoint()))
+print(f"this lesson's checkpoint stores its tensors as: {dict(stored) or 'no .safetensors files'}")
 
 # %%
 if model.n_params() > 3e9:

@@ -16,7 +16,8 @@
 # # Widgets: one forward pass, step by step
 #
 # Two of gemma_lab's widgets on the lesson model: the bundled tiny Gemma, or the checkpoint that
-# the environment variable `GEMMA_LAB_MODEL` names. Run all cells, then use the controls.
+# the environment variable `GEMMA_LAB_MODEL` names. In JupyterLab, run all cells first (a Voila
+# dashboard has already run them), then use the controls.
 #
 # * **InferenceStepper** walks one forward pass: press **Next ▶** (or click a stage in the list)
 #   to go from the text to its tokens, the embedding, every layer's attention and MLP, the logits,

@@ -25,3 +25,11 @@ def top_p_filter(logits, p):
     remove_sorted = before >= p  # the total was already reached without this token
     remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
+
+
+def decode_step(model, token_ids, cache):
+    """One new token per row [batch] -> next-token logits [batch, vocab], through the KV cache."""
+    new = torch.as_tensor(token_ids).reshape(-1, 1)  # [batch, pos=1]: only the new token goes in
+    with torch.no_grad():
+        logits = model(new, kv_cache=cache)  # reads the cached keys/values, appends its own
+    return logits[:, -1]  # [batch, vocab]

@@ -19,3 +19,17 @@ def induction_score(pattern, seq_len):
     q_pos = torch.arange(n_pos - seq_len, n_pos)  # the second copy
     to_next_of_earlier = pattern[:, :, q_pos, q_pos - seq_len + 1]  # [batch, head, seq_len]
     return to_next_of_earlier.mean(dim=(0, 2))
+
+
+def k_composition_scores(ov, qk):
+    """[head_e, d, d], [head_l, d, d] -> [head_l, head_e]: K-composition of each (later, earlier) pair."""
+    keys_read = qk.transpose(-1, -2)  # the later head reads its keys through qk.T: x_q @ qk @ x_k.T
+    product = ov[None] @ keys_read[:, None]  # [head_l, head_e, d, d]: broadcast every pair
+    norm = torch.linalg.matrix_norm  # Frobenius over the last two axes
+    return norm(product) / (norm(ov)[None] * norm(keys_read)[:, None])
+
+
+def ov_copying_score(full_ov):
+    """[vocab, vocab] -> []: the fraction of rows whose largest entry is on the diagonal."""
+    rows = torch.arange(full_ov.shape[0])
+    return (full_ov.argmax(dim=-1) == rows).float().mean()

@@ -3,6 +3,8 @@
 One function per exercise, named like it; the notebook tests paste each one into its exercise cell.
 """
 
+import torch
+
 
 def logit_difference(logits, io_ids, s_ids):
     """[batch, pos, vocab], [batch], [batch] -> []: mean of logit(IO) - logit(S) at the last position."""
@@ -17,3 +19,21 @@ def patch_residual(corrupted, clean, pos):
     patched = corrupted.clone()
     patched[:, pos] = clean[:, pos]
     return patched
+
+
+def patch_heads(model, corrupted_tokens, clean_cache, metric):
+    """[layer, head]: the metric of the corrupted run with one head's z taken from the clean run."""
+    cfg = model.cfg
+    results = torch.zeros(cfg.n_layers, cfg.n_heads)
+    for layer in range(cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        clean_z = clean_cache[name]  # [batch, pos, head, d_head]
+        for head in range(cfg.n_heads):
+            def restore_head(z, hook, head=head):  # head=head: bind this loop's value now
+                z = z.clone()  # never edit the activation in place
+                z[:, :, head] = clean_z[:, :, head]
+                return z
+
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, restore_head)])
+            results[layer, head] = float(metric(logits))
+    return results
