@@ -48,6 +48,12 @@ from gemma_lab.hooks import HookPoint
 Norm = Callable[..., nn.Module]
 
 
+def copy_of(streams: torch.Tensor, index: int) -> torch.Tensor:
+    """One copy ``[batch, pos, d_model]`` of ``streams [batch, pos, stream, d_model]``, made contiguous before it
+    meets a matmul: with pos 1 (decoding) a strided slice can take torch's slow path (see ``Gemma.unembed``)."""
+    return streams[:, :, index].contiguous()
+
+
 def _match_magnitude(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``x`` rescaled per token to the root-mean-square of ``target`` (the reference's floor: 1e-5 on x's)."""
     target_rms = torch.mean(target ** 2, dim=-1, keepdim=True) ** 0.5
@@ -82,8 +88,8 @@ class AltUpUnstack(nn.Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model] their mean: what the final norm reads
 
     def forward(self, streams: torch.Tensor) -> torch.Tensor:
-        first = streams[:, :, 0]  # the reference rescales to copy 0 (the active copy in every release)
-        copies = [first] + [_match_magnitude(project(streams[:, :, i + 1]), first)
+        first = copy_of(streams, 0)  # the reference rescales to copy 0 (the active copy in every release)
+        copies = [first] + [_match_magnitude(project(copy_of(streams, i + 1)), first)
                             for i, project in enumerate(self.projections)]
         return self.hook_out(self.hook_streams(torch.stack(copies, dim=2)).mean(dim=2))
 
@@ -128,7 +134,7 @@ class AltUpPredict(nn.Module):
 
     def forward(self, streams: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        router = self.hook_router(self.router(streams[:, :, cfg.altup_active_idx]))
+        router = self.hook_router(self.router(copy_of(streams, cfg.altup_active_idx)))
         coefs = F.linear(router, _clipped(self.coefs.weight, cfg, self.training))
         coefs = self.hook_coefs(rearrange(coefs, "batch pos (out inp) -> batch pos out inp", out=cfg.altup_num_inputs))
         mixed = einsum(streams, coefs, "batch pos inp d_model, batch pos out inp -> batch pos out d_model")
@@ -158,13 +164,13 @@ class AltUpCorrect(nn.Module):
         cfg = self.cfg
         weights = self.hook_router(router(output))
         coefs = self.hook_coefs(F.linear(weights, _clipped(self.coefs.weight, cfg, self.training)) + 1.0)
-        innovation = self.hook_innovation(output - predicted[:, :, cfg.altup_active_idx])
+        innovation = self.hook_innovation(output - copy_of(predicted, cfg.altup_active_idx))
         corrected = einsum(innovation, coefs, "batch pos d_model, batch pos stream -> batch pos stream d_model")
         return self.hook_corrected(corrected + predicted)
 
     def scaled_active(self, corrected: torch.Tensor) -> torch.Tensor:
         """The corrected active copy, times ``output_scale`` when the config asks (``altup_correct_scale``)."""
-        active = corrected[:, :, self.cfg.altup_active_idx]
+        active = copy_of(corrected, self.cfg.altup_active_idx)
         if self.output_scale is None:
             return active
         return (active.to(self.output_scale.dtype) * self.output_scale).to(active.dtype)

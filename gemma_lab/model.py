@@ -357,7 +357,7 @@ class Block(nn.Module):
         run on the active copy only, and AltUp spreads their effect over the copies."""
         streams = self.hook_streams_pre(streams)
         predicted = self.altup_predict(streams)
-        resid_pre = self.hook_resid_pre(predicted[:, :, self.altup_predict.cfg.altup_active_idx])
+        resid_pre = self.hook_resid_pre(gemma3n_parts.copy_of(predicted, self.altup_predict.cfg.altup_active_idx))
         normed = self.ln1(resid_pre)
         attn_out = self.hook_attn_out(self.ln1_post(self.attn(normed, cos, sin, positions, valid, kv_cache, shared_kv)))
         # LAuReL returns normed + its branch; with the residual that is two unit-scale paths: hence 1/sqrt(2).
