@@ -272,3 +272,18 @@ def test_ablating_a_stream_and_patching_streams_change_the_output(model):
         same = interp.patch_by_layer(model, ids, clean, metric, activation="resid_pre")
     assert rel(ablated, plain) > 1e-3
     torch.testing.assert_close(same, torch.full_like(same, metric(plain).item()), rtol=1e-5, atol=1e-5)
+
+
+def test_logit_lens_reads_every_stream_and_attribution_says_why_it_is_unavailable(model):
+    ids = tokens(1, 12)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids)
+    lens = interp.logit_lens(model, ids[0], k=3)
+    assert lens.labels == ["embed"] + [str(layer) for layer in range(model.cfg.n_layers)]
+    torch.testing.assert_close(lens.top_probs[-1], logits[0].softmax(-1).topk(3).values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="incl_mid.*Gemma 3n"):
+        interp.logit_lens(model, ids[0], incl_mid=True)
+    with pytest.raises(ValueError, match="not available for Gemma 3n: AltUp"):
+        interp.direct_logit_attribution(model, ids, target=5)
+    with pytest.raises(ValueError, match="decompose_resid is not available for Gemma 3n"):
+        cache.decompose_resid()
