@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("gemma_lab.hf_format", "gemma_lab.hook_points", "gemma_lab.bundled")),
     ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
-               "gemma_lab.gemma4_parts", "gemma_lab.model")),
+               "gemma_lab.gemma4_parts", "gemma_lab.gemma3n_parts", "gemma_lab.model")),
     ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.generation", "gemma_lab.interp",
                                      "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
                                      # TransformerLens's interface: model and tokenizer paired.
@@ -56,6 +56,7 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     "gemma_lab.factored_matrix": frozenset({"torch"}),
     "gemma_lab.model": frozenset({"torch", "einops"}),
     "gemma_lab.gemma4_parts": frozenset({"torch", "einops"}),
+    "gemma_lab.gemma3n_parts": frozenset({"torch", "einops"}),
     "gemma_lab.viz": frozenset({"matplotlib", "numpy"}),
     "gemma_lab.tiny.corpus": frozenset({"sentencepiece"}),
     "gemma_lab.tiny.tables": frozenset(),
