@@ -10,6 +10,7 @@
 * ``TokenizerExplorer``: pieces, ids, byte fallbacks, special tokens and the chat template.
 * ``PatchingExplorer``: activation patching between a clean and a corrupted prompt.
 * ``FeatureExplorer``: one sparse-autoencoder feature: where it fires, what it writes, ablated live.
+* ``AltUpExplorer``: Gemma 3n's four copies of the stream per layer, and the MLP neurons its sparsity keeps.
 
 Each widget runs the model once per prompt and redraws from that cache; its controls and what it
 last drew are attributes (see docs/widgets.md), which is also how the tests drive them.
@@ -17,6 +18,7 @@ Role: the top of the package. Widgets wire controls to ``gemma_lab.viz`` picture
 through hooks; nothing below this layer imports it.
 """
 
+from gemma_lab.widgets.altup import AltUpExplorer
 from gemma_lab.widgets.explorers import (
     AttentionExplorer,
     LogitLensExplorer,
@@ -28,6 +30,7 @@ from gemma_lab.widgets.features import FeatureExplorer
 from gemma_lab.widgets.stepper import InferenceStepper
 
 __all__ = [
+    "AltUpExplorer",
     "AttentionExplorer",
     "FeatureExplorer",
     "InferenceStepper",
