@@ -65,5 +65,6 @@ def describe(model: Gemma, source: str | os.PathLike | None = None) -> str:
     """
     cfg = model.cfg
     source = source if source is not None else lesson_checkpoint()
-    return (f"Gemma {cfg.family} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
+    generation = "3n" if cfg.is_gemma3n else cfg.family
+    return (f"Gemma {generation} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
             f"({cfg.attention_kind}) · {model.n_params():,} parameters · from {source}")

@@ -287,3 +287,33 @@ def test_logit_lens_reads_every_stream_and_attribution_says_why_it_is_unavailabl
         interp.direct_logit_attribution(model, ids, target=5)
     with pytest.raises(ValueError, match="decompose_resid is not available for Gemma 3n"):
         cache.decompose_resid()
+
+
+def test_altup_explorer_shows_the_streams_and_the_neurons_the_sparsity_keeps():
+    from gemma_lab.exercises.lesson17_gemma3n import gemma3n_lesson_model
+    from gemma_lab.tokenizer import load_tokenizer
+    from gemma_lab.widgets import AltUpExplorer
+
+    tokenizer = load_tokenizer("tiny")
+    lesson_model, _ = gemma3n_lesson_model(gemma_lab.load_pretrained("tiny"), tokenizer)
+    explorer = AltUpExplorer(lesson_model, tokenizer, "The cat sat on the mat", layer=2)
+    with torch.no_grad():
+        _, fresh = lesson_model.run_with_cache(explorer.tokens)  # an independent run (another attention kernel)
+    cache = explorer.cache
+    last = explorer.tokens.shape[1] - 1
+    assert explorer.pos_slider.value == last
+    gate, cutoff = cache["pre", 2][0, last], cache["blocks.2.mlp.sparsify.hook_cutoff"][0, last, 0]
+    assert torch.equal(explorer.kept, gate > cutoff) and explorer.cutoff == float(cutoff)
+    assert explorer.cutoff == pytest.approx(float(fresh["blocks.2.mlp.sparsify.hook_cutoff"][0, last, 0]), abs=1e-5)
+    assert torch.equal(explorer.kept, fresh["post", 2][0, last] != 0)
+    assert 0 < explorer.kept.sum() < 0.9 * gate.numel()  # sparsity 0.5 on this layer: about half kept
+    explorer.pos_slider.value = 1
+    assert torch.equal(explorer.mixing, cache["blocks.2.altup_predict.hook_coefs"][0, 1])
+    drawn = explorer.figure.axes[1].images[0].get_array()
+    assert torch.allclose(torch.as_tensor(drawn.data).float(), explorer.mixing)
+    expected_rms = cache["streams_post", 5][0, 1].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(explorer.stream_rms[-1], expected_rms)
+    explorer.layer_slider.value = 4  # a dense layer
+    assert explorer.kept is None and "dense MLP" in explorer.token_label.value and len(explorer.figures) == 1
+    with pytest.raises(ValueError, match="Gemma 3n's AltUp streams"):
+        AltUpExplorer(gemma_lab.load_pretrained("tiny"), tokenizer)
