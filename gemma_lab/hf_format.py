@@ -8,7 +8,7 @@ the tensor-name table, both directions.
 Both config spellings are read: the current one (``rope_parameters``, ``layer_types``) and the legacy
 one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``, ``rope_scaling``,
 ``sliding_window_pattern``). A new checkpoint generation adds its keys and names here: Gemma 4's
-(``gemma4_text``, ``gemma4``) have blocks of their own below.
+(``gemma4_text``, ``gemma4``) and Gemma 3n's (``gemma3n_text``, ``gemma3n``) have blocks of their own below.
 
 Imports the standard library only: this is the bottom of the package, below ``config.py`` (which
 builds ``GemmaConfig`` from these fields and takes the layer vocabulary ``GLOBAL``/``LOCAL`` from

@@ -132,7 +132,7 @@ class _SkipWeightInit(TorchFunctionMode):
 
 
 def _describe(config: GemmaConfig) -> str:
-    return f"Gemma {config.family} ({config.n_layers} layers, d_model {config.d_model})"
+    return f"Gemma {'3n' if config.is_gemma3n else config.family} ({config.n_layers} layers, d_model {config.d_model})"
 
 
 # What the model computes in; anything else (ints, bools, fp8) in a file is a quantized or broken checkpoint.

@@ -299,6 +299,7 @@ class Block(nn.Module):
         eps, norm_kind = cfg.norm_eps, dict(gain_offset=cfg.norm_gain_offset)  # Gemma 3n, 4: gain w, not 1 + w
         self.altup = cfg.is_gemma3n  # Gemma 3n: the block runs on the active one of several stream copies
         if self.altup:
+            self.active = cfg.altup_active_idx  # which copy attention, LAuReL and the MLP read and write
             self.hook_streams_pre = HookPoint()  # [batch, pos, stream, d_model] the copies entering the block
             self.altup_predict = gemma3n_parts.AltUpPredict(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model] (Gemma 3n: the predicted active copy)
@@ -333,6 +334,8 @@ class Block(nn.Module):
     def forward(self, resid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                 valid: torch.Tensor, kv_cache: KVCache | None = None, shared_kv: dict[int, LayerKV] | None = None,
                 per_layer_input: torch.Tensor | None = None) -> torch.Tensor:
+        if self.altup:  # Gemma 3n: resid holds the AltUp copies [batch, pos, stream, d_model]
+            return self.forward_altup(resid, cos, sin, positions, valid, kv_cache, shared_kv, per_layer_input)
         resid_pre = self.hook_resid_pre(resid)
         attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache, shared_kv)
         if self.ln1_post is not None:
@@ -357,7 +360,7 @@ class Block(nn.Module):
         run on the active copy only, and AltUp spreads their effect over the copies."""
         streams = self.hook_streams_pre(streams)
         predicted = self.altup_predict(streams)
-        resid_pre = self.hook_resid_pre(gemma3n_parts.copy_of(predicted, self.altup_predict.cfg.altup_active_idx))
+        resid_pre = self.hook_resid_pre(gemma3n_parts.copy_of(predicted, self.active))
         normed = self.ln1(resid_pre)
         attn_out = self.hook_attn_out(self.ln1_post(self.attn(normed, cos, sin, positions, valid, kv_cache, shared_kv)))
         # LAuReL returns normed + its branch; with the residual that is two unit-scale paths: hence 1/sqrt(2).
@@ -425,8 +428,7 @@ class Gemma(HookedModule):
             if rope not in rotary:
                 rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=weight.dtype, fraction=rope[3])
             per_layer_input = per_layer_inputs[:, :, layer] if per_layer_inputs is not None else None
-            run = block.forward_altup if block.altup else block
-            resid = run(resid, *rotary[rope], positions, valid, kv_cache, shared_kv, per_layer_input)
+            resid = block(resid, *rotary[rope], positions, valid, kv_cache, shared_kv, per_layer_input)
         if self.altup_unstack is not None:
             resid = self.altup_unstack(resid)
         if kv_cache is not None:

@@ -289,6 +289,7 @@ def test_logit_lens_reads_every_stream_and_attribution_says_why_it_is_unavailabl
         cache.decompose_resid()
 
 
+@pytest.mark.slow
 def test_altup_explorer_shows_the_streams_and_the_neurons_the_sparsity_keeps():
     from gemma_lab.exercises.lesson17_gemma3n import gemma3n_lesson_model
     from gemma_lab.tokenizer import load_tokenizer
