@@ -406,7 +406,8 @@ def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         d["intermediate_size"] = widths[0]
     if d.get("layer_types"):
         types = d["layer_types"]
-        if not isinstance(types, list) or len(types) != n_layers or set(types) - set(_LAYER_TYPE_NAMES):
+        if not isinstance(types, list) or len(types) != n_layers or not all(isinstance(t, str) for t in types) \
+                or set(types) - set(_LAYER_TYPE_NAMES):
             raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
                              f"full_attention, got {types!r}")
         layer_types = tuple(_LAYER_TYPE_NAMES[t] for t in types)
@@ -417,9 +418,13 @@ def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ValueError(f"{source}: rope_parameters must be an object, got {rope!r}")
     full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
     for kind, params in (("full_attention", full), ("sliding_attention", local)):
+        if not isinstance(params, Mapping):
+            raise ValueError(f"{source}: rope_parameters[{kind!r}] must be an object, got {params!r}")
         if params.get("rope_type", "default") != "default":
             raise ValueError(f"{source}: RoPE type {params.get('rope_type')!r} on {kind} layers is not supported "
                              "(Gemma 3n uses default)")
+    if _hf_int(d, "altup_num_inputs", source) < 1:
+        raise ValueError(f"{source}: altup_num_inputs must be at least 1 (Gemma 3n: 4), got {d['altup_num_inputs']}")
     sparsity = d["activation_sparsity_pattern"]
     if sparsity is None:  # transformers' default: the first 10 layers 95% sparse (when there are more than 10)
         sparsity = [0.95] * 10 + [0.0] * (n_layers - 10) if n_layers > 10 else [0.0] * n_layers
