@@ -10,6 +10,7 @@
 * ``TokenizerExplorer``: pieces, ids, byte fallbacks, special tokens and the chat template.
 * ``PatchingExplorer``: activation patching between a clean and a corrupted prompt.
 * ``FeatureExplorer``: one sparse-autoencoder feature: where it fires, what it writes, ablated live.
+* ``RouterExplorer``: a Gemma 4 mixture-of-experts layer's router: the experts each token is sent to.
 * ``AltUpExplorer``: Gemma 3n's four copies of the stream per layer, and the MLP neurons its sparsity keeps.
 
 Each widget runs the model once per prompt and redraws from that cache; its controls and what it
@@ -27,6 +28,7 @@ from gemma_lab.widgets.explorers import (
     TokenizerExplorer,
 )
 from gemma_lab.widgets.features import FeatureExplorer
+from gemma_lab.widgets.moe import RouterExplorer
 from gemma_lab.widgets.stepper import InferenceStepper
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "InferenceStepper",
     "LogitLensExplorer",
     "PatchingExplorer",
+    "RouterExplorer",
     "SamplingPlayground",
     "TokenizerExplorer",
 ]

@@ -107,7 +107,7 @@ print("rms of each copy at the last token:", [round(v, 3) for v in rms.tolist()]
 #
 # Write the prediction. `streams` is `[batch, pos, stream, d_model]`, `coefs` is `[batch, pos, out, in]`.
 
-# %% tags=["exercise"] exercise="altup_predict"
+# %% exercise="altup_predict" tags=["exercise"]
 def altup_predict(streams, coefs):
     raise NotImplementedError
 
@@ -154,7 +154,7 @@ print("resid_mid rebuilt from the hooks:", torch.allclose(rebuilt, cache["resid_
 # 95% would fall below. The survivors are shifted down by the cutoff: `relu(gate - cutoff)`. No sort is
 # needed, which is what makes it cheap on a phone. Write it (`std` without Bessel's correction).
 
-# %% tags=["exercise"] exercise="gaussian_topk"
+# %% exercise="gaussian_topk" tags=["exercise"]
 def gaussian_topk(gate, sparsity):
     raise NotImplementedError
 
