@@ -59,6 +59,7 @@ if MODEL:
 
 # %%
 import torch
+from einops import einsum  # noqa: F401  (for the exercises: einsum(x, y, "pattern"))
 
 import gemma_lab.exercises.lesson17_gemma3n  # noqa: F401  (registers this lesson's exercises)
 from gemma_lab import interp
