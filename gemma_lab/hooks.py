@@ -68,6 +68,9 @@ class HookPoint(nn.Module):
         self.context = RunContext()
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
+        # Tensor parallelism: this rank holds a slice of the activation; ``sharding.full`` gathers
+        # it from every rank, ``sharding.local`` takes this rank's slice back (tensor_parallel.py).
+        self.sharding = None
 
     @property
     def has_hooks(self) -> bool:
@@ -112,6 +115,11 @@ class HookPoint(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.fwd_fns or self.bwd_fns):  # the usual case: nobody is looking
             return x
+        if self.sharding is not None:  # hooks see the whole activation, as on one device
+            return self.sharding.local(self._run_hooks(self.sharding.full(x)))
+        return self._run_hooks(x)
+
+    def _run_hooks(self, x: torch.Tensor) -> torch.Tensor:
         for fn in list(self.fwd_fns):
             replacement = fn(x, self)
             if replacement is not None:

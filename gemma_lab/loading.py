@@ -33,9 +33,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
+from gemma_lab.hub import resolve_model
 from gemma_lab.model import Gemma
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
@@ -47,19 +47,26 @@ class CheckpointError(ValueError):
 
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-                    *, config: GemmaConfig | str | None = None, progress: bool | None = None) -> Gemma:
-    """A ready ``Gemma`` in eval mode from a checkpoint folder or file (or ``"tiny"``, the bundled model).
+                    *, config: GemmaConfig | str | None = None, progress: bool | None = None,
+                    device_map: str | dict | None = None, max_memory: dict | None = None,
+                    offload_folder: str | os.PathLike | None = None, tensor_parallel: bool = False) -> Gemma:
+    """A ready ``Gemma`` in eval mode from a checkpoint folder or file, ``"tiny"`` (the bundled model),
+    a Hugging Face id (``"google/gemma-2-2b"``, from the local cache or downloaded) or a Kaggle handle.
 
     dtype: e.g. ``torch.bfloat16`` or ``"float32"``; default: the checkpoint's own dtype.
     config: only for gemma_pytorch files without a config.json beside them: a preset name or a
         GemmaConfig (by default the preset whose tensor shapes match is used).
     progress: show a progress bar (default: for checkpoints above 256 MiB).
+    device_map: spread the model over devices instead of ``device``: ``"auto"`` (within
+        ``max_memory``, e.g. ``{0: "20GiB", "cpu": "30GiB"}``) or a dict ``{"embed": 0, "blocks.0": 0,
+        ..., "blocks.40": "cpu", "blocks.41": "disk", "ln_final": 0}``. Blocks on ``"disk"`` are
+        read from the checkpoint file while they run (see ``placement.py``, docs/bigger_models.md).
+    offload_folder: where disk-offloaded weights are written for checkpoints that are not
+        safetensors (safetensors checkpoints are read in place).
+    tensor_parallel: under ``torchrun`` with a process group, split attention heads and MLP
+        columns over the ranks, each reading only its slice of the file (``tensor_parallel.py``).
     """
-    if is_tiny_name(path):
-        path = tiny_model_dir()
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    path = resolve_model(path)  # a local path as it is; "tiny", a Hub id or a Kaggle handle to its folder
     dtype = _parse_dtype(dtype)
     source = _find_checkpoint(path)
     if isinstance(config, str):
@@ -71,12 +78,37 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
 
     with torch.device("meta"), _SkipWeightInit():
         model = Gemma(config)
+    placement, on_disk, offloaded = None, None, {}
+    if device_map is not None:
+        from gemma_lab import placement as placing
+
+        if torch.device(device) != torch.device("cpu"):
+            raise ValueError("pass either device= (one device) or device_map= (several), not both")
+        placement = placing.plan(model, device_map, max_memory, dtype or source.stored_dtype())
+        params = {name for name, _ in model.named_parameters()}
+        on_disk = lambda name: name in params and placement[placing.module_of(name)] == "disk"  # noqa: E731
+    elif max_memory is not None or offload_folder is not None:
+        raise ValueError("max_memory and offload_folder only apply with device_map= ('auto' or a dict)")
+    splits = {}
+    if tensor_parallel:
+        from safetensors import safe_open
+
+        from gemma_lab import tensor_parallel as tp
+
+        if device_map is not None:
+            raise ValueError("pass either tensor_parallel=True or device_map=, not both")
+        if not isinstance(source, _SafetensorsFolder):
+            raise CheckpointError(f"{source.describe()}: tensor_parallel=True reads safetensors checkpoints "
+                                  f"(each rank reads its slice in place)")
+        tp.check(config)
+        splits = tp.parallelize(model, torch.device(device))
+        on_disk = splits.__contains__  # not read now: each rank reads its own slice below
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
-        for our_name, tensor, origin in source.tensors(config, dtype):
+        for our_name, tensor, origin in source.tensors(config, dtype, on_disk=on_disk):
             if our_name is None:
                 continue
             if our_name not in expected:
@@ -92,7 +124,24 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 raise CheckpointError(
                     f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
                     f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
-            loaded[our_name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+            if our_name in splits:  # tensor parallel: this rank's slice only
+                dim, size = splits[our_name]
+                file, weight_name = source.locations[our_name]
+                with safe_open(str(file), framework="pt") as handle:
+                    local = tp.local_slice(handle.get_slice(weight_name), tuple(tensor.shape), dim, size)
+                local = local.to(device=device, dtype=dtype or local.dtype)
+                if not bool(torch.isfinite(local).all()):
+                    non_finite.append(f"{origin} ({our_name})")
+                loaded[our_name] = tp.distributed(local, dim, model.tp_mesh)
+                bar.update(local.numel() * local.element_size())
+                continue
+            if on_disk is not None and on_disk(our_name):  # stays in the file; read while its block runs
+                offloaded[our_name] = tensor
+                loaded[our_name] = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device="meta")
+                bar.update(tensor.numel() * tensor.element_size())
+                continue
+            target = device if placement is None else placing.load_device(placement, our_name)
+            loaded[our_name] = tensor.to(device=target, dtype=dtype or tensor.dtype)
             if not bool(torch.isfinite(loaded[our_name]).all()):
                 non_finite.append(f"{origin} ({our_name})")
             bar.update(tensor.numel() * tensor.element_size())
@@ -112,7 +161,35 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
+    if placement is not None:
+        index = _offload_index(source, offloaded, {k: v.dtype for k, v in loaded.items()}, offload_folder)
+        placing.dispatch(model, placement, index, offload_folder)
     return model
+
+
+def _offload_index(source: "_Source", offloaded: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype],
+                   folder: str | os.PathLike | None) -> dict[str, dict]:
+    """accelerate's offload index for the disk-placed weights: where in the checkpoint each one is
+    (safetensors: read in place, converted to the model's dtype as it is read), or, for a
+    gemma_pytorch file, a copy written to ``folder``."""
+    index: dict[str, dict] = {}
+    for name, tensor in offloaded.items():
+        dtype = dtypes[name]
+        if not tensor.is_meta:  # a source that cannot be read in place: copy out to the offload folder
+            from accelerate.utils import offload_weight, save_offload_index
+
+            if folder is None:
+                raise ValueError(f"{source.describe()} is not a safetensors checkpoint, so disk offload writes its "
+                                 f"weights to a folder first: pass offload_folder=")
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            offload_weight(tensor.to(dtype), name, str(folder), index=index)
+            save_offload_index(index, str(folder))
+            continue
+        file, weight_name = source.locations[name]
+        index[name] = {"safetensors_file": str(file), "weight_name": weight_name}
+        if tensor.dtype != dtype:
+            index[name]["dtype"] = str(dtype).removeprefix("torch.")
+    return index
 
 
 class _SkipWeightInit(TorchFunctionMode):
@@ -168,11 +245,18 @@ class _Source:
     def total_bytes(self) -> int:
         raise NotImplementedError
 
-    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+    def stored_dtype(self) -> torch.dtype:
+        """The embedding's dtype as stored (what the weights will have unless converted)."""
+        raise NotImplementedError
+
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, on_disk=None
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         """(our name or None to skip, tensor, 'file: checkpoint name') for every tensor in the files.
 
         ``dtype``: what the caller will convert to, so a source can release each original early.
+        ``on_disk(our_name)``: True for weights that stay in the file; a source that can read them
+        in place later yields a meta tensor of the stored shape and dtype (and notes where it is
+        in ``locations``), without reading it.
         """
         raise NotImplementedError
 
@@ -190,9 +274,21 @@ class _SafetensorsFolder(_Source):
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+    def stored_dtype(self) -> torch.dtype:
+        from safetensors import safe_open
+
+        for file in self.files:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    if name.endswith("embed_tokens.weight"):
+                        return _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype(), torch.float32)
+        return torch.float32  # no embedding: the load itself will say so
+
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, on_disk=None
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         from safetensors import SafetensorError, safe_open
+
+        self.locations: dict[str, tuple[Path, str]] = {}
 
         table = hf_name_table(config)
         embed_at: tuple[Path, str] | None = None
@@ -219,7 +315,11 @@ class _SafetensorsFolder(_Source):
                         if ours == "embed.weight":
                             embed_at = (file, name)
                         stored = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
-                        if dtype is not None and stored != dtype:
+                        if on_disk is not None and stored is not None and on_disk(ours):
+                            self.locations[ours] = (file, name)
+                            shape = handle.get_slice(name).get_shape()
+                            yield ours, torch.empty(shape, dtype=stored, device="meta"), origin
+                        elif dtype is not None and stored != dtype:
                             # Converting: read through a handle of its own, so the original's pages
                             # are unmapped as soon as the converted copy exists (peak ~ model bytes).
                             yield ours, _read_tensor(file, name), origin
@@ -310,7 +410,12 @@ class _GemmaPytorchCheckpoint(_Source):
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
-    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None
+    def stored_dtype(self) -> torch.dtype:
+        state = self.state()
+        embed = state.get("embedder.weight", state.get("text_token_embedder.weight"))
+        return embed.dtype if embed is not None else torch.float32
+
+    def tensors(self, config: GemmaConfig, dtype: torch.dtype | None = None, on_disk=None
                 ) -> Iterator[tuple[str | None, torch.Tensor, str]]:
         table = hf_name_table(config)
         q_rows = config.n_heads * config.d_head
@@ -437,8 +542,6 @@ def _files_from_index(index: Path) -> list[Path]:
 
 def checkpoint_files(path: str | os.PathLike) -> list[Path]:
     """The weight files a checkpoint path refers to (for ``gemma-lab info``)."""
-    if is_tiny_name(path):
-        path = tiny_model_dir()
-    source = _find_checkpoint(Path(path))
+    source = _find_checkpoint(resolve_model(path))
     return list(getattr(source, "files", []))
 

@@ -133,6 +133,7 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if cfg.is_local(layer) else None
         # Gemma 1-3: the same on every layer. Gemma 4: wider heads (and K=V models fewer kv heads) on global layers.
         self.d_head, self.n_kv_heads = cfg.d_head_for(layer), cfg.n_kv_heads_for(layer)
+        self.n_heads = cfg.n_heads  # both head counts are per rank under tensor parallelism (tensor_parallel.py)
         # Gemma 4 KV sharing: this layer attends to the keys/values of layer `kv_source` and has none of its own.
         self.kv_source = cfg.kv_source(layer)
         owns_kv = self.kv_source == layer
@@ -171,7 +172,7 @@ class Attention(nn.Module):
         """``shared_kv``: Gemma 4's KV sharing, filled by the layers that others read from in this pass."""
         cfg = self.cfg
         owns_kv = self.kv_source == self.layer  # False on Gemma 4's KV-shared layers: they compute no k, v
-        q = rearrange(self.q_proj(x), "batch pos (head d_head) -> batch pos head d_head", head=cfg.n_heads)
+        q = rearrange(self.q_proj(x), "batch pos (head d_head) -> batch pos head d_head", head=self.n_heads)
         q = self.hook_q(q)
         if owns_kv:
             k = rearrange(self.k_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=self.n_kv_heads)
@@ -211,7 +212,9 @@ class Attention(nn.Module):
 
         out = self.o_proj(rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
         if self.hook_result.has_hooks:  # per-head contributions (they sum to out): only when someone asks
-            w_o = rearrange(self.o_proj.weight, "d_model (head d_head) -> head d_head d_model", head=cfg.n_heads)
+            w_o = self.o_proj.weight
+            w_o = w_o.to_local() if hasattr(w_o, "to_local") else w_o  # tensor parallel: this rank's heads
+            w_o = rearrange(w_o, "d_model (head d_head) -> head d_head d_model", head=self.n_heads)
             result = einsum(z, w_o, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
             # Add only what the hooks changed: an identity hook then leaves out bit-identical.
             out = out + (self.hook_result(result.clone()) - result).sum(dim=2)
@@ -223,6 +226,8 @@ class Attention(nn.Module):
             raise RuntimeError(f"layer {self.layer} reads the keys and values of layer {self.kv_source}, "
                                "which have not been computed in this forward pass")
         source = shared_kv[self.kv_source]
+        device = self.q_proj.weight.device  # the source layer may sit on another device
+        source = LayerKV(*(t.to(device) for t in (source.keys, source.values, source.positions, source.valid)))
         k = self.hook_shared_k(rearrange(source.keys, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
         v = self.hook_shared_v(rearrange(source.values, "batch kv_head k_pos d_head -> batch k_pos kv_head d_head"))
         return LayerKV(rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head"),
@@ -260,7 +265,7 @@ class Attention(nn.Module):
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)[:, None]
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale,
-                                           enable_gqa=self.n_kv_heads < self.cfg.n_heads)
+                                           enable_gqa=self.n_kv_heads < self.n_heads)
         return rearrange(z, "batch head q_pos d_head -> batch q_pos head d_head")
 
 
@@ -428,8 +433,11 @@ class Gemma(HookedModule):
             if rope not in rotary:
                 rotary[rope] = rotary_cos_sin(positions, rope[0], *rope[1:3], dtype=weight.dtype, fraction=rope[3])
             per_layer_input = per_layer_inputs[:, :, layer] if per_layer_inputs is not None else None
-            resid = block(resid, *rotary[rope], positions, valid, kv_cache, shared_kv, per_layer_input)
-        if self.altup_unstack is not None:
+            # By keyword: a model placed across devices moves a block's arguments to its device,
+            # all but these two, which the block updates in place (see placement.py).
+            resid = block(resid, *rotary[rope], positions, valid, kv_cache=kv_cache, shared_kv=shared_kv,
+                          per_layer_input=per_layer_input)
+        if self.altup_unstack is not None:  # Gemma 3n: the copies back into one stream
             resid = self.altup_unstack(resid)
         if kv_cache is not None:
             kv_cache.advance(valid)

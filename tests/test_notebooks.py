@@ -41,7 +41,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_support import check_notebook_pairs, count_displayed_widgets, execute_notebook, figures_in
+from jupyter_support import (check_notebook_pairs, count_displayed_widgets, execute_notebook, figures_in,
+                             widget_portability_problems)
+
+from tools.colab_links import colab_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -65,12 +68,13 @@ def kernel_env(model: str = "", sae: str = "") -> dict:
     """The kernel imports this checkout's gemma_lab and loads ``model`` ("" = the bundled tiny one);
     ``sae``: the SAE folder lesson 15 runs on real weights (``GEMMA_LAB_SAE``; "" = none).
 
+    ``GEMMA_LAB_QUICK=1``: lessons that train something (18) shrink the run to a few steps.
     One intra-op thread: the lesson models are small, and on a busy machine torch's thread pool
     spinning for cores that other processes hold makes a tiny forward pass 50 times slower.
     """
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": python_path, "GEMMA_LAB_MODEL": model, "GEMMA_LAB_DTYPE": "", "GEMMA_LAB_SAE": sae,
-            "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "GEMMA_LAB_QUICK": "1"}
 
 
 def exercise_cells(nb) -> list[tuple[int, str]]:
@@ -268,7 +272,7 @@ def test_every_lesson_has_the_standard_opening():
     for notebook in NOTEBOOKS:
         cells = nbformat.read(notebook, as_version=4).cells
         intro = cells[0].source
-        assert f"colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/{notebook.name}" in intro, (
+        assert colab_url(notebook.name) in intro, (
             f"{notebook.name}: the first cell has no Colab badge pointing to this notebook")
         assert "**Time:**" in intro and "Learning goals" in intro, f"{notebook.name}: no time estimate or learning goals"
         code = [cell.source for cell in cells if cell.cell_type == "code"]
@@ -291,6 +295,8 @@ def test_runs_with_the_tiny_model(notebook, runs):
     run = runs.result(notebook, "tiny")
     shown = count_displayed_widgets(run.nb) + figures_in(run.nb)
     assert shown >= 1, f"{notebook.name} shows no widget and no figure"
+    problems = widget_portability_problems(run.nb)  # what VS Code and Colab need (test_notebook_portability.py)
+    assert not problems, f"{notebook.name}: " + "; ".join(problems[:5])
     assert_stubs_not_attempted(notebook, run.nb)
     print(f"{notebook.name}: tiny model {run.seconds:.1f} s, {shown} widgets and figures")
 
