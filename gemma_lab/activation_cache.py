@@ -191,6 +191,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """
         if mode not in ("all", "attn", "mlp"):
             raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+        if getattr(self._model().cfg, "is_gemma3n", False):  # the stream is AltUp's copies re-mixed every layer: no sum of writes
+            raise ValueError("decompose_resid is not available for Gemma 3n: AltUp re-mixes its copies of the "
+                             "stream in every layer, so resid_pre is not a sum of earlier components' outputs")
         n_layers = self._model().cfg.n_layers
         upto = self._layers_before(layer)
         if mlp_input and upto == n_layers:

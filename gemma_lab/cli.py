@@ -428,7 +428,7 @@ def describe_config(cfg, title: str) -> list[str]:
     layer_letters = "".join("L" if cfg.is_local(i) else "G" for i in range(cfg.n_layers))
     n_local = layer_letters.count("L")
     rows = [
-        ("family", f"Gemma {cfg.family}"),
+        ("family", f"Gemma {'3n' if cfg.is_gemma3n else cfg.family}"),
         ("layers", f"{cfg.n_layers} ({n_local} local sliding-window, {cfg.n_layers - n_local} global)"),
         ("layer pattern", f"{layer_letters}  (L = local, G = global)"),
         ("d_model", f"{cfg.d_model}"),

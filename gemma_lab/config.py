@@ -1,4 +1,4 @@
-"""GemmaConfig: every number that shapes a Gemma 1, 2, 3 or 4 text model, in one frozen dataclass.
+"""GemmaConfig: every number that shapes a Gemma 1, 2, 3, 3n or 4 text model, in one frozen dataclass.
 
 Presets reproduce the published architectures (figures from Google's model cards and the configs
 shipped with the checkpoints; see ``docs/architecture.md``). ``GemmaConfig.from_hf`` reads a
@@ -64,12 +64,21 @@ class GemmaConfig:
     n_experts: int = 0  # Gemma 4 26B-A4B: experts per layer (mixture of experts beside the MLP); 0 = none
     n_experts_active: int = 0  # experts each token is routed to (top-k)
     d_expert: int = 0  # width of one branch of one expert's GeGLU
+    # ---- Gemma 3n (family 3; all off by default). Its per-layer inputs, KV sharing and norms are Gemma 4's
+    # fields above (d_per_layer, vocab_per_layer, n_kv_shared_layers; gains w, see norm_gain_offset) ----
+    altup_num_inputs: int = 0  # Gemma 3n AltUp: parallel copies of the residual stream (4); 0 = one plain stream
+    altup_active_idx: int = 0  # the copy that the block's attention and MLP read and write ("active")
+    altup_coef_clip: float | None = None  # training only: AltUp coefficient weights clipped to +-this (120)
+    altup_correct_scale: bool = False  # the corrected active copy is scaled by a learned vector before the per-layer gate
+    laurel_rank: int = 0  # Gemma 3n LAuReL: rank of the low-rank branch beside attention (64); 0 = none
+    activation_sparsity: tuple[float, ...] = ()  # per layer: share of MLP gate values cut (gaussian top-k); () = none
     name: str = ""  # preset or checkpoint this config came from, for display only
 
     def __post_init__(self) -> None:
         if not self.layer_types:
             object.__setattr__(self, "layer_types", (GLOBAL,) * self.n_layers)
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "activation_sparsity", tuple(float(v) for v in self.activation_sparsity))
         self._validate()
 
     def _validate(self) -> None:
@@ -126,6 +135,30 @@ class GemmaConfig:
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ValueError(f"GemmaConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
         self._validate_gemma4()
+        self._validate_gemma3n()
+
+    def _validate_gemma3n(self) -> None:
+        used = [name for name in ("altup_active_idx", "altup_coef_clip", "altup_correct_scale", "laurel_rank",
+                                  "activation_sparsity") if getattr(self, name)]
+        if type(self.altup_num_inputs) is not int or self.altup_num_inputs < 0:
+            raise ValueError(f"GemmaConfig.altup_num_inputs must be a whole number >= 0, got {self.altup_num_inputs!r}")
+        if used and not self.is_gemma3n:
+            raise ValueError(f"GemmaConfig.{used[0]} is a Gemma 3n feature; set altup_num_inputs (Gemma 3n: 4)")
+        if not self.is_gemma3n:
+            return
+        if self.family != 3:
+            raise ValueError(f"GemmaConfig: Gemma 3n (altup_num_inputs) is family 3, got {self.family}")
+        if not 0 <= self.altup_active_idx < self.altup_num_inputs:
+            raise ValueError(f"GemmaConfig.altup_active_idx must be in [0, {self.altup_num_inputs}), got {self.altup_active_idx}")
+        if type(self.laurel_rank) is not int or self.laurel_rank < 1:
+            raise ValueError(f"GemmaConfig.laurel_rank must be a positive integer for Gemma 3n, got {self.laurel_rank!r}")
+        if not self.d_per_layer:
+            raise ValueError("GemmaConfig: Gemma 3n needs per-layer inputs (d_per_layer > 0)")
+        if self.activation_sparsity and len(self.activation_sparsity) != self.n_layers:
+            raise ValueError(f"GemmaConfig.activation_sparsity has {len(self.activation_sparsity)} entries for "
+                             f"n_layers={self.n_layers}")
+        if any(not 0 <= v < 1 for v in self.activation_sparsity):
+            raise ValueError(f"GemmaConfig.activation_sparsity values must lie in [0, 1), got {self.activation_sparsity}")
 
     def _validate_gemma4(self) -> None:
         gemma4_only = dict(d_head_global=self.d_head_global, n_kv_heads_global=self.n_kv_heads_global,
@@ -133,6 +166,8 @@ class GemmaConfig:
                            double_wide_mlp=self.double_wide_mlp, d_per_layer=self.d_per_layer,
                            n_experts=self.n_experts, rope_fraction_global=self.rope_fraction_global != 1.0)
         used = [name for name, value in gemma4_only.items() if value]
+        if self.is_gemma3n:  # Gemma 3n has per-layer inputs and KV sharing as Gemma 4 does
+            used = [name for name in used if name not in ("d_per_layer", "n_kv_shared_layers")]
         if used and self.family != 4:
             raise ValueError(f"GemmaConfig.{used[0]} is a Gemma 4 feature; family is {self.family}")
         if not 0 < self.rope_fraction_global <= 1:
@@ -172,19 +207,33 @@ class GemmaConfig:
         return "multi-head" if self.n_kv_heads == self.n_heads else "grouped-query"
 
     @property
+    def is_gemma3n(self) -> bool:
+        """Gemma 3n (E2B, E4B): AltUp's parallel streams, LAuReL, activation sparsity (see gemma3n_parts.py)."""
+        return self.altup_num_inputs > 0
+
+    @property
     def attn_scale(self) -> float:
         """Factor applied to q.k: ``query_pre_attn_scalar ** -0.5`` (Gemma 1: ``d_head ** -0.5``).
 
-        Gemma 4: 1.0. Its q_norm and k_norm gains are learned with the scale folded in.
+        Gemma 3n and 4: 1.0. Their q_norm and k_norm gains are learned with the scale folded in.
         """
-        if self.family == 4:
+        if self.family == 4 or self.is_gemma3n:
             return 1.0
         return (self.query_pre_attn_scalar or self.d_head) ** -0.5
 
     @property
     def norm_gain_offset(self) -> bool:
-        """True when RMSNorm gains are stored as offsets from 1 (``1 + w``, Gemma 1-3); Gemma 4 stores ``w``."""
-        return self.family < 4
+        """True when RMSNorm gains are stored as offsets from 1 (``1 + w``, Gemma 1-3); Gemma 3n and 4 store ``w``."""
+        return self.family < 4 and not self.is_gemma3n
+
+    @property
+    def values_normed(self) -> bool:
+        """Gemma 3n and 4 normalise each value head (RMSNorm without a gain) before attending."""
+        return self.family == 4 or self.is_gemma3n
+
+    def sparsity_for(self, layer: int) -> float:
+        """Share of the MLP gate that Gemma 3n's gaussian top-k cuts on ``layer`` (0: dense)."""
+        return self.activation_sparsity[layer] if self.activation_sparsity else 0.0
 
     @property
     def embed_scale(self) -> float:
@@ -245,8 +294,8 @@ class GemmaConfig:
 
     def n_params(self) -> int:
         """Parameter count with the tied embedding counted once (matches published figures)."""
-        if self.family == 4:
-            return self._n_params_gemma4()
+        if self.family == 4 or self.is_gemma3n:
+            return self._n_params_gemma4() + self._n_params_gemma3n()
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.d_model * self.d_mlp
         norms = self.d_model * (4 if self.sandwich_norms else 2) + (2 * self.d_head if self.qk_norm else 0)
@@ -269,10 +318,24 @@ class GemmaConfig:
                 total += 3 * self.n_experts * self.d_model * self.d_expert + 3 * self.d_model
         return total
 
+    def _n_params_gemma3n(self) -> int:
+        """What Gemma 3n adds to the Gemma 4 count: AltUp (its stream projections and, per layer, router,
+        coefficients and output scale) and LAuReL."""
+        if not self.is_gemma3n:
+            return 0
+        n, d = self.altup_num_inputs, self.d_model
+        total = 2 * (n - 1) * d * d  # projections into and out of the extra streams
+        per_layer = d * n + d + n * n * n + n * n + d  # router, router norm, prediction, correction, output scale
+        per_layer += 2 * d * self.laurel_rank + d  # LAuReL's two low-rank matrices and its norm
+        return total + self.n_layers * per_layer
+
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (layer_types is rebuilt when n_layers changes)."""
         if "n_layers" in changes and "layer_types" not in changes:
-            changes["layer_types"] = layer_pattern(self.family, changes["n_layers"])
+            changes["layer_types"] = layer_pattern(self.family, changes["n_layers"], 5 if self.is_gemma3n else 6)
+        if "n_layers" in changes and self.activation_sparsity and "activation_sparsity" not in changes:
+            n = changes["n_layers"]  # the first layers keep their sparsity, added ones are dense
+            changes["activation_sparsity"] = (self.activation_sparsity + (0.0,) * n)[:n]
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -334,6 +397,16 @@ def _gemma4(name: str, n_layers: int, *, window: int, max_seq_len: int, period: 
                        name=name, **kw)
 
 
+def _gemma3n(name: str, n_layers: int, d_mlp: int, n_kv_shared_layers: int) -> GemmaConfig:
+    return GemmaConfig(family=3, vocab_size=262400, d_model=2048, n_layers=n_layers, n_heads=8, n_kv_heads=2,
+                       d_head=256, d_mlp=d_mlp, max_seq_len=32768, sandwich_norms=True, qk_norm=True,
+                       final_softcap=30.0, sliding_window=512, layer_types=layer_pattern(3, n_layers, 5),
+                       rope_theta=1_000_000.0, rope_theta_local=10_000.0, n_kv_shared_layers=n_kv_shared_layers,
+                       d_per_layer=256, vocab_per_layer=262144, altup_num_inputs=4, altup_coef_clip=120.0,
+                       altup_correct_scale=True, laurel_rank=64,
+                       activation_sparsity=(0.95,) * 10 + (0.0,) * (n_layers - 10), name=name)
+
+
 PRESETS: dict[str, GemmaConfig] = {
     # Gemma 1. Gemma 1.1 and CodeGemma (2b/7b) share these architectures exactly.
     "gemma-2b": _gemma1("gemma-2b", d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_head=256,
@@ -376,6 +449,11 @@ PRESETS: dict[str, GemmaConfig] = {
     "gemma4-26b-a4b": _gemma4("gemma4-26b-a4b", 30, window=1024, max_seq_len=262144, d_model=2816,
                               n_heads=16, n_kv_heads=8, n_kv_heads_global=2, k_eq_v=True, d_mlp=2112,
                               n_experts=128, n_experts_active=8, d_expert=704),
+    # Gemma 3n text towers (google/gemma-3n-E2B, -E4B): 4 AltUp streams, LAuReL rank 64, the first 10 MLPs 95%
+    # sparse, per-layer inputs 256 wide, global attention every fifth layer. E4B's numbers are transformers'
+    # Gemma3nTextConfig defaults ("E4B style"); E2B differs in depth, MLP width and shared layers (published config).
+    "gemma3n-e2b": _gemma3n("gemma3n-e2b", 30, d_mlp=8192, n_kv_shared_layers=10),
+    "gemma3n-e4b": _gemma3n("gemma3n-e4b", 35, d_mlp=16384, n_kv_shared_layers=15),
     # Small random-weight sizes for tests and quick experiments (same code paths, seconds on a CPU).
     "test-gemma": GemmaConfig(
         family=1, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_head=16, d_mlp=128,
@@ -398,4 +476,12 @@ PRESETS: dict[str, GemmaConfig] = {
         d_head_global=32, n_kv_heads_global=1, rope_fraction_global=0.25, k_eq_v=True, n_kv_shared_layers=2,
         double_wide_mlp=True, d_per_layer=8, vocab_per_layer=512, n_experts=4, n_experts_active=2, d_expert=32,
         name="test-gemma4"),
+    # Every Gemma 3n feature: 4 AltUp streams, LAuReL, sparse first MLPs, per-layer inputs, 2 KV-shared layers.
+    "test-gemma3n": GemmaConfig(
+        family=3, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=128,
+        max_seq_len=256, sandwich_norms=True, qk_norm=True, final_softcap=30.0, sliding_window=8,
+        layer_types=(LOCAL, LOCAL, GLOBAL) * 2, rope_theta=1_000_000.0, rope_theta_local=10_000.0,
+        n_kv_shared_layers=2, d_per_layer=8, vocab_per_layer=480, altup_num_inputs=4, altup_coef_clip=120.0,
+        altup_correct_scale=True, laurel_rank=8, activation_sparsity=(0.95, 0.95, 0.5, 0.0, 0.0, 0.0),
+        name="test-gemma3n"),
 }

@@ -61,6 +61,8 @@ class PerLayerEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         """``tokens [batch, pos]`` and the scaled main embedding ``[batch, pos, d_model]``."""
         cfg, weight = self.cfg, self.embed.weight
+        if cfg.is_gemma3n:  # its vocabulary (262400) outgrows the table (262144): image/audio ids read row 0
+            tokens = torch.where(tokens < cfg.vocab_per_layer, tokens, 0)
         if int(tokens.max()) >= cfg.vocab_per_layer:
             raise ValueError(f"token id {int(tokens.max())} is outside the per-layer embedding table "
                              f"(vocab_per_layer={cfg.vocab_per_layer})")

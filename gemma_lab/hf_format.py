@@ -8,7 +8,7 @@ the tensor-name table, both directions.
 Both config spellings are read: the current one (``rope_parameters``, ``layer_types``) and the legacy
 one the published checkpoints carry (``rope_theta``, ``rope_local_base_freq``, ``rope_scaling``,
 ``sliding_window_pattern``). A new checkpoint generation adds its keys and names here: Gemma 4's
-(``gemma4_text``, ``gemma4``) have blocks of their own below.
+(``gemma4_text``, ``gemma4``) and Gemma 3n's (``gemma3n_text``, ``gemma3n``) have blocks of their own below.
 
 Imports the standard library only: this is the bottom of the package, below ``config.py`` (which
 builds ``GemmaConfig`` from these fields and takes the layer vocabulary ``GLOBAL``/``LOCAL`` from
@@ -109,6 +109,8 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
         raise ValueError(f"{source}: model_type must be a string such as 'gemma2', got {model_type!r}")
     if model_type in _GEMMA4_TYPES:  # Gemma 4 has its own reader (below): different fields throughout
         return gemma4_config_fields(d, source)
+    if model_type in _GEMMA3N_TYPES:  # so has Gemma 3n
+        return gemma3n_config_fields(d, source)
     if model_type in _MULTIMODAL:
         if not isinstance(d.get("text_config", {}), Mapping):
             raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
@@ -120,7 +122,7 @@ def config_fields_from_hf(d: Mapping[str, Any], source: str = "config") -> dict[
     if model_type not in _FAMILY:
         raise ValueError(
             f"{source}: model_type {model_type!r} is not a Gemma text model "
-            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma4_text, gemma4); "
+            f"(supported: gemma, gemma2, gemma3_text, gemma3, gemma3n_text, gemma3n, gemma4_text, gemma4); "
             f"architectures={d.get('architectures')}"
         )
     family = _FAMILY[model_type]
@@ -368,6 +370,127 @@ def _gemma4_global_shapes(d: dict[str, Any], layer_types: tuple[str, ...], sourc
     return int(head_dim or d["head_dim"]), (int(n_kv) if n_kv is not None else None)
 
 
+# ---- Gemma 3n config.json (model_type gemma3n_text, or gemma3n with the text tower under text_config) ----
+
+_GEMMA3N_TYPES = {"gemma3n_text", "gemma3n"}
+# Gemma3nTextConfig's defaults (transformers 5.24, "E4B style"): save_pretrained leaves out keys equal to them.
+_GEMMA3N_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=262400, hidden_size=2048, intermediate_size=16384, num_hidden_layers=35, num_attention_heads=8,
+    num_key_value_heads=2, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768,
+    rms_norm_eps=1e-6, sliding_window=512, final_logit_softcapping=30.0, vocab_size_per_layer_input=262144,
+    hidden_size_per_layer_input=256, altup_active_idx=0, altup_coef_clip=120.0, altup_correct_scale=True,
+    altup_num_inputs=4, num_kv_shared_layers=15, laurel_rank=64, activation_sparsity_pattern=None,
+)
+
+
+def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``GemmaConfig`` fields from a Gemma 3n ``config.json`` (``gemma3n_text``, or ``gemma3n`` with a text tower)."""
+    d = dict(d)
+    if d.get("model_type") == "gemma3n":  # multimodal: the text tower's config sits under text_config
+        if not isinstance(d.get("text_config", {}), Mapping):
+            raise ValueError(f"{source}: text_config must be an object holding the text model's config, "
+                             f"got {d.get('text_config')!r}")
+        d = dict(d.get("text_config") or {})
+    given = {k: v for k, v in d.items() if v is not None or k in ("final_logit_softcapping", "altup_coef_clip")}
+    d = {**_GEMMA3N_DEFAULTS, **given}
+    if d["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_accurate"):
+        raise ValueError(f"{source}: unsupported activation {d['hidden_activation']!r} (Gemma 3n uses tanh GELU)")
+    n_layers = _hf_int(d, "num_hidden_layers", source)
+    if n_layers > MAX_LAYERS:
+        raise ValueError(f"{source}: num_hidden_layers = {n_layers} exceeds the limit of {MAX_LAYERS}")
+    widths = d["intermediate_size"]
+    if isinstance(widths, list):  # transformers saves one width per layer; every released model has one width
+        if len(set(widths)) != 1 or len(widths) != n_layers:
+            raise ValueError(f"{source}: intermediate_size {widths} gives layers different MLP widths "
+                             "(a MatFormer mix-and-match model), which gemma_lab does not support")
+        d["intermediate_size"] = widths[0]
+    if d.get("layer_types"):
+        types = d["layer_types"]
+        if not isinstance(types, list) or len(types) != n_layers or not all(isinstance(t, str) for t in types) \
+                or set(types) - set(_LAYER_TYPE_NAMES):
+            raise ValueError(f"{source}: layer_types must name {n_layers} layers as sliding_attention or "
+                             f"full_attention, got {types!r}")
+        layer_types = tuple(_LAYER_TYPE_NAMES[t] for t in types)
+    else:
+        layer_types = layer_pattern(3, n_layers, 5)
+    rope = d.get("rope_parameters") or {}
+    if not isinstance(rope, Mapping):
+        raise ValueError(f"{source}: rope_parameters must be an object, got {rope!r}")
+    full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+    for kind, params in (("full_attention", full), ("sliding_attention", local)):
+        if not isinstance(params, Mapping):
+            raise ValueError(f"{source}: rope_parameters[{kind!r}] must be an object, got {params!r}")
+        if params.get("rope_type", "default") != "default":
+            raise ValueError(f"{source}: RoPE type {params.get('rope_type')!r} on {kind} layers is not supported "
+                             "(Gemma 3n uses default)")
+    if _hf_int(d, "altup_num_inputs", source) < 1:
+        raise ValueError(f"{source}: altup_num_inputs must be at least 1 (Gemma 3n: 4), got {d['altup_num_inputs']}")
+    sparsity = d["activation_sparsity_pattern"]
+    if sparsity is None:  # transformers' default: the first 10 layers 95% sparse (when there are more than 10)
+        sparsity = [0.95] * 10 + [0.0] * (n_layers - 10) if n_layers > 10 else [0.0] * n_layers
+    elif isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool):
+        sparsity = [float(sparsity)] * n_layers
+    if not isinstance(sparsity, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in sparsity):
+        raise ValueError(f"{source}: activation_sparsity_pattern must be a list of numbers, got {sparsity!r}")
+    return dict(
+        family=3,
+        **_shared_fields(d, n_layers, source),
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
+        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+        rope_theta=_hf_float({"rope_theta": d.get("rope_theta", 1_000_000.0), **full}, "rope_theta", source),
+        rope_theta_local=_hf_float({"rope_theta": d.get("rope_local_base_freq", 10_000.0), **local}, "rope_theta",
+                                   source),
+        n_kv_shared_layers=_hf_int(d, "num_kv_shared_layers", source),
+        d_per_layer=_hf_int(d, "hidden_size_per_layer_input", source),
+        vocab_per_layer=_hf_int(d, "vocab_size_per_layer_input", source),
+        altup_num_inputs=_hf_int(d, "altup_num_inputs", source),
+        altup_active_idx=_hf_int(d, "altup_active_idx", source),
+        altup_coef_clip=_hf_float(d, "altup_coef_clip", source, optional=True),
+        altup_correct_scale=bool(d["altup_correct_scale"]),
+        laurel_rank=_hf_int(d, "laurel_rank", source),
+        activation_sparsity=tuple(float(v) for v in sparsity) if any(sparsity) else (),
+    )
+
+
+def _gemma3n_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dtype: str) -> dict[str, Any]:
+    """Gemma 3n's ``config.json`` as ``Gemma3nTextConfig.save_pretrained`` writes it."""
+    ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
+    return {
+        "architectures": ["Gemma3nForCausalLM"],
+        "model_type": "gemma3n_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": [cfg.d_mlp] * cfg.n_layers,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "sliding_window": cfg.sliding_window or 512,
+        "layer_types": [ours_to_theirs[t] for t in cfg.layer_types],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+        "final_logit_softcapping": cfg.final_softcap,
+        "num_kv_shared_layers": cfg.n_kv_shared_layers,
+        "hidden_size_per_layer_input": cfg.d_per_layer,
+        "vocab_size_per_layer_input": cfg.vocab_per_layer,
+        "altup_num_inputs": cfg.altup_num_inputs,
+        "altup_active_idx": cfg.altup_active_idx,
+        "altup_coef_clip": cfg.altup_coef_clip,
+        "altup_correct_scale": cfg.altup_correct_scale,
+        "laurel_rank": cfg.laurel_rank,
+        "activation_sparsity_pattern": [cfg.sparsity_for(layer) for layer in range(cfg.n_layers)],
+        **_written_by_every_generation(bos_id, eos_id, pad_id, dtype),
+    }
+
+
 # ---- GemmaConfig -> config.json ------------------------------------------------------------------
 
 _MODEL_TYPES = {1: ("gemma", "GemmaForCausalLM"), 2: ("gemma2", "Gemma2ForCausalLM"),
@@ -382,6 +505,8 @@ def hf_config_dict(cfg: ConfigLike, *, bos_id: int = 2, eos_id: int = 1, pad_id:
     """
     if cfg.family == 4:
         return _gemma4_config_dict(cfg, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, dtype=dtype)
+    if getattr(cfg, "altup_num_inputs", 0):
+        return _gemma3n_config_dict(cfg, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, dtype=dtype)
     model_type, architecture = _MODEL_TYPES[cfg.family]
     ours_to_theirs = {ours: theirs for theirs, ours in _LAYER_TYPE_NAMES.items()}
     d: dict[str, Any] = {
@@ -483,6 +608,8 @@ def hf_name_table(config: ConfigLike) -> dict[str, str]:
     """transformers' name (without the ``model.`` prefix) -> ours, for every parameter."""
     if config.family == 4:
         return gemma4_name_table(config)
+    if getattr(config, "altup_num_inputs", 0):
+        return gemma3n_name_table(config)
     table = {"embed_tokens.weight": "embed.weight", "norm.weight": "ln_final.weight"}
     # Gemma 1's post_attention_layernorm is the pre-MLP norm; in Gemma 2/3 it normalises the attention output.
     norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
@@ -542,6 +669,30 @@ def gemma4_name_table(config: Any) -> dict[str, str]:
         groups = ([_GEMMA4_MOE] if config.n_experts else []) + ([_GEMMA4_PER_LAYER] if config.d_per_layer else [])
         for group in groups:
             table.update({theirs + name: ours + mine for name, mine in group.items()})
+    return table
+
+
+# ---- Gemma 3n tensor names ------------------------------------------------------------------------
+
+_GEMMA3N_LAYER = {"altup.router_norm.weight": "altup_predict.router.norm_weight",
+                  "altup.modality_router.weight": "altup_predict.router.proj.weight",
+                  "altup.prediction_coefs.weight": "altup_predict.coefs.weight",
+                  "altup.correction_coefs.weight": "altup_correct.coefs.weight",
+                  "altup.correct_output_scale": "altup_correct.output_scale",
+                  "laurel.linear_left.weight": "laurel.down.weight",
+                  "laurel.linear_right.weight": "laurel.up.weight",
+                  "laurel.post_laurel_norm.weight": "laurel.post_norm.weight"}
+
+
+def gemma3n_name_table(config: Any) -> dict[str, str]:
+    """transformers' Gemma 3n text names (without the prefix) -> ours: Gemma 4's layout without
+    ``layer_scalar``, plus AltUp's stream projections and, per layer, AltUp and LAuReL."""
+    table = {theirs: ours for theirs, ours in gemma4_name_table(config).items() if not theirs.endswith("layer_scalar")}
+    for i in range(1, config.altup_num_inputs):
+        table[f"altup_projections.{i - 1}.weight"] = f"altup_stack.projections.{i - 1}.weight"
+        table[f"altup_unembed_projections.{i - 1}.weight"] = f"altup_unstack.projections.{i - 1}.weight"
+    for layer in range(config.n_layers):
+        table.update({f"layers.{layer}.{name}": f"blocks.{layer}.{mine}" for name, mine in _GEMMA3N_LAYER.items()})
     return table
 
 

@@ -28,7 +28,8 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
         "Token embeddings times sqrt(d_model) (rounded to the weight dtype): the stream's starting point. "
         "TL: `hook_embed` (TL bakes the scale into `W_E`)."),
     "blocks.{layer}.hook_resid_pre": (
-        ("batch", "pos", "d_model"), "Residual stream entering the block. TL: same name."),
+        ("batch", "pos", "d_model"),
+        "Residual stream entering the block (Gemma 3n: the predicted active AltUp copy). TL: same name."),
     "blocks.{layer}.ln1.hook_inv_rms": (
         ("batch", "pos", "1"),
         "1 / root-mean-square of `resid_pre`, in fp32: the pre-attention norm's scale factor. "
@@ -85,7 +86,8 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "blocks.{layer}.hook_mlp_out": (
         ("batch", "pos", "d_model"), "What the MLP adds to the stream (Gemma 2/3: after `ln2_post`). TL: same name."),
     "blocks.{layer}.hook_resid_post": (
-        ("batch", "pos", "d_model"), "Residual stream leaving the block (= next block's `resid_pre`). TL: same name."),
+        ("batch", "pos", "d_model"), "Residual stream leaving the block (= next block's `resid_pre`; Gemma 3n: the active copy's "
+        "output before AltUp's correction, not the next `resid_pre`). TL: same name."),
     "ln_final.hook_inv_rms": (("batch", "pos", "1"), "Final norm: 1 / rms of the last `resid_post`. TL's `ln_final.hook_scale` is its reciprocal."),
     "ln_final.hook_normalized": (
         ("batch", "pos", "d_model"),
@@ -98,7 +100,7 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
 # ---- Gemma 4 (test-gemma4 has every feature: per-layer embeddings, K=V, KV sharing, experts) ----
 # d_head, kv_head and d_mlp are the layer's own: global layers have wider heads (d_head_global)
 # and K=V models fewer kv heads there; KV-shared layers of E2B have a double-wide MLP.
-_GEMMA4_ONLY = " Gemma 4 E2B/E4B only."
+_GEMMA4_ONLY = " Gemma 4 E2B/E4B and Gemma 3n only."
 HOOKS.update({
     "per_layer_embed.hook_token": (
         ("batch", "pos", "layer", "d_per_layer"),
@@ -151,7 +153,8 @@ HOOKS.update({
     "blocks.{layer}.moe.hook_experts_out": (("batch", "pos", "d_model"), "Gemma 4 26B-A4B: the experts' share, beside `hook_dense_out`."),
     "blocks.{layer}.per_layer.hook_input": (
         ("batch", "pos", "d_per_layer"), "This layer's per-layer input (its slice of `per_layer_embed.hook_inputs`), before gating." + _GEMMA4_ONLY),
-    "blocks.{layer}.per_layer.hook_gate": (("batch", "pos", "d_per_layer"), "The gate the stream opens: `gelu_tanh(resid @ W_gate)`."),
+    "blocks.{layer}.per_layer.hook_gate": (("batch", "pos", "d_per_layer"), "The gate the stream opens: `gelu_tanh(resid @ W_gate)` (Gemma 3n: resid is the corrected active copy times "
+        "`altup_correct.output_scale`)."),
     "blocks.{layer}.per_layer.hook_gated": (("batch", "pos", "d_per_layer"), "After gating: `gate * input`, the projection's input."),
     "blocks.{layer}.per_layer.post_norm.hook_inv_rms": (("batch", "pos", "1"), "1 / rms of the projected per-layer input."),
     "blocks.{layer}.per_layer.post_norm.hook_normalized": (
@@ -159,9 +162,58 @@ HOOKS.update({
     "blocks.{layer}.hook_per_layer_out": (
         ("batch", "pos", "d_model"),
         "What the per-layer input adds to the stream, after the MLP. Gemma 4 then multiplies the whole stream by "
-        "the block's `layer_scalar` (so `resid_post = (resid_mid + mlp_out + per_layer_out) * layer_scalar`)." + _GEMMA4_ONLY),
+        "the block's `layer_scalar` (so `resid_post = (resid_mid + mlp_out + per_layer_out) * layer_scalar`). Gemma 3n adds it, after AltUp's "
+        "correction, to copies 1.. of the stream only." + _GEMMA4_ONLY),
 })
 
+
+# ---- Gemma 3n (test-gemma3n has every feature). `stream` is AltUp's axis of parallel copies of the
+# residual stream (4 in E2B/E4B); the block's resid_pre/mid/post hooks are on the active copy. ----
+_GEMMA3N_ONLY = " Gemma 3n only."
+HOOKS.update({
+    "altup_stack.hook_streams": (
+        ("batch", "pos", "stream", "d_model"),
+        "The copies entering layer 0: the embedding, and learned projections of it rescaled to its magnitude."
+        + _GEMMA3N_ONLY),
+    "blocks.{layer}.hook_streams_pre": (
+        ("batch", "pos", "stream", "d_model"), "The copies entering the block (= the previous block's `hook_streams_post`)."),
+    "blocks.{layer}.altup_predict.hook_router": (
+        ("batch", "pos", "stream"), "AltUp router on the active copy: `tanh(W rmsnorm(x) / d_model)`, one number per copy."),
+    "blocks.{layer}.altup_predict.hook_coefs": (
+        ("batch", "pos", "stream", "stream"),
+        "Prediction mixing weights `[out copy, in copy]`: `predicted[out] = streams[out] + sum_in coefs[out, in] * streams[in]`."),
+    "blocks.{layer}.altup_predict.hook_predicted": (
+        ("batch", "pos", "stream", "d_model"),
+        "Every copy before the block's correction; the active one is `hook_resid_pre`."),
+    "blocks.{layer}.laurel.post_norm.hook_inv_rms": (("batch", "pos", "1"), "LAuReL: 1 / rms of the low-rank branch."),
+    "blocks.{layer}.laurel.post_norm.hook_normalized": (
+        ("batch", "pos", "d_model"), "LAuReL: the normalised branch (the same tensor as `laurel.hook_branch`)."),
+    "blocks.{layer}.laurel.hook_branch": (
+        ("batch", "pos", "d_model"),
+        "LAuReL's low-rank branch `norm(up(down(ln1(resid_pre))))`: `resid_mid = (resid_pre + attn_out + "
+        "ln1(resid_pre) + branch) / sqrt(2)`." + _GEMMA3N_ONLY),
+    "blocks.{layer}.mlp.sparsify.hook_cutoff": (
+        ("batch", "pos", "1"),
+        "Gaussian top-k (layers with `activation_sparsity`): the per-token cutoff `mean + std * Phi^-1(sparsity)` "
+        "of the gate; the neurons kept are those whose `hook_pre` exceeds it." + _GEMMA3N_ONLY),
+    "blocks.{layer}.altup_correct.hook_router": (
+        ("batch", "pos", "stream"), "AltUp router on the block's output (`hook_resid_post`), same weights as the prediction's."),
+    "blocks.{layer}.altup_correct.hook_coefs": (
+        ("batch", "pos", "stream"), "How much of the innovation each copy takes (`1 + c`)."),
+    "blocks.{layer}.altup_correct.hook_innovation": (
+        ("batch", "pos", "d_model"), "What the block changed on the active copy: `resid_post - resid_pre`."),
+    "blocks.{layer}.altup_correct.hook_corrected": (
+        ("batch", "pos", "stream", "d_model"), "Every copy after correction: `predicted + coefs * innovation`."),
+    "blocks.{layer}.hook_streams_post": (
+        ("batch", "pos", "stream", "d_model"),
+        "The copies leaving the block: corrected, with `hook_per_layer_out` added to copies 1.. (not copy 0)."
+        + _GEMMA3N_ONLY),
+    "altup_unstack.hook_streams": (
+        ("batch", "pos", "stream", "d_model"),
+        "After the last block: copy 0, and copies 1.. mapped back by their own projections and rescaled to copy 0's magnitude."),
+    "altup_unstack.hook_out": (
+        ("batch", "pos", "d_model"), "Their mean: the one stream the final norm reads." + _GEMMA3N_ONLY),
+})
 
 # Cache shorthands follow TransformerLens's get_act_name; these spellings name the same points.
 ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "scores": "attn_scores", "neurons": "post"}

@@ -89,11 +89,17 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
     cache: a cache of this sequence with ``resid_pre``/``resid_mid``/``resid_post`` (run if not given).
 
     Row 0 (``"embed"``) is the embedding alone; the last row is exactly the model's output.
+    Gemma 3n: each row reads all AltUp copies of the stream (``hook_streams_post``) through the model's
+    own ending (un-stacking, final norm, unembedding), so the last row is still exactly the output;
+    there is no ``incl_mid`` (between attention and MLP only the active copy exists).
     For a heatmap: ``viz.logit_lens_heatmap(lens.top_probs[..., 0], <decoded lens.top_tokens[..., 0]>, ...)``.
     """
     tokens = _batched(tokens)
     if tokens.shape[0] != 1:
         raise ValueError(f"logit_lens reads one sequence; got a batch of {tokens.shape[0]}")
+    gemma = getattr(model, "model", model)
+    if gemma.cfg.is_gemma3n:
+        return _logit_lens_over_streams(gemma, tokens, k, targets, incl_mid, cache)
     if cache is None:
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda n: ".hook_resid_" in n)
@@ -105,6 +111,26 @@ def logit_lens(model: "Gemma", tokens: torch.Tensor, *, k: int = 5, targets: tor
         rows.append(cache["resid_post", layer])
         labels.append(str(layer))
 
+    return _lens_rows(model, rows, labels, k, targets)
+
+
+def _logit_lens_over_streams(model: "Gemma", tokens: torch.Tensor, k: int, targets: torch.Tensor | None,
+                             incl_mid: bool, cache: ActivationCache | None) -> LogitLens:
+    """Gemma 3n's logit lens: the copies of the stream after each layer, un-stacked as the model ends."""
+    if incl_mid:
+        raise ValueError("logit_lens(incl_mid=True) is not available for Gemma 3n: between attention and MLP "
+                         "only the active AltUp copy exists, and the model's ending reads all copies")
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=lambda n: "hook_streams_p" in n)
+    rows = [cache["streams_pre", 0]] + [cache["streams_post", layer] for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        rows = [model.altup_unstack(streams) for streams in rows]
+    return _lens_rows(model, rows, ["embed"] + [str(layer) for layer in range(model.cfg.n_layers)], k, targets)
+
+
+def _lens_rows(model: "Gemma", rows: list[torch.Tensor], labels: list[str], k: int,
+               targets: torch.Tensor | None) -> LogitLens:
     top_probs, top_tokens, all_probs = [], [], []
     with torch.no_grad():
         for resid in rows:  # one row at a time: [pos, vocab] probabilities, never [layer, pos, vocab]
@@ -148,7 +174,13 @@ def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int |
     mlps.sum()`` (Gemma 4 E2B/E4B: ``+ per_layer.sum()``) equals ``total`` up to float rounding;
     Gemma 4's layer scalars are folded into each component. Gemma 2's final softcap is not
     linear: ``total`` is the logit before it.
+
+    Gemma 3n raises: its stream is four AltUp copies re-mixed in every layer by token-dependent
+    coefficients, so the final state is not a sum of what each head and MLP wrote. Nothing like
+    DLA is exact there; use ablation or activation patching, which are.
     """
+    if getattr(model, "model", model).cfg.is_gemma3n:
+        raise ValueError(_NO_DECOMPOSITION_3N)
     tokens = _batched(tokens)
     if cache is None:
         with torch.no_grad():
@@ -167,6 +199,12 @@ def direct_logit_attribution(model: "Gemma", tokens: torch.Tensor, target: int |
         total = (cache["ln_final.hook_normalized"][:, pos].float() * direction).sum(dim=-1).mean()
     per_layer = attrs[3] if model.blocks[0].per_layer is not None else None
     return LogitAttribution(attrs[0][0], attrs[1].reshape(n_layers, n_heads), attrs[2], total, per_layer)
+
+
+_NO_DECOMPOSITION_3N = (
+    "direct logit attribution is not available for Gemma 3n: AltUp re-mixes its four copies of the stream "
+    "in every layer with token-dependent coefficients, so the output is not a sum of the components' "
+    "writes; use ablation or activation patching (exact for any model) instead")
 
 
 def _dla_names(name: str) -> bool:

@@ -4,7 +4,8 @@ Formats:
   * transformers folders: ``config.json`` + ``model.safetensors`` or shards listed in
     ``model.safetensors.index.json`` (GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and
     the text tower of Gemma3ForConditionalGeneration; Gemma4ForCausalLM and the text tower of
-    Gemma4ForConditionalGeneration, whose vision and audio weights are skipped with a one-line note);
+    Gemma4ForConditionalGeneration, whose vision and audio weights are skipped with a one-line note; the
+    same for Gemma3nForCausalLM and Gemma3nForConditionalGeneration);
   * Google's gemma_pytorch ``*.ckpt`` files (``model_state_dict``, fused ``qkv_proj``), read with
     ``torch.load(weights_only=True)``: nothing else is ever unpickled.
 
@@ -245,7 +246,7 @@ class _SkipWeightInit(TorchFunctionMode):
 
 
 def _describe(config: GemmaConfig) -> str:
-    return f"Gemma {config.family} ({config.n_layers} layers, d_model {config.d_model})"
+    return f"Gemma {'3n' if config.is_gemma3n else config.family} ({config.n_layers} layers, d_model {config.d_model})"
 
 
 # What the model computes in; anything else (ints, bools, fp8) in a file is a quantized or broken checkpoint.
@@ -338,7 +339,7 @@ class _SafetensorsFolder(_Source):
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():
                         origin = f"{file}: tensor {name!r}"
-                        if config.family == 4 and (reason := gemma4_skip_reason(name, config)):
+                        if (config.family == 4 or config.is_gemma3n) and (reason := gemma4_skip_reason(name, config)):
                             skipped[reason] += 1
                             continue
                         if NON_TEXT.match(name):

@@ -1,4 +1,4 @@
-"""Gemma, written out: one file that reads top to bottom like the papers (Gemma 1, 2, 3 and 4).
+"""Gemma, written out: one file that reads top to bottom like the papers (Gemma 1, 2, 3, 3n and 4).
 
     tokens -> embed * sqrt(d_model) -> n_layers x Block -> RMSNorm -> x @ embed.T -> logits
 
@@ -6,6 +6,9 @@
     Block (Gemma 2/3):  x = x + RMSNorm(Attn(RMSNorm(x)));    x = x + RMSNorm(MLP(RMSNorm(x)))
     Block (Gemma 4):    as Gemma 3, then x = x + PerLayerInput(x, ple[layer]) (E2B/E4B);  x = x * layer_scalar
                         (26B-A4B: the MLP's output is norm(MLP) + norm(Experts), see gemma4_parts.py)
+    Block (Gemma 3n):   on 4 copies of the stream: predict the copies; on the active one x:
+                        x = (x + RMSNorm(Attn(RMSNorm(x))) + LAuReL(RMSNorm(x))) / sqrt(2);  x = x + RMSNorm(MLP(RMSNorm(x)))
+                        then correct every copy by x's change, and add PerLayerInput to copies 1..3 (gemma3n_parts.py)
 
 Axis vocabulary (einops patterns, docstrings, hook tables and notebooks all use it):
     batch    sequences in the batch              pos      token positions (q_pos / k_pos in attention)
@@ -14,13 +17,15 @@ Axis vocabulary (einops patterns, docstrings, hook tables and notebooks all use 
     group    query heads per kv_head, so that head = (kv_head group)
     d_head   width of one head                   d_mlp    width of one MLP branch
     Gemma 4: layer, d_per_layer (per-layer embeddings); expert, top_k (chosen experts per token)
+    Gemma 3n: stream (AltUp's parallel copies of the residual stream; one is "active")
 
 Differences between the generations are config fields, not subclasses: ``sandwich_norms``,
 ``qk_norm``, ``attn_softcap``/``final_softcap``, ``sliding_window`` with ``layer_types``, and the
 RoPE bases. Gemma 4's additions are config fields too (per-layer head widths, K=V, KV sharing,
-partial RoPE); its new modules (per-layer inputs, experts) live in ``gemma4_parts.py``. Gemma's
+partial RoPE); its new modules (per-layer inputs, experts) live in ``gemma4_parts.py``, and Gemma
+3n's (AltUp, LAuReL, activation sparsity) in ``gemma3n_parts.py``. Gemma's
 numerics, at the line where they happen: RMSNorm computes in fp32 with gain ``(1 + w)`` (Gemma 4:
-``w``); the embedding scale is rounded to the weight dtype; GELU is the tanh approximation;
+``w``, as in Gemma 3n); the embedding scale is rounded to the weight dtype; GELU is the tanh approximation;
 softmax runs in fp32. Reference: transformers' ``modeling_gemma{,2,3,4}.py`` (the parity oracle),
 Google's gemma_pytorch, and ``docs/architecture.md``.
 
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
-from gemma_lab import gemma4_parts
+from gemma_lab import gemma3n_parts, gemma4_parts
 from gemma_lab.activation_cache import ActivationCache
 from gemma_lab.config import GemmaConfig
 from gemma_lab.hooks import HookedModule, HookPoint, NameFilter
@@ -155,8 +160,8 @@ class Attention(nn.Module):
         norm_kind = dict(gain_offset=cfg.norm_gain_offset)  # gain 1 + w; Gemma 4: w
         self.q_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.d_head, cfg.norm_eps, **norm_kind) if cfg.qk_norm and owns_kv else None
-        # Gemma 4 also normalises values, without a gain.
-        self.v_norm = RMSNorm(self.d_head, cfg.norm_eps, learned=False) if cfg.family == 4 and owns_kv else None
+        # Gemma 3n and 4 also normalise values, without a gain.
+        self.v_norm = RMSNorm(self.d_head, cfg.norm_eps, learned=False) if cfg.values_normed and owns_kv else None
         self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head] after RoPE
         if owns_kv:
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head] after RoPE
@@ -275,7 +280,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """GeGLU: ``down(gelu(gate(x)) * up(x))``."""
 
-    def __init__(self, cfg: GemmaConfig, d_mlp: int | None = None) -> None:
+    def __init__(self, cfg: GemmaConfig, d_mlp: int | None = None, sparsity: float = 0.0) -> None:
         super().__init__()
         d_mlp = d_mlp or cfg.d_mlp  # Gemma 4 E2B's KV-shared layers: twice as wide
         self.gate_proj = nn.Linear(cfg.d_model, d_mlp, bias=False)
@@ -283,11 +288,15 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_mlp, cfg.d_model, bias=False)
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp] gate branch, before GELU
+        # Gemma 3n's first layers: only the gate values above a per-token cutoff survive (shifted down by it).
+        self.sparsify = gemma3n_parts.GaussianTopK(sparsity) if sparsity > 0 else None
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp] up branch
         self.hook_post = HookPoint()  # [batch, pos, d_mlp] the neurons: gelu(gate) * up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.hook_pre(self.gate_proj(x))
+        if self.sparsify is not None:
+            gate = self.sparsify(gate)
         up = self.hook_pre_linear(self.up_proj(x))
         neurons = self.hook_post(F.gelu(gate, approximate=self.approximate) * up)
         return self.down_proj(neurons)
@@ -300,19 +309,29 @@ class Block(nn.Module):
         super().__init__()
         self.layer = layer
         # Submodules and hook points in the order they run, so hook_names() lists them that way.
-        eps, norm_kind = cfg.norm_eps, dict(gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w, not 1 + w
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        eps, norm_kind = cfg.norm_eps, dict(gain_offset=cfg.norm_gain_offset)  # Gemma 3n, 4: gain w, not 1 + w
+        self.altup = cfg.is_gemma3n  # Gemma 3n: the block runs on the active one of several stream copies
+        if self.altup:
+            self.active = cfg.altup_active_idx  # which copy attention, LAuReL and the MLP read and write
+            self.hook_streams_pre = HookPoint()  # [batch, pos, stream, d_model] the copies entering the block
+            self.altup_predict = gemma3n_parts.AltUpPredict(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model] (Gemma 3n: the predicted active copy)
         self.ln1 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-attention norm
         self.attn = Attention(cfg, layer)
         self.ln1_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-attention
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model] what attention adds to the stream
+        # Gemma 3n: a low-rank branch beside attention, on the same normalised input.
+        self.laurel = gemma3n_parts.Laurel(cfg, RMSNorm) if cfg.laurel_rank else None
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.ln2 = RMSNorm(cfg.d_model, eps, **norm_kind)  # pre-MLP norm
-        self.mlp = MLP(cfg, cfg.d_mlp_for(layer))
+        self.mlp = MLP(cfg, cfg.d_mlp_for(layer), sparsity=cfg.sparsity_for(layer))
         # Gemma 4 26B-A4B: experts beside the dense MLP.
         self.moe = gemma4_parts.MixtureOfExperts(cfg, RMSNorm) if cfg.n_experts else None
         self.ln2_post = RMSNorm(cfg.d_model, eps, **norm_kind) if cfg.sandwich_norms else None  # post-MLP
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model] what the MLP adds to the stream
+        if self.altup:  # the block's output on the active copy, then every copy corrected by it
+            self.hook_resid_post = HookPoint()  # [batch, pos, d_model] the active copy's output, before correction
+            self.altup_correct = gemma3n_parts.AltUpCorrect(cfg)
         if cfg.d_per_layer:  # Gemma 4 E2B/E4B: this layer's slice of the per-layer embeddings, gated by the stream
             self.per_layer = gemma4_parts.PerLayerInput(cfg, RMSNorm)
             self.hook_per_layer_out = HookPoint()  # [batch, pos, d_model] what it adds to the stream
@@ -320,11 +339,16 @@ class Block(nn.Module):
             self.per_layer = None
         # Gemma 4: a fixed per-layer factor on the whole stream leaving the block (a checkpoint buffer).
         self.register_buffer("layer_scalar", torch.ones(1) if cfg.family == 4 else None)
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        if self.altup:
+            self.hook_streams_post = HookPoint()  # [batch, pos, stream, d_model] the copies leaving the block
+        else:
+            self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, resid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                 valid: torch.Tensor, kv_cache: KVCache | None = None, shared_kv: dict[int, LayerKV] | None = None,
                 per_layer_input: torch.Tensor | None = None) -> torch.Tensor:
+        if self.altup:  # Gemma 3n: resid holds the AltUp copies [batch, pos, stream, d_model]
+            return self.forward_altup(resid, cos, sin, positions, valid, kv_cache, shared_kv, per_layer_input)
         resid_pre = self.hook_resid_pre(resid)
         attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache, shared_kv)
         if self.ln1_post is not None:
@@ -342,6 +366,25 @@ class Block(nn.Module):
             resid_post = resid_post * self.layer_scalar
         return self.hook_resid_post(resid_post)
 
+    def forward_altup(self, streams: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                      valid: torch.Tensor, kv_cache: KVCache | None, shared_kv: dict[int, LayerKV] | None,
+                      per_layer_input: torch.Tensor) -> torch.Tensor:
+        """Gemma 3n: ``streams [batch, pos, stream, d_model]`` in and out; attention, LAuReL and the MLP
+        run on the active copy only, and AltUp spreads their effect over the copies."""
+        streams = self.hook_streams_pre(streams)
+        predicted = self.altup_predict(streams)
+        resid_pre = self.hook_resid_pre(gemma3n_parts.copy_of(predicted, self.active))
+        normed = self.ln1(resid_pre)
+        attn_out = self.hook_attn_out(self.ln1_post(self.attn(normed, cos, sin, positions, valid, kv_cache, shared_kv)))
+        # LAuReL returns normed + its branch; with the residual that is two unit-scale paths: hence 1/sqrt(2).
+        resid_mid = self.hook_resid_mid((resid_pre + attn_out + self.laurel(normed)) / gemma3n_parts.SQRT2)
+        mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid_mid))))
+        resid_post = self.hook_resid_post(resid_mid + mlp_out)
+        corrected = self.altup_correct(predicted, resid_post, self.altup_predict.router)
+        per_layer_out = self.per_layer(self.altup_correct.scaled_active(corrected), per_layer_input)
+        streams = gemma3n_parts.streams_plus_per_layer(corrected, self.hook_per_layer_out(per_layer_out))
+        return self.hook_streams_post(streams)
+
 
 class Gemma(HookedModule):
     """A Gemma 1, 2, 3 or 4 text model: ``model(tokens) -> logits [batch, pos, vocab]``."""
@@ -353,7 +396,10 @@ class Gemma(HookedModule):
         self.hook_embed = HookPoint()  # [batch, pos, d_model] after the sqrt(d_model) scale
         # Gemma 4 E2B/E4B: a second embedding, a slice per layer, fed to each block.
         self.per_layer_embed = gemma4_parts.PerLayerEmbedding(cfg, RMSNorm) if cfg.d_per_layer else None
+        # Gemma 3n: the stream is widened into altup_num_inputs copies here and narrowed again after the blocks.
+        self.altup_stack = gemma3n_parts.AltUpStack(cfg) if cfg.is_gemma3n else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.altup_unstack = gemma3n_parts.AltUpUnstack(cfg) if cfg.is_gemma3n else None
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, gain_offset=cfg.norm_gain_offset)  # Gemma 4: gain w
         self.hook_logits = HookPoint()  # [batch, pos, vocab] after Gemma 2's final softcap
         self.setup_hooks()
@@ -390,7 +436,9 @@ class Gemma(HookedModule):
         embed_scale = torch.tensor(self.cfg.embed_scale, dtype=torch.float32).to(dtype)
         resid = self.hook_embed(self.embed(tokens) * embed_scale)
         per_layer_inputs = self.per_layer_embed(tokens, resid) if self.per_layer_embed is not None else None
-        shared_kv = {} if self.cfg.n_kv_shared_layers else None  # Gemma 4: keys/values other layers reuse
+        shared_kv = {} if self.cfg.n_kv_shared_layers else None  # Gemma 3n, 4: keys/values other layers reuse
+        if self.altup_stack is not None:  # Gemma 3n: from here on, resid holds [batch, pos, stream, d_model]
+            resid = self.altup_stack(resid)
 
         rotary = {}  # one (cos, sin) per distinct RoPE setting: global and local layers differ in Gemma 3 and 4
         for block in self.blocks:
@@ -403,6 +451,8 @@ class Gemma(HookedModule):
             # all but these two, which the block updates in place (see placement.py).
             resid = block(resid, *rotary[rope], positions, valid, kv_cache=kv_cache, shared_kv=shared_kv,
                           per_layer_input=per_layer_input)
+        if self.altup_unstack is not None:  # Gemma 3n: the copies back into one stream
+            resid = self.altup_unstack(resid)
         if kv_cache is not None:
             kv_cache.advance(valid)
 

@@ -67,5 +67,6 @@ def describe(model: Gemma, source: str | os.PathLike | None = None) -> str:
     if source is None:
         chosen = lesson_model_path()
         source = chosen if is_hub_id(chosen) or is_kaggle_handle(chosen) else lesson_checkpoint()
-    return (f"Gemma {cfg.family} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
+    generation = "3n" if cfg.is_gemma3n else cfg.family
+    return (f"Gemma {generation} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
             f"({cfg.attention_kind}) · {model.n_params():,} parameters · from {source}")

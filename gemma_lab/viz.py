@@ -784,3 +784,51 @@ def tensor_card(
     ax.annotate(stats, xy=(0.0, 0.0), xycoords="axes fraction", xytext=(0, -34), textcoords="offset points",
                 va="top", ha="left", fontsize=9, family="monospace")
     return fig
+
+
+def altup_streams(stream_rms: Any, mixing: Any, corrections: Any, *, layer: int,
+                  fig: Figure | None = None) -> Figure:
+    """Gemma 3n's AltUp copies at one position: their size through the model, and one layer's mixing.
+
+    stream_rms: ``[layer + 1, stream]`` root-mean-square of each copy entering layer 0 and leaving each layer.
+    mixing: ``[stream, stream]`` the prediction's weights ``[out copy, in copy]`` on ``layer``.
+    corrections: ``[stream]`` how much of the block's change each copy takes on ``layer`` (``1 + c``).
+    """
+    rms = _to_numpy(stream_rms, "stream_rms", 2, "[layer + 1, stream]")
+    mix = _to_numpy(mixing, "mixing", 2, "[stream, stream]")
+    corr = _to_numpy(corrections, "corrections", 1, "[stream]")
+    if fig is None:
+        fig = new_figure((11, 3.4))
+    left, middle, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [2.2, 1.2, 1.0]})
+    for stream in range(rms.shape[1]):
+        left.plot(range(rms.shape[0]), rms[:, stream], marker="o", ms=3,
+                  label=f"copy {stream}" + (" (active)" if stream == 0 else ""))
+    left.axvline(layer + 1, color="#999", lw=0.8, ls="--")
+    left.set(xlabel="after layer (0 = embedding)", ylabel="rms", title="each copy's size")
+    left.set_xticks(range(rms.shape[0]), ["emb"] + [str(i) for i in range(rms.shape[0] - 1)])
+    left.legend(fontsize=7)
+    low, high = _symmetric_limits(mix)
+    image = middle.imshow(mix, cmap="RdBu", vmin=low, vmax=high)
+    middle.set(xlabel="in copy", ylabel="out copy", title=f"layer {layer}: prediction mix")
+    middle.set_xticks(range(mix.shape[1]))
+    middle.set_yticks(range(mix.shape[0]))
+    _root_figure(middle).colorbar(image, ax=middle, fraction=0.046)
+    right.bar(range(len(corr)), corr, color="#4477aa")
+    right.set(xlabel="copy", title="correction weight (1 + c)")
+    right.set_xticks(range(len(corr)))
+    return fig
+
+
+def sparsity_cutoff(gate: Any, cutoff: float, *, sparsity: float, ax: Axes | None = None) -> Figure:
+    """Gemma 3n's gaussian top-k on one token: the histogram of its gate values ``[d_mlp]`` and the cutoff
+    ``mean + std * Phi^-1(sparsity)``; the neurons to its right are the ones kept."""
+    values = _to_numpy(gate, "gate", 1, "[d_mlp]")
+    fig, ax = _new_axes(ax, (6, 3))
+    kept = values > cutoff
+    ax.hist(values[~kept], bins=40, color="#bbbbbb", label=f"cut: {int((~kept).sum())}")
+    ax.hist(values[kept], bins=20, color="#cc3311", label=f"kept: {int(kept.sum())}")
+    ax.axvline(cutoff, color="black", lw=1)
+    ax.set(xlabel="gate value (mlp.hook_pre)", ylabel="neurons",
+           title=f"sparsity {sparsity:.0%}: kept {kept.mean():.1%} of {len(values)}")
+    ax.legend(fontsize=8)
+    return fig

@@ -16,6 +16,7 @@ HF_CLASSES = {
     2: (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
     3: (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
     4: (transformers.Gemma4TextConfig, transformers.Gemma4ForCausalLM),
+    "3n": (transformers.Gemma3nTextConfig, transformers.Gemma3nForCausalLM),
 }
 
 SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
@@ -28,12 +29,22 @@ GEMMA4_SMALL = dict(SMALL, num_hidden_layers=6, global_head_dim=32, sliding_wind
                     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
                     hidden_size_per_layer_input=0)
 
+# Gemma 3n: sliding window 8, one global layer in three, the last two layers KV-shared, per-layer inputs 8
+# wide from a table smaller than the vocabulary (ids 280-299 read row 0, as in the real 262400 / 262144),
+# LAuReL rank 8, and three sparse MLPs (95%, 95%, 50%).
+GEMMA3N_SMALL = dict(SMALL, num_hidden_layers=6, sliding_window=8,
+                     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+                     hidden_size_per_layer_input=8, vocab_size_per_layer_input=280, num_kv_shared_layers=2,
+                     laurel_rank=8, activation_sparsity_pattern=[0.95, 0.95, 0.5, 0.0, 0.0, 0.0])
 
-def hf_config(family: int, **overrides):
+
+def hf_config(family: int | str, **overrides):
     config_class, _ = HF_CLASSES[family]
     kwargs = dict(SMALL)
     if family == 4:
         return config_class(**dict(GEMMA4_SMALL, **overrides))
+    if family == "3n":
+        return config_class(**dict(GEMMA3N_SMALL, **overrides))
     if family >= 2:
         kwargs.update(query_pre_attn_scalar=16, sliding_window=8)
     kwargs.update(overrides)
@@ -53,7 +64,7 @@ def perturb(model: torch.nn.Module, seed: int = 0, weight_std: float = 0.08) -> 
 
 
 def perturb_gemma4(model: torch.nn.Module, seed: int = 0, weight_std: float = 0.08) -> torch.nn.Module:
-    """Gemma 4 stores norm gains themselves (not offsets from 1): gains 1 +- 0.3, so that a "+1" where
+    """Gemma 4 (and 3n) stores norm gains themselves (not offsets from 1): gains 1 +- 0.3, so that a "+1" where
     none belongs, or a gain left out, shows; random matrices; layer_scalar buffers in [0.5, 1.5]."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -73,7 +84,7 @@ def hf_model(family: int, seed: int = 0, attn_implementation: str = "eager", **o
     config = hf_config(family, **overrides)
     torch.manual_seed(seed)
     model = model_class._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
-    return (perturb_gemma4 if family == 4 else perturb)(model, seed).eval()
+    return (perturb_gemma4 if family in (4, "3n") else perturb)(model, seed).eval()
 
 
 def write_checkpoint(folder: Path, family: int, seed: int = 0, max_shard_size: str | None = None,

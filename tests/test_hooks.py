@@ -105,7 +105,8 @@ def test_docs_table_is_generated_from_the_model():
     table = text.split(hook_table.BEGIN, 1)[1].split(hook_table.END, 1)[0]
     assert table.strip() == hook_table.markdown_table().strip(), "run: python -m tools.hook_table --update docs/hooks.md"
     pinned = {name for family in FAMILIES for name in PINNED[family]}
-    assert set(hook_points.HOOKS) == pinned | set(hook_table.family_hook_names(4))  # Gemma 4: tests/test_gemma4.py
+    # Gemma 4 and 3n: tests/test_gemma4.py, tests/test_gemma3n.py
+    assert set(hook_points.HOOKS) == pinned | set(hook_table.family_hook_names(4)) | set(hook_table.family_hook_names("3n"))
 
 
 # ---- against transformers ----------------------------------------------------------------------------------

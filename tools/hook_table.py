@@ -26,7 +26,7 @@ from gemma_lab.hook_points import HOOKS, generic_name, shape_string
 from gemma_lab.model import Gemma
 
 # A small model of each family: the same hook points as the published sizes.
-FAMILY_PRESETS = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3", 4: "test-gemma4"}
+FAMILY_PRESETS = {1: "test-gemma", 2: "test-gemma2", 3: "test-gemma3", "3n": "test-gemma3n", 4: "test-gemma4"}
 
 # Markers around the generated table in docs/hooks.md.
 BEGIN, END = "<!-- hook-table:begin (python -m tools.hook_table --update docs/hooks.md) -->", "<!-- hook-table:end -->"
@@ -49,7 +49,7 @@ def axis_sizes(cfg: GemmaConfig, batch: int, pos: int, layer: int = 0) -> dict[s
     return dict(batch=batch, pos=pos, q_pos=pos, k_pos=pos, d_model=cfg.d_model, head=cfg.n_heads,
                 kv_head=cfg.n_kv_heads_for(layer), d_head=cfg.d_head_for(layer), d_mlp=cfg.d_mlp_for(layer),
                 vocab=cfg.vocab_size, layer=cfg.n_layers, d_per_layer=cfg.d_per_layer, expert=cfg.n_experts,
-                top_k=cfg.n_experts_active)
+                top_k=cfg.n_experts_active, stream=cfg.altup_num_inputs)
 
 
 def expected_shape(axes: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
@@ -60,7 +60,7 @@ def expected_shape(axes: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, .
 def markdown_table() -> str:
     """The table: name, shape, families that have it, what it is."""
     by_family = {family: set(family_hook_names(family)) for family in FAMILY_PRESETS}
-    order = list(dict.fromkeys(name for family in (4, 3, 2, 1) for name in family_hook_names(family)))
+    order = list(dict.fromkeys(name for family in (4, "3n", 3, 2, 1) for name in family_hook_names(family)))
     missing = [name for name in order if name not in HOOKS]
     if missing:
         raise KeyError(f"hook points without an entry in gemma_lab.hook_points.HOOKS: {missing}")

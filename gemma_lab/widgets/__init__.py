@@ -11,6 +11,7 @@
 * ``PatchingExplorer``: activation patching between a clean and a corrupted prompt.
 * ``FeatureExplorer``: one sparse-autoencoder feature: where it fires, what it writes, ablated live.
 * ``RouterExplorer``: a Gemma 4 mixture-of-experts layer's router: the experts each token is sent to.
+* ``AltUpExplorer``: Gemma 3n's four copies of the stream per layer, and the MLP neurons its sparsity keeps.
 
 Each widget runs the model once per prompt and redraws from that cache; its controls and what it
 last drew are attributes (see docs/widgets.md), which is also how the tests drive them.
@@ -18,6 +19,7 @@ Role: the top of the package. Widgets wire controls to ``gemma_lab.viz`` picture
 through hooks; nothing below this layer imports it.
 """
 
+from gemma_lab.widgets.altup import AltUpExplorer
 from gemma_lab.widgets.explorers import (
     AttentionExplorer,
     LogitLensExplorer,
@@ -30,6 +32,7 @@ from gemma_lab.widgets.moe import RouterExplorer
 from gemma_lab.widgets.stepper import InferenceStepper
 
 __all__ = [
+    "AltUpExplorer",
     "AttentionExplorer",
     "FeatureExplorer",
     "InferenceStepper",
