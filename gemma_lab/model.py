@@ -350,7 +350,9 @@ class Block(nn.Module):
         if self.altup:  # Gemma 3n: resid holds the AltUp copies [batch, pos, stream, d_model]
             return self.forward_altup(resid, cos, sin, positions, valid, kv_cache, shared_kv, per_layer_input)
         resid_pre = self.hook_resid_pre(resid)
-        attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache, shared_kv)
+        # The cache and the shared-KV dict go by keyword: they are updated in place, and placement's
+        # device hooks copy positional containers (see placement.dispatch's skip_keys).
+        attn_out = self.attn(self.ln1(resid_pre), cos, sin, positions, valid, kv_cache=kv_cache, shared_kv=shared_kv)
         if self.ln1_post is not None:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
@@ -375,7 +377,8 @@ class Block(nn.Module):
         predicted = self.altup_predict(streams)
         resid_pre = self.hook_resid_pre(gemma3n_parts.copy_of(predicted, self.active))
         normed = self.ln1(resid_pre)
-        attn_out = self.hook_attn_out(self.ln1_post(self.attn(normed, cos, sin, positions, valid, kv_cache, shared_kv)))
+        attn_out = self.attn(normed, cos, sin, positions, valid, kv_cache=kv_cache, shared_kv=shared_kv)  # by keyword: as above
+        attn_out = self.hook_attn_out(self.ln1_post(attn_out))
         # LAuReL returns normed + its branch; with the residual that is two unit-scale paths: hence 1/sqrt(2).
         resid_mid = self.hook_resid_mid((resid_pre + attn_out + self.laurel(normed)) / gemma3n_parts.SQRT2)
         mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid_mid))))

@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 # The parts a device map may name: the whole model, one of these top-level modules, or one block.
-_TOP_LEVEL = ("embed", "per_layer_embed", "blocks", "ln_final")
+_TOP_LEVEL = ("embed", "per_layer_embed", "altup_stack", "blocks", "altup_unstack", "ln_final")
 # These must sit with the embedding: the final norm feeds the unembedding (the embedding matrix),
-# and Gemma 4's per-layer embeddings are looked up beside the embedding.
-_WITH_EMBED = ("per_layer_embed", "ln_final")
+# Gemma 4's and 3n's per-layer embeddings are looked up beside the embedding, and Gemma 3n's AltUp
+# stacking and unstacking (small) run right after it and right before the unembedding. A device map
+# may leave them out: they follow the embedding.
+_WITH_EMBED = ("per_layer_embed", "altup_stack", "altup_unstack", "ln_final")
 
 
 def _accelerate():
@@ -61,6 +63,11 @@ def plan(model: nn.Module, device_map: str | Mapping, max_memory: Mapping | None
     for name, device in device_map.items():
         _check_name(model, name)
         placement[name] = _device(device, f"device_map[{name!r}]")
+    if any(key == "" or key == "embed" for key in placement):
+        embed_at = _where(placement, "embed")
+        for name in _WITH_EMBED:
+            if getattr(model, name, None) is not None and not any(k == "" or k == name for k in placement):
+                placement[name] = embed_at
     _check_complete(model, placement)
     return _expanded(model, placement)
 
@@ -140,8 +147,10 @@ def _check_complete(model: nn.Module, placement: Mapping[str, int | str]) -> Non
 
 def _expanded(model: nn.Module, placement: Mapping[str, int | str]) -> dict[str, int | str]:
     """One entry per top-level part and per block (accelerate may merge them), checked for the tie."""
-    names = ["embed", *(["per_layer_embed"] if model.per_layer_embed is not None else []),
-             *(f"blocks.{i}" for i in range(len(model.blocks))), "ln_final"]
+    present = lambda name: getattr(model, name, None) is not None  # noqa: E731  (Gemma 4 / 3n parts)
+    names = ["embed", *(n for n in ("per_layer_embed", "altup_stack") if present(n)),
+             *(f"blocks.{i}" for i in range(len(model.blocks))),
+             *(["altup_unstack"] if present("altup_unstack") else []), "ln_final"]
     full = {name: _where(placement, name) for name in names}
     main, gpus = full["embed"], [d for d in full.values() if isinstance(d, int)]
     if main == "disk" or (main == "cpu" and gpus):
