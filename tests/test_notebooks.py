@@ -42,6 +42,8 @@ import nbformat
 import pytest
 from jupyter_support import check_notebook_pairs, count_displayed_widgets, execute_notebook, figures_in
 
+from tools import docs_site
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 SOLUTIONS_DIR = NOTEBOOK_DIR / "solutions"
@@ -181,7 +183,10 @@ class NotebookRuns:
         start = time.perf_counter()
         # Always run in the notebooks folder, as a student would (the filled-in copy lives elsewhere).
         nb = execute_notebook(path, env=kernel_env(model), timeout=300, cwd=NOTEBOOK_DIR)
-        return Execution(nb, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if mode == "tiny":  # the documentation site shows this run (tests/test_site.py builds it)
+            docs_site.keep_executed_lesson(notebook, nb)
+        return Execution(nb, seconds)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -221,14 +221,35 @@ def inputs_digest() -> str:
     return digest.hexdigest()
 
 
+def cached_lesson(notebook: Path, common: str | None = None) -> Path:
+    """Where the executed copy of ``notebook`` is cached: named by a digest of the notebook and of
+    everything it can read (``common``, computed when not given)."""
+    common = inputs_digest() if common is None else common
+    key = hashlib.sha256(common.encode() + notebook.read_bytes()).hexdigest()[:16]
+    return LESSON_CACHE / f"{notebook.stem}-{key}.ipynb"
+
+
+def keep_executed_lesson(notebook: Path, executed) -> None:
+    """Cache ``executed``, a run of ``notebook`` as stored on the tiny model on a fresh kernel in
+    notebooks/ (what tests/test_notebooks.py does), so the next build renders it as it is."""
+    import copy
+
+    import nbformat
+
+    nb = copy.deepcopy(executed)
+    freeze_widgets(nb)
+    destination = cached_lesson(notebook)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_suffix(f".{os.getpid()}.partial")
+    nbformat.write(nb, temporary)
+    temporary.replace(destination)
+
+
 def executed_lessons() -> dict[str, Path]:
     """Lesson name -> its executed, widget-frozen copy in the cache; executes the ones missing."""
     LESSON_CACHE.mkdir(parents=True, exist_ok=True)
     common = inputs_digest()
-    wanted = {}
-    for notebook in lessons():
-        key = hashlib.sha256(common.encode() + notebook.read_bytes()).hexdigest()[:16]
-        wanted[notebook] = LESSON_CACHE / f"{notebook.stem}-{key}.ipynb"
+    wanted = {notebook: cached_lesson(notebook, common) for notebook in lessons()}
     missing = [notebook for notebook, cached in wanted.items() if not cached.exists()]
     if missing:
         log.info("executing %d lesson(s) on the tiny model (%d at a time)", len(missing), WORKERS)
@@ -264,7 +285,7 @@ def _execute_into(notebook: Path, destination: Path) -> str | None:
     if problem:
         return f"lesson {notebook.name}: an Output widget shows an error:\n{problem}"
     freeze_widgets(nb)
-    temporary = destination.with_suffix(".partial")
+    temporary = destination.with_suffix(f".{os.getpid()}.partial")
     nbformat.write(nb, temporary)
     temporary.replace(destination)
     return None
