@@ -1,6 +1,7 @@
 """The documentation site (tools/docs_site.py, mkdocs.yml): the README's build command, run as
 written, builds it strictly; headless Chromium then shows its home page, a lesson with its figures
-and widget snapshots, an API page and search results, and screenshots are saved.
+and widget snapshots, a lesson's formulas typeset, an API page, the hook table and search results,
+and screenshots are saved.
 
 The pieces are checked on small inputs first: links rewritten into the site, widgets frozen into
 snapshots, the link checker finding what is broken.
@@ -189,6 +190,10 @@ def test_the_readme_build_command_makes_a_site_that_renders(tmp_path):
         assert "layer" in snapshot.inner_text()
         snapshot.scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "lesson.png"))
+
+        page.goto(f"{base}/lessons/02_embeddings_and_rmsnorm.html")  # formulas, typeset by the site's MathJax
+        page.locator(".MathJax_Display").first.wait_for()
+        assert "$$" not in page.locator("article").inner_text()
 
         page.goto(f"{base}/api/gemma_lab.model.html")
         gemma = page.locator('[id="gemma_lab.model.Gemma"]')

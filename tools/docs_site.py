@@ -462,11 +462,35 @@ def on_page_markdown(markdown, page, config, files):
     return markdown
 
 
+# Formulas in the lessons are typeset by MathJax 2, served from the site itself (the copy that the
+# jupyter-server-mathjax package ships): nothing is fetched when a page is viewed. Lessons only:
+# the guide's prose has dollar signs that are not maths.
+MATHJAX_FOLDER = "assets/mathjax"
+_MATHJAX = f"""<script type="text/x-mathjax-config">
+MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], processEscapes: true}},
+                    messageStyle: "none", "HTML-CSS": {{availableFonts: [], webFont: "STIX-Web"}}}});
+</script>
+<script src="../{MATHJAX_FOLDER}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"></script>
+"""
+
+
+def copy_mathjax(destination: Path) -> None:
+    """MathJax's scripts and web fonts (not its SVG output or accessibility maps: unused here)."""
+    import shutil
+
+    import jupyter_server_mathjax
+
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    unused = shutil.ignore_patterns("SVG", "a11y", "localization", "*.map")
+    shutil.copytree(source, destination, ignore=unused, dirs_exist_ok=True)
+
+
 _HEADING_ID = re.compile(r"<h[1-6][^>]*\sid=\"([^\"]+)\"")
 
 
 def on_page_content(html_text, page, config, files):
-    """A lesson's table of contents points at its headings' ids as nbconvert wrote them.
+    """A lesson's table of contents points at its headings' ids as nbconvert wrote them; MathJax
+    is loaded for its formulas.
 
     mkdocs-jupyter builds the contents from the notebook's markdown, whose slugs drop what looks
     like HTML (``<bos>`` in a heading), while nbconvert's heading ids keep it, so some entries
@@ -484,14 +508,16 @@ def on_page_content(html_text, page, config, files):
     ids = _HEADING_ID.findall(html_text)
     if len(ids) != len(entries):
         log.warning("%s: %d headings but %d contents entries", page.file.src_uri, len(ids), len(entries))
-        return html_text
-    for entry, heading_id in zip(entries, ids):
-        entry.id = heading_id
-    return html_text
+    else:
+        for entry, heading_id in zip(entries, ids):
+            entry.id = heading_id
+    return _MATHJAX + html_text
 
 
 def on_post_build(config):
-    """Every internal link and anchor of every page leads somewhere (lessons and API included)."""
+    """MathJax beside the lessons; then every internal link and anchor of every page leads somewhere
+    (lessons and API included)."""
+    copy_mathjax(Path(config.site_dir) / MATHJAX_FOLDER)
     for problem in broken_links(Path(config.site_dir)):
         log.warning("broken link: %s", problem)
 
