@@ -163,7 +163,7 @@ def test_the_readme_build_command_makes_a_site_that_renders(tmp_path):
     where, command = next((w, c) for w, c in bash_commands() if BUILD_COMMAND in c)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, f"{where} failed:\n{command}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     site = tmp_path / "site"
     assert docs_site.broken_links(site) == []  # the build checked this too; the built site is what counts

@@ -12,9 +12,11 @@ from the repository root build the same site. What the hooks add to docs/:
 * ``lessons/NN_*.ipynb``: every lesson executed on the bundled tiny model (one fresh kernel each, the
   way tests/test_notebooks.py runs them). Executed copies are cached under ``build/docs-lessons``,
   keyed by the notebook and everything it can read (``gemma_lab/``, ``data/``), so a second build
-  with nothing changed executes nothing. Widgets cannot run in a static page: each one is replaced
-  by a snapshot of what it showed (its controls' values, the figures and text of its Output
-  widgets), taken from the widget state the kernel left in the executed notebook;
+  with nothing changed executes nothing; the notebook tests put their own tiny-model runs there
+  (``keep_executed_lesson``). Widgets cannot run in a static page: each one is replaced by a
+  snapshot of what it showed (its controls' values, the figures and text of its Output widgets),
+  taken from the widget state the kernel left in the executed notebook. Formulas are typeset by a
+  MathJax copied into the site;
 * ``api/*.md``: one page per module of ``gemma_lab`` (mkdocstrings reads the docstrings);
 * ``changelog.md``: CHANGELOG.md, when there is one.
 
@@ -25,9 +27,8 @@ error under ``--strict``.
 
 Why MkDocs rather than Jupyter Book 2 (MyST): Jupyter Book 2 downloads its HTML theme when it
 builds, so it cannot build offline; MkDocs with mkdocs-jupyter renders matplotlib outputs as
-images and builds offline in seconds, and Material's ``offline`` plugin makes search work from
-files opened without a server. Widgets' live state would need a widget manager from a CDN when the
-page is viewed, hence the snapshots.
+images and builds offline. Widgets' live state would need a widget manager from a CDN when the
+page is viewed, hence the snapshots. More in docs/docs-site.md.
 
 A developer tool (run from a checkout), not part of the installed package. Imports neither torch
 nor gemma_lab except to read the version.
@@ -37,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import base64
 import hashlib
 import html
-import json
 import logging
 import os
 import re
@@ -120,7 +119,7 @@ def version() -> str:
 
 def repository_url() -> str:
     """The repository's web address: ``Repository`` in pyproject.toml's [project.urls]."""
-    match = re.search(r'^Repository\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    match = re.search(r'^Repository\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
     if match is None:
         raise RuntimeError("pyproject.toml has no Repository entry in [project.urls]")
     return match.group(1).rstrip("/")
@@ -200,9 +199,8 @@ def broken_links(site_dir: Path) -> list[str]:
             where = f"{page.relative_to(site_dir)}: {link}"
             if not target.is_file():
                 problems.append(where)
-            elif parts.fragment and target.suffix == ".html":
-                if unquote(parts.fragment) not in ids.get(target, set()):
-                    problems.append(f"{where} (no such anchor)")
+            elif parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in ids.get(target, set()):
+                problems.append(f"{where} (no such anchor)")
     return problems
 
 
@@ -535,7 +533,7 @@ def build(site_dir: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
                "--site-dir", str(site_dir)]
-    done = subprocess.run(command, env=env, cwd=ROOT)
+    done = subprocess.run(command, env=env, cwd=ROOT, check=False)
     if done.returncode:
         raise SystemExit(done.returncode)
     print(f"The site is in {site_dir}: open {site_dir / 'index.html'} in a browser.")
