@@ -111,6 +111,20 @@ def test_an_error_in_an_output_widget_is_found():
     assert docs_site.output_widget_error(nb) == "ValueError: bad layer"
 
 
+@pytest.mark.slow
+def test_a_lesson_that_fails_is_reported_and_not_cached(tmp_path):
+    lesson = tmp_path / "99_broken.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('first cell runs')"),
+                nbformat.v4.new_code_cell("1 / 0")]
+    nbformat.write(nb, lesson)
+    destination = tmp_path / "cache" / "99_broken-0.ipynb"
+    destination.parent.mkdir()
+    failure = docs_site._execute_into(lesson, destination)
+    assert failure is not None and "99_broken.ipynb fails on the tiny model" in failure and "ZeroDivisionError" in failure
+    assert not destination.exists()
+
+
 def test_the_link_checker_finds_missing_pages_and_anchors(tmp_path):
     (tmp_path / "api").mkdir()
     (tmp_path / "index.html").write_text(
