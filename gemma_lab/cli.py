@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", parents=[common, model_options, sampling], help="chat with an instruction-tuned checkpoint",
         description="Chat using the checkpoint's chat template. Reads one message per line from stdin "
                     "until end of input or /exit; /reset starts a new conversation.")
-    chat.add_argument("--system", metavar="TEXT", help="a system message (Gemma 3 chat templates only)")
+    chat.add_argument("--system", metavar="TEXT", help="a system message (Gemma 3 and 4 chat templates)")
 
     info = commands.add_parser(
         "info", parents=[common], help="architecture, size and files of a checkpoint (weights are not read)",
@@ -261,8 +261,8 @@ def run_chat(args) -> int:
     from gemma_lab.generation import stream
 
     model, tokenizer = _load(args)
-    if args.system and tokenizer.chat_format != "gemma3":
-        raise CLIError("--system needs a Gemma 3 chat template; Gemma 1/2 have no system role")
+    if args.system and tokenizer.chat_template is None and tokenizer.chat_format != "gemma3":
+        raise CLIError("--system needs a Gemma 3 or 4 chat template; Gemma 1/2 have no system role")
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, not a crash
     interactive = sys.stdin.isatty()

@@ -49,6 +49,7 @@ Prompt = Union[str, Sequence[int], torch.Tensor, Sequence[Union[str, Sequence[in
 #: Tokens a default prefill cache leaves room for after the prompt (pass an int to choose).
 DEFAULT_PREFILL_ROOM = 256
 #: ``<end_of_turn>`` by family, for when no tokenizer is given (reference §4.2: Gemma 3 moved it down by one).
+#: Gemma 4 (``<turn|>``) is left out: its id is taken from its tokenizer, never assumed.
 END_OF_TURN_ID = {1: 107, 2: 107, 3: 106}
 #: ``<eos>`` in every Gemma vocabulary.
 EOS_ID = 1
@@ -243,11 +244,12 @@ def _records(run: "_Run", names: list[str], top_k_candidates: int) -> Iterator[S
 
 
 def default_stop_ids(model, tokenizer=None) -> list[int]:
-    """``<eos>`` and ``<end_of_turn>``: from the tokenizer, else by the model's family (if in its vocab)."""
+    """``<eos>`` and the end-of-turn token (``<end_of_turn>``; ``<turn|>`` on Gemma 4): from the tokenizer,
+    else by the model's family (if in its vocab; Gemma 4 without a tokenizer stops at ``<eos>`` only)."""
     if tokenizer is not None:
         ids = [tokenizer.eos_id, tokenizer.end_of_turn_id]
     else:
-        ids = [EOS_ID, END_OF_TURN_ID[model.cfg.family]]
+        ids = [EOS_ID, END_OF_TURN_ID.get(model.cfg.family)]
     return [i for i in dict.fromkeys(ids) if i is not None and 0 <= i < model.cfg.vocab_size]
 
 

@@ -54,7 +54,7 @@ class KVCache:
             self.capacity.append(capacity)
             shape = (batch_size, config.n_kv_heads_for(layer), capacity, config.d_head_for(layer))
             self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
-            self.values.append(torch.zeros_like(self.keys[-1]))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=device))  # (zeros_like on meta costs seconds of imports)
             self.positions.append(torch.full((batch_size, capacity), -1, dtype=torch.long, device=device))
             self.valid.append(torch.zeros(batch_size, capacity, dtype=torch.bool, device=device))
 

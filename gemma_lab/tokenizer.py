@@ -5,13 +5,16 @@ encode and decode text, show tokens readably, and render the Gemma chat template
 text into ids lives here; the model only ever sees ids.
 
 Must not import: torch (token ids arrive as lists or tensors, read through ``.tolist()``), the model,
-plotting or widgets. It imports only ``sentencepiece``, ``tokenizers`` and ``gemma_lab.bundled``.
+plotting or widgets. It imports only ``sentencepiece``, ``tokenizers``, ``gemma_lab.bundled`` and
+``gemma_lab.chat_template`` (a checkpoint's own Jinja template, rendered as transformers renders it).
 
 What Gemma's tokenizer does (details and verified id vectors in ``reference/gemma-architecture.md`` §4):
 BPE with byte fallback, no dummy prefix (``"The"`` is not ``"▁The"``), spaces kept (a run of spaces or of
 newlines is one token), digits split one by one, and special-token names written in the text (``"<eos>"``)
 read as those tokens.
-The chat templates follow the instruction-tuned checkpoints' templates (§4.6).
+The chat templates: a checkpoint that ships its template (``chat_template.jinja`` or
+``tokenizer_config.json``; every instruction-tuned Gemma 4 does) is rendered with that template; otherwise
+the Gemma 1/2 and Gemma 3 formats are written out below, following the checkpoints' templates (§4.6).
 
 References: google/sentencepiece (``bpe_model.cc``: user-defined pieces are matched whole and never
 merged); transformers ``convert_slow_tokenizer.py`` (``GemmaConverter``: control and user-defined pieces
@@ -30,6 +33,7 @@ import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
 from gemma_lab import bundled
+from gemma_lab.chat_template import ChatTemplate, find_chat_template
 
 #: File names looked for in a checkpoint folder, in order of preference.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -70,8 +74,11 @@ class GemmaTokenizer:
         backend: sentencepiece.SentencePieceProcessor | tokenizers.Tokenizer,
         source: str | Path = "<memory>",
         chat_format: str | None = None,
+        chat_template: ChatTemplate | None = None,
     ):
         self.source = str(source)
+        #: The checkpoint's own chat template when its folder ships one (rendered instead of the built-in formats).
+        self.chat_template = chat_template
         self._spm = backend if isinstance(backend, sentencepiece.SentencePieceProcessor) else None
         self._json = backend if isinstance(backend, tokenizers.Tokenizer) else None
         if self._spm is None and self._json is None:
@@ -87,13 +94,13 @@ class GemmaTokenizer:
         self.eos_id = self._special_id("<eos>")
         self.bos_id = self._special_id("<bos>")
         self.unk_id = self._special_id("<unk>")
-        self.start_of_turn_id = self._optional_id("<start_of_turn>")
-        self.end_of_turn_id = self._optional_id("<end_of_turn>")
+        # Gemma 4 marks turns with <|turn> ... <turn|>; it is chatted with through its own template only.
+        self.is_gemma4 = self._optional_id("<|turn>") is not None and self._optional_id("<turn|>") is not None
+        # The tokens that open and close a chat turn (generation stops at the closing one).
+        turn_pieces = ("<|turn>", "<turn|>") if self.is_gemma4 else ("<start_of_turn>", "<end_of_turn>")
+        self.start_of_turn_id, self.end_of_turn_id = (self._optional_id(piece) for piece in turn_pieces)
         # Only these three are dropped by `decode`: they mark sequence boundaries and carry no text.
         self._boundary_ids = {self.pad_id, self.bos_id, self.eos_id}
-
-        # Gemma 4 marks turns with <|turn> ... <turn|>; its chat template is not implemented here (below).
-        self.is_gemma4 = self._optional_id("<|turn>") is not None and self._optional_id("<turn|>") is not None
         if chat_format is None:
             looks_gemma3 = self.start_of_turn_id == _GEMMA3_START_OF_TURN_ID
             looks_gemma3 |= self.vocab_size >= _GEMMA3_VOCAB_SIZE
@@ -104,6 +111,8 @@ class GemmaTokenizer:
 
     def __repr__(self) -> str:
         fields = f"vocab_size={self.vocab_size}, chat_format={self.chat_format!r}"
+        if self.chat_template is not None:
+            fields += f", chat_template={self.chat_template.origin!r}"
         return f"GemmaTokenizer({self.source!r}, {fields})"
 
     def id_to_piece(self, token_id: int) -> str:
@@ -177,20 +186,36 @@ class GemmaTokenizer:
         messages: list[dict],
         add_generation_prompt: bool = True,
         tokenize: bool = False,
+        **template_kwargs,
     ) -> str | list[int]:
         """Render a conversation the way the instruction-tuned Gemma checkpoints were trained on.
 
-        ``messages`` are ``{"role": "user" | "assistant" | "model" | "system", "content": str}`` dicts;
-        roles must alternate user/assistant, starting with the user. ``"assistant"`` is written ``model``
-        and each content is stripped of surrounding whitespace. Gemma 1/2 have no system role (ValueError);
-        Gemma 3 folds a leading system message into the first user turn as ``"{system}\\n\\n"``.
+        ``messages`` are ``{"role": "user" | "assistant" | "model" | "system", "content": str}`` dicts.
         With ``tokenize=True`` the ids are returned, starting with exactly one ``<bos>``.
+
+        When the checkpoint ships its own template (``self.chat_template``), that template is rendered
+        as transformers renders it, and keywords reach it (``enable_thinking=True`` on Gemma 4,
+        ``tools=[...]``). Otherwise the built-in Gemma 1/2/3 formats: roles must alternate
+        user/assistant, starting with the user; ``"assistant"`` is written ``model`` and each content is
+        stripped of surrounding whitespace. Gemma 1/2 have no system role (ValueError); Gemma 3 folds a
+        leading system message into the first user turn as ``"{system}\\n\\n"``.
         """
+        if self.chat_template is not None:
+            special_tokens = {f"{name}_token": self.id_to_piece(token_id) for name, token_id in
+                              (("bos", self.bos_id), ("eos", self.eos_id), ("unk", self.unk_id), ("pad", self.pad_id))}
+            text = self.chat_template.render(list(messages), add_generation_prompt=add_generation_prompt,
+                                             special_tokens=special_tokens, **template_kwargs)
+            # Templates write "<bos>" as text themselves; it encodes to bos_id, so none is added.
+            return self.encode(text, add_bos=False) if tokenize else text
         if self.is_gemma4:  # rendering Gemma 3's turns for it would be silently wrong
             raise ValueError(
-                f"{self.source} is a Gemma 4 tokenizer (<|turn>/<turn|> turns); its chat template (which differs "
-                "between model sizes in its thinking channel) is not implemented: render the prompt text "
-                "yourself, e.g. '<bos><|turn>user\\nHello<turn|>\\n<|turn>model\\n', and encode it")
+                f"{self.source} is a Gemma 4 tokenizer (<|turn>/<turn|> turns) and no chat template was found "
+                "beside it (chat_template.jinja or tokenizer_config.json); Gemma 4's template differs between "
+                "sizes, so only the checkpoint's own one is used: copy the instruction-tuned checkpoint's "
+                "chat_template.jinja next to the tokenizer, or write the prompt text yourself")
+        if template_kwargs:
+            raise TypeError(f"{', '.join(sorted(template_kwargs))}: only a checkpoint's own chat template takes "
+                            f"extra keywords, and {self.source} has none beside it (built-in {self.chat_format!r} format)")
         turns = list(messages)
         first_user_prefix = ""
         if self.chat_format == "gemma3" and turns and turns[0]["role"] == "system":
@@ -236,6 +261,9 @@ class GemmaTokenizer:
 def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTokenizer:
     """Read a Gemma tokenizer from a file or a checkpoint folder; ``"tiny"`` means the bundled model.
 
+    A chat template shipped beside the tokenizer (``chat_template.jinja``, or ``tokenizer_config.json``'s
+    ``"chat_template"``) is read too and used by ``apply_chat_template``.
+
     A folder is searched for ``tokenizer.model`` (SentencePiece), then ``tokenizer.json`` (transformers).
     A ``.json`` file is read with the ``tokenizers`` library, any other file with SentencePiece.
     ``chat_format`` ("gemma" or "gemma3") defaults to the model's generation when a ``config.json``
@@ -255,6 +283,7 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
         raise FileNotFoundError(f"no tokenizer file or folder at {path}")
     if chat_format is None:
         chat_format = _chat_format_from_config(path.parent / "config.json")
+    chat_template = find_chat_template(path.parent)
 
     if path.suffix.lower() == ".json":
         try:
@@ -267,7 +296,7 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
             backend.load(str(path))
         except (RuntimeError, OSError) as error:
             raise ValueError(f"{path} could not be read as a SentencePiece model: {error}") from error
-    return GemmaTokenizer(backend, source=path, chat_format=chat_format)
+    return GemmaTokenizer(backend, source=path, chat_format=chat_format, chat_template=chat_template)
 
 
 def _chat_format_from_config(config_path: Path) -> str | None:

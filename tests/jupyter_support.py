@@ -229,10 +229,11 @@ def figures_in(nb) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def check_notebook_pairs(folder) -> list[str]:
+def check_notebook_pairs(folder, scripts_folder=None) -> list[str]:
     """Problems with the notebooks in ``folder`` (not recursive); an empty list when fine.
 
-    For each ``*.ipynb``: the paired percent-format ``.py`` must exist and hold the same
+    For each ``*.ipynb``: the paired percent-format ``.py`` (in ``scripts_folder``, default beside it)
+    must exist and hold the same
     cells (types and sources; metadata ignored), and the ``.ipynb`` must store no outputs,
     execution counts or widget state (run nbstripout).
     """
@@ -242,7 +243,7 @@ def check_notebook_pairs(folder) -> list[str]:
     problems = []
     for notebook_path in sorted(Path(folder).glob("*.ipynb")):
         name = notebook_path.name
-        script_path = notebook_path.with_suffix(".py")
+        script_path = Path(scripts_folder or folder) / f"{notebook_path.stem}.py"
         stored = nbformat.read(notebook_path, as_version=4)
         for index, cell in enumerate(stored.cells):
             if cell.cell_type != "code":

@@ -24,7 +24,8 @@ OURS = ("gemma_lab", "tools")
 # Lowest first. A module belongs to the first entry whose name or package prefix matches it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("vocabulary", ("gemma_lab.hf_format", "gemma_lab.hook_points", "gemma_lab.bundled")),
-    ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer")),
+    ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer",
+                          "gemma_lab.chat_template")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
                "gemma_lab.gemma4_parts", "gemma_lab.model")),
     ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.generation", "gemma_lab.interp",
@@ -50,7 +51,8 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     "gemma_lab.bundled": frozenset(),
     "gemma_lab.sampling": frozenset({"torch"}),
     "gemma_lab.hooks": frozenset({"torch"}),
-    "gemma_lab.tokenizer": frozenset({"sentencepiece", "tokenizers"}),
+    "gemma_lab.tokenizer": frozenset({"sentencepiece", "tokenizers", "jinja2", "markupsafe"}),
+    "gemma_lab.chat_template": frozenset({"jinja2", "markupsafe"}),
     "gemma_lab.kv_cache": frozenset({"torch"}),
     "gemma_lab.activation_cache": frozenset({"torch", "einops"}),
     "gemma_lab.factored_matrix": frozenset({"torch"}),

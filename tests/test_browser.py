@@ -1,4 +1,4 @@
-"""The browser harness, proved on notebooks/smoke_widgets.ipynb: JupyterLab runs it, the
+"""The browser harness, proved on notebooks/for_instructors/fixtures/smoke_widgets.ipynb: JupyterLab runs it, the
 button and the slider redraw the figure, and errors from callbacks are caught; Voila
 serves it with working widgets.
 
@@ -11,7 +11,7 @@ import browser_support
 import pytest
 from browser_support import jupyterlab_page, require_chromium, voila_page
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks" / "for_instructors" / "fixtures"
 SMOKE = "smoke_widgets.ipynb"
 
 

@@ -502,19 +502,98 @@ def test_info_and_the_lesson_reference_count_shared_layers_and_wide_heads(capsys
 # ---- tokenizer ------------------------------------------------------------------------------------
 
 
-def test_gemma4_tokenizer_json_ids_equal_transformers_and_the_chat_template_is_refused(tmp_path):
-    """A Gemma-4-style tokenizer.json written on the spot (its turn tokens as added specials): plain
-    text and the turn tokens written in it encode as transformers does; apply_chat_template refuses
-    rather than render Gemma 3's turns."""
+# A chat template in the shape of Gemma 4's (written for this test, not Google's file): an optional system
+# turn that switches thinking on with <|think|>, "assistant" written "model", reasoning kept out of
+# earlier turns, tools listed as JSON, and an empty thought channel in the generation prompt when thinking
+# is off, as some Gemma 4 sizes have. It exercises every rendering convention that must match transformers:
+# trim_blocks/lstrip_blocks, loop controls, namespace, tojson, raise_exception and {% generation %}.
+GEMMA4_STYLE_TEMPLATE = """{{ bos_token }}
+{%- set ns = namespace(system='') -%}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set ns.system = messages[0]['content'] | trim -%}
+    {%- set messages = messages[1:] -%}
+{%- endif -%}
+{%- if enable_thinking or ns.system or tools -%}
+<|turn>system
+{% if enable_thinking %}<|think|>{% endif %}{{ ns.system }}
+{%- if tools %}
+
+Tools:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}
+{%- endif %}<turn|>
+{% endif -%}
+{%- for message in messages -%}
+    {%- if message['role'] == 'system' -%}{{ raise_exception('a system message may only come first') }}{%- endif -%}
+    {%- if loop.index0 > 40 -%}{%- break -%}{%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+<|turn>{{ role }}
+{% if role == 'model' %}{% generation %}{{ message['content'] | trim }}{% endgeneration %}{% else %}{{ message['content'] | trim }}{% endif %}<turn|>
+{% endfor -%}
+{%- if add_generation_prompt -%}
+<|turn>model
+{% if not enable_thinking %}<|channel>thought
+<channel|>{% endif %}
+{%- endif -%}"""
+
+
+def test_gemma4_chat_template_renders_the_checkpoints_own_template_as_transformers_does(tmp_path):
+    """A Gemma-4-style tokenizer.json written on the spot (its turn tokens as added specials) with a
+    chat_template.jinja beside it: plain text and turn tokens encode as transformers does, and the
+    checkpoint's template renders to the same text and ids as transformers' apply_chat_template, with
+    and without thinking, system turns and tools; without a template the tokenizer refuses rather than
+    render Gemma 3's turns."""
     from test_tokenizer import train_gemma_like  # the suite's SentencePiece trainer with Gemma's settings
 
     model_file = train_gemma_like(tmp_path / "spm", ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>"])
-    oracle = transformers.GemmaTokenizer.from_pretrained(model_file.parent, add_bos_token=True)
-    oracle.save_pretrained(tmp_path / "json")
+    transformers.GemmaTokenizer.from_pretrained(model_file.parent, add_bos_token=True).save_pretrained(tmp_path / "json")
     ours = gemma_lab.load_tokenizer(tmp_path / "json" / "tokenizer.json")
+    oracle = transformers.AutoTokenizer.from_pretrained(tmp_path / "json")
     prompt = "<bos><|turn>user\nHello there, 1234 times!<turn|>\n<|turn>model\n"
     for text in ("Alice said: hello  world\n\n", prompt):
         assert ours.encode(text, add_bos=False) == oracle.encode(text, add_special_tokens=False)
-    assert ours.is_gemma4
-    with pytest.raises(ValueError, match="Gemma 4 tokenizer.*not implemented"):
+    assert ours.is_gemma4 and ours.chat_template is None
+    with pytest.raises(ValueError, match="Gemma 4 tokenizer.*no chat template was found"):
         ours.apply_chat_template([{"role": "user", "content": "Hi"}])
+
+    (tmp_path / "json" / "chat_template.jinja").write_text(GEMMA4_STYLE_TEMPLATE)
+    ours = gemma_lab.load_tokenizer(tmp_path / "json")
+    oracle = transformers.AutoTokenizer.from_pretrained(tmp_path / "json")
+    assert ours.chat_template is not None and "chat_template.jinja" in repr(ours)
+    assert ours.end_of_turn_id == ours.piece_to_id("<turn|>") and ours.start_of_turn_id == ours.piece_to_id("<|turn>")
+    tool = {"type": "function", "function": {"name": "weather", "description": "Wetter <heute> & morgen",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    conversations = [
+        ([{"role": "user", "content": "  Hi!  "}], {}),
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"},
+          {"role": "assistant", "content": "Rayleigh scattering.", "reasoning_content": "short"},
+          {"role": "user", "content": "And at sunset?"}], {"enable_thinking": True}),
+        ([{"role": "user", "content": "Weather?"}], {"tools": [tool]}),
+    ]
+    for messages, options in conversations:
+        for add_generation_prompt in (True, False):
+            text = ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **options)
+            expected = oracle.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False, **options)
+            assert text == expected
+            ids = ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                           **options)
+            assert ids == oracle.encode(expected, add_special_tokens=False)
+            assert ids.count(ours.bos_id) == 1 and ids[0] == ours.bos_id
+    assert "<|think|>" in ours.apply_chat_template(conversations[1][0], enable_thinking=True)
+    assert ours.apply_chat_template(conversations[0][0]).endswith("<|turn>model\n<|channel>thought\n<channel|>")
+    bad = [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]
+    with pytest.raises(ValueError, match=r"chat_template\.jinja refused this conversation: a system message"):
+        ours.apply_chat_template(bad)
+
+
+def test_gemma4_generation_without_a_tokenizer_stops_at_eos_only():
+    """Gemma 4's end-of-turn id is not assumed from an older family's table: without a tokenizer the
+    default stop set is <eos> alone (Gemma 3's 106 would be a guess about Gemma 4's vocabulary)."""
+    from gemma_lab.generation import default_stop_ids
+
+    model = small_model()
+    assert default_stop_ids(model) == [1]
+    result = gemma_lab.generate(model, [2, 5, 6], max_new_tokens=3)  # raised KeyError before
+    assert 1 <= len(result.token_ids) <= 3 and result.prompt_ids == [2, 5, 6]
+    assert (result.stop_reason == "stop_token") == (result.token_ids[-1] == 1)

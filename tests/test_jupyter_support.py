@@ -19,6 +19,7 @@ from jupyter_support import (
 )
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+FIXTURES = NOTEBOOKS / "for_instructors" / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -160,7 +161,7 @@ def test_execute_notebook_passes_a_good_notebook_and_counts(tmp_path):
 
 @pytest.mark.slow
 def test_execute_notebook_runs_the_smoke_notebook():
-    nb = execute_notebook(NOTEBOOKS / "smoke_widgets.ipynb")
+    nb = execute_notebook(FIXTURES / "smoke_widgets.ipynb")
     assert count_displayed_widgets(nb) == 1
     assert figures_in(nb) == 1  # the figure lives inside the Output widget's state
 
@@ -230,4 +231,5 @@ def test_check_notebook_pairs_detects_committed_outputs(tmp_path):
 
 
 def test_repository_notebooks_are_paired_and_stripped():
-    assert check_notebook_pairs(NOTEBOOKS) == []
+    assert check_notebook_pairs(NOTEBOOKS, NOTEBOOKS / "for_instructors" / "scripts") == []
+    assert check_notebook_pairs(FIXTURES) == []  # the fixture keeps its twin beside it

@@ -6,15 +6,16 @@ Covers each ``notebooks/NN_*.ipynb`` (whoever wrote it), in three modes:
   left as they are, so every ``check()`` must report "not attempted", never a failure. Each
   notebook must show at least one widget or figure.
 * ``solutions``: every cell tagged ``exercise`` is replaced by the function of the same name from
-  ``notebooks/solutions/<notebook stem>.py``, then the notebook is run; every ``check()`` must
+  ``notebooks/for_instructors/solutions/<notebook stem>.py``, then the notebook is run; every ``check()`` must
   report that it passed. Notebooks without exercises are skipped in this mode.
 * ``real_weights``: ``GEMMA_LAB_MODEL`` points at a random-weight checkpoint written by
   transformers' ``save_pretrained``, with the tiny model's ``tokenizer.model`` beside it, in a
   Gemma generation and with sizes different from the tiny model's, so a notebook that assumes
   tiny's sizes, layer count or vocabulary fails here.
 
-Plus, without running anything: each ``.ipynb`` has its paired percent ``.py`` with the same cells
-and stores no outputs; each opens the standard way (a Colab badge to itself, time and learning
+Plus, without running anything: each ``.ipynb`` has its paired percent ``.py`` (in
+``notebooks/for_instructors/scripts/``) with the same cells and stores no outputs; students see one
+file per lesson in ``notebooks/``; each opens the standard way (a Colab badge to itself, time and learning
 goals, a set-up cell that acts only on Colab, a cell where ``GEMMA_LAB_MODEL`` can be set); every
 exercise cell has its solution.
 
@@ -46,7 +47,9 @@ from tools import docs_site
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
-SOLUTIONS_DIR = NOTEBOOK_DIR / "solutions"
+INSTRUCTORS_DIR = NOTEBOOK_DIR / "for_instructors"  # what students need not open (see jupytext.toml)
+SCRIPTS_DIR = INSTRUCTORS_DIR / "scripts"
+SOLUTIONS_DIR = INSTRUCTORS_DIR / "solutions"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 PASSED, FAILED, NOT_ATTEMPTED = "✔", "✘", "○"
@@ -250,8 +253,19 @@ def test_there_are_lesson_notebooks():
 
 
 def test_pairs_agree_and_no_outputs_are_stored():
-    problems = [p for p in check_notebook_pairs(NOTEBOOK_DIR)]
+    problems = [p for p in check_notebook_pairs(NOTEBOOK_DIR, SCRIPTS_DIR)]
     assert not problems, "\n".join(problems)
+
+
+def test_students_see_one_file_per_lesson():
+    """notebooks/ as JupyterLab's file browser shows it: the .ipynb files and one folder for
+    instructors (twins, solutions, test fixtures), nothing a student could open by mistake."""
+    shown = sorted(p.name for p in NOTEBOOK_DIR.iterdir() if not p.name.startswith("."))
+    strays = [name for name in shown if not name.endswith(".ipynb") and name != INSTRUCTORS_DIR.name]
+    assert not strays, (f"notebooks/ should hold only the .ipynb lessons and for_instructors/; move {strays} "
+                        f"(a lesson's percent twin belongs in {SCRIPTS_DIR.relative_to(ROOT)}/, see jupytext.toml)")
+    twins = sorted(p.stem for p in SCRIPTS_DIR.glob("*.py"))
+    assert twins == sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")), "every notebook has exactly one twin"
 
 
 def test_every_lesson_has_the_standard_opening():

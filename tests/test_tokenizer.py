@@ -7,8 +7,10 @@ digits), and transformers' own ``GemmaTokenizer`` built from the same file is th
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -368,3 +370,69 @@ def test_the_chat_format_follows_the_checkpoint_config_beside_the_tokenizer(tmp_
     (folder / "config.json").write_text('{"model_type": "gemma2"}')
     assert load_tokenizer(folder).chat_format == "gemma"
     assert load_tokenizer(folder, chat_format="gemma3").chat_format == "gemma3"
+
+
+# ---------------------------------------------------------------- a checkpoint's own chat template
+
+
+def test_a_shipped_chat_template_is_rendered_as_transformers_renders_it(files, tmp_path):
+    """A Gemma 3 folder whose tokenizer_config.json carries the template (older hub folders) and one
+    with chat_template.jinja (what transformers 5 writes): the same text and ids as transformers'
+    apply_chat_template, the built-in format no longer consulted, keywords passed to the template."""
+    template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+                "else m['role'] }}\n{{ m['content'] | trim }}{% if shout %}!{% endif %}<end_of_turn>\n{% endfor %}"
+                "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    oracle = transformers.GemmaTokenizer.from_pretrained(files["gemma3_model"].parent, add_bos_token=True)
+    oracle.chat_template = template
+    oracle.save_pretrained(tmp_path / "jinja")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "jinja", legacy)
+    (legacy / "chat_template.jinja").unlink()
+    config = json.loads((legacy / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "default", "template": template}, {"name": "tool_use", "template": "x"}]
+    (legacy / "tokenizer_config.json").write_text(json.dumps(config))
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "jinja")
+    messages = [{"role": "system", "content": "S"}, *CONVERSATION]
+    for folder in ("jinja", "legacy"):
+        ours = load_tokenizer(tmp_path / folder)
+        assert ours.chat_template is not None
+        for shout in (False, True):
+            expected = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, shout=shout)
+            assert ours.apply_chat_template(messages, shout=shout) == expected
+            assert ours.apply_chat_template(messages, tokenize=True, shout=shout) == reloaded.encode(
+                expected, add_special_tokens=False)
+        assert "<start_of_turn>system" in ours.apply_chat_template(messages)  # the template's, not the fold
+
+
+def test_chat_template_files_that_are_wrong_are_named(files, tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    shutil.copy(files["gemma3_model"], folder / "tokenizer.model")
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }")
+    with pytest.raises(ValueError, match=r"chat_template\.jinja is not valid Jinja \(line 1"):
+        load_tokenizer(folder)
+    (folder / "chat_template.jinja").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}]}))
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json's chat_template lists \['tool_use'\] but no 'default'"):
+        load_tokenizer(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ raise_exception('no tools here') if tools }}ok"}))
+    ours = load_tokenizer(folder)
+    assert ours.apply_chat_template(CONVERSATION) == "ok"
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json \(chat_template\) refused this conversation: no tools here"):
+        ours.apply_chat_template(CONVERSATION, tools=[{"name": "f"}])
+    with pytest.raises(TypeError, match="JSON-schema dicts"):
+        ours.apply_chat_template(CONVERSATION, tools=[print])
+
+
+def test_the_built_in_formats_take_no_template_keywords(tok):
+    with pytest.raises(TypeError, match="enable_thinking: only a checkpoint's own chat template takes extra keywords"):
+        tok.apply_chat_template(CONVERSATION, enable_thinking=True)
+
+
+def test_a_template_cannot_reach_python_internals():
+    """The sandbox: a hub template is untrusted code."""
+    from gemma_lab.chat_template import ChatTemplate
+
+    escape = ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}", origin="evil.jinja")
+    with pytest.raises(ValueError, match="evil.jinja refused"):
+        escape.render([], add_generation_prompt=False, special_tokens={})

@@ -15,7 +15,7 @@ answer that matches one of them on every trial gets that mistake's hint.
     def rms_norm(x, weight, eps):          # cell tagged "exercise", metadata {"exercise": "rms_norm"}
         raise NotImplementedError
     check("rms_norm", rms_norm)            # next cell: "not attempted yet", then ✔ or ✘ with a hint
-    solution("rms_norm")                   # a collapsed "Solution" block, from notebooks/solutions/
+    solution("rms_norm")                   # a collapsed "Solution" block, from notebooks/for_instructors/solutions/
 
 The API (relied upon by every lesson notebook and their tests):
 
@@ -33,7 +33,7 @@ The API (relied upon by every lesson notebook and their tests):
     ``.hint``. A function that raises ``NotImplementedError`` is "not attempted", not an error, so
     a notebook with untouched stubs runs top to bottom. Shown as HTML in Jupyter, text elsewhere.
 ``solution(name) -> str``
-    The solution's source, read from ``notebooks/solutions/<notebook>.py`` (one function per
+    The solution's source, read from ``notebooks/for_instructors/solutions/<notebook>.py`` (one function per
     exercise, named like the exercise). Displayed in Jupyter as a collapsed block.
 ``list_exercises(notebook=None) -> list[str]``, ``get_exercise(name) -> Exercise``
 ``fill_in_solutions(nb) -> int``

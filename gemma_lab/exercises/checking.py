@@ -481,9 +481,9 @@ class Solution(str):
 
 
 def solutions_dir() -> Path:
-    """Where the solution files are: ``notebooks/solutions`` beside the package, else packaged data."""
+    """Where the solution files are: ``notebooks/for_instructors/solutions`` beside the package, else packaged data."""
     package_dir = Path(__file__).resolve().parent.parent
-    checkout = package_dir.parent / "notebooks" / "solutions"
+    checkout = package_dir.parent / "notebooks" / "for_instructors" / "solutions"
     if checkout.is_dir():
         return checkout
     packaged = importlib.resources.files("gemma_lab") / "_solutions"

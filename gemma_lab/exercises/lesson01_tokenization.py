@@ -1,4 +1,4 @@
-"""Exercises of lesson 01, tokenization: pieces back to text (``notebooks/01_tokenization.py``).
+"""Exercises of lesson 01, tokenization: pieces back to text (``notebooks/01_tokenization.ipynb``).
 
 Exercises: decode_pieces. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

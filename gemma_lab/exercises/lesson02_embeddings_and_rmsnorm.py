@@ -1,4 +1,4 @@
-"""Exercises of lesson 02, embeddings and RMSNorm (``notebooks/02_embeddings_and_rmsnorm.py``).
+"""Exercises of lesson 02, embeddings and RMSNorm (``notebooks/02_embeddings_and_rmsnorm.ipynb``).
 
 Exercises: embed, rms_norm. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

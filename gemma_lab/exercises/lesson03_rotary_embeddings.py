@@ -1,4 +1,4 @@
-"""Exercises of lesson 03, rotary position embeddings (``notebooks/03_rotary_embeddings.py``).
+"""Exercises of lesson 03, rotary position embeddings (``notebooks/03_rotary_embeddings.ipynb``).
 
 Exercises: rotary_cos_sin, apply_rotary. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

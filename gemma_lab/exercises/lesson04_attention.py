@@ -1,4 +1,4 @@
-"""Exercises of lesson 04, attention: the mask, the pattern, grouped-query attention (``notebooks/04_attention.py``).
+"""Exercises of lesson 04, attention: the mask, the pattern, grouped-query attention (``notebooks/04_attention.ipynb``).
 
 Exercises: attention_mask, attention_pattern, grouped_attention. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

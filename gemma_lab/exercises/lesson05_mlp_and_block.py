@@ -1,4 +1,4 @@
-"""Exercises of lesson 05, the GeGLU MLP and the transformer block (``notebooks/05_mlp_and_block.py``).
+"""Exercises of lesson 05, the GeGLU MLP and the transformer block (``notebooks/05_mlp_and_block.ipynb``).
 
 Exercises: geglu, transformer_block. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

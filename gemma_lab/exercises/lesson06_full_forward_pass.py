@@ -1,4 +1,4 @@
-"""Exercises of lesson 06, the full forward pass (``notebooks/06_full_forward_pass.py``).
+"""Exercises of lesson 06, the full forward pass (``notebooks/06_full_forward_pass.ipynb``).
 
 Exercises: attention_layer, gemma_forward. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

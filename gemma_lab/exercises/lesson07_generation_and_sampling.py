@@ -1,4 +1,4 @@
-"""Exercises of lesson 07, sampling filters (``notebooks/07_generation_and_sampling.py``).
+"""Exercises of lesson 07, sampling filters (``notebooks/07_generation_and_sampling.ipynb``).
 
 Exercises: top_k_filter, top_p_filter. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

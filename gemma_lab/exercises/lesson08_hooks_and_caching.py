@@ -1,4 +1,4 @@
-"""Exercises of lesson 08, hooks and caching (``notebooks/08_hooks_and_caching.py``).
+"""Exercises of lesson 08, hooks and caching (``notebooks/08_hooks_and_caching.ipynb``).
 
 Exercises: run_with_head_ablated. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

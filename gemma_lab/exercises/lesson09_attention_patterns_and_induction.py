@@ -1,4 +1,4 @@
-"""Exercises of lesson 09, attention patterns and induction heads (``notebooks/09_attention_patterns_and_induction.py``).
+"""Exercises of lesson 09, attention patterns and induction heads (``notebooks/09_attention_patterns_and_induction.ipynb``).
 
 Exercises: prev_token_score, induction_score. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

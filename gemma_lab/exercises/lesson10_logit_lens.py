@@ -1,4 +1,4 @@
-"""Exercises of lesson 10, the logit lens (``notebooks/10_logit_lens.py``).
+"""Exercises of lesson 10, the logit lens (``notebooks/10_logit_lens.ipynb``).
 
 Exercises: logit_lens_for_position. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

@@ -1,4 +1,4 @@
-"""Exercises of lesson 11, activation patching on indirect-object identification (``notebooks/11_activation_patching_ioi.py``).
+"""Exercises of lesson 11, activation patching on indirect-object identification (``notebooks/11_activation_patching_ioi.ipynb``).
 
 Exercises: logit_difference, patch_residual. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

@@ -1,4 +1,4 @@
-"""Exercises of lesson 12, steering (``notebooks/12_steering.py``).
+"""Exercises of lesson 12, steering (``notebooks/12_steering.ipynb``).
 
 Exercises: steering_vector. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

@@ -1,4 +1,4 @@
-"""Exercises of lesson 13, Gemma 2 and Gemma 3 (``notebooks/13_gemma2_and_gemma3.py``).
+"""Exercises of lesson 13, Gemma 2 and Gemma 3 (``notebooks/13_gemma2_and_gemma3.ipynb``).
 
 Exercises: softcap, sliding_window_mask. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

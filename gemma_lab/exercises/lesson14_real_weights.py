@@ -1,4 +1,4 @@
-"""Exercises of lesson 14, real weights (``notebooks/14_real_weights.py``).
+"""Exercises of lesson 14, real weights (``notebooks/14_real_weights.ipynb``).
 
 Exercises: weight_memory_gib, kv_cache_bytes. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

@@ -1,4 +1,4 @@
-"""Exercises of lesson 15, superposition and sparse autoencoders (``notebooks/15_superposition_and_saes.py``).
+"""Exercises of lesson 15, superposition and sparse autoencoders (``notebooks/15_superposition_and_saes.ipynb``).
 
 Exercises: jumprelu_encode, l0_norm, fvu, run_with_feature_ablated. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out

@@ -10,6 +10,7 @@
 * ``TokenizerExplorer``: pieces, ids, byte fallbacks, special tokens and the chat template.
 * ``PatchingExplorer``: activation patching between a clean and a corrupted prompt.
 * ``FeatureExplorer``: one sparse-autoencoder feature: where it fires, what it writes, ablated live.
+* ``RouterExplorer``: a Gemma 4 mixture-of-experts layer's router: the experts each token is sent to.
 
 Each widget runs the model once per prompt and redraws from that cache; its controls and what it
 last drew are attributes (see docs/widgets.md), which is also how the tests drive them.
@@ -25,6 +26,7 @@ from gemma_lab.widgets.explorers import (
     TokenizerExplorer,
 )
 from gemma_lab.widgets.features import FeatureExplorer
+from gemma_lab.widgets.moe import RouterExplorer
 from gemma_lab.widgets.stepper import InferenceStepper
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "InferenceStepper",
     "LogitLensExplorer",
     "PatchingExplorer",
+    "RouterExplorer",
     "SamplingPlayground",
     "TokenizerExplorer",
 ]
