@@ -7,23 +7,45 @@ hooks on every activation, interpretability tools, widgets and notebooks.
     model = gemma_lab.load_pretrained("tiny")          # the bundled tiny Gemma, or a checkpoint folder
     logits, cache = model.run_with_cache(tokens)
 
-Importing the package loads the model code only; plotting and widgets load when first used.
+Importing the package loads nothing heavy: each name's module (torch with it) loads when the name is
+first used, plotting and widgets likewise.
 """
 
-from gemma_lab.activation_cache import ActivationCache, act_name
-from gemma_lab.config import PRESETS, GemmaConfig
-from gemma_lab.factored_matrix import FactoredMatrix
-from gemma_lab.generation import GenerationResult, StepRecord, decode_step, generate, prefill, stream
-from gemma_lab.hooked_gemma import HookedGemma
-from gemma_lab.hooks import HookPoint
-from gemma_lab.kv_cache import KVCache
-from gemma_lab.loading import CheckpointError, load_pretrained
-from gemma_lab.model import Gemma, init_weights
-from gemma_lab.sae import SAE, Transcoder, load_sae
-from gemma_lab.sampling import SamplingParams, logits_to_probs, sample
-from gemma_lab.tokenizer import GemmaTokenizer, load_tokenizer
-
 __version__ = "0.1.0"
+
+# What `from gemma_lab import X` gives, and where X lives. The modules are imported when a name is
+# first used (PEP 562), so that `import gemma_lab` and `gemma-lab --help` do not wait for torch.
+_EXPORTS = {
+    "gemma_lab.activation_cache": ("ActivationCache", "act_name"),
+    "gemma_lab.config": ("PRESETS", "GemmaConfig"),
+    "gemma_lab.factored_matrix": ("FactoredMatrix",),
+    "gemma_lab.generation": ("GenerationResult", "StepRecord", "decode_step", "generate", "prefill", "stream"),
+    "gemma_lab.hooked_gemma": ("HookedGemma",),
+    "gemma_lab.hooks": ("HookPoint",),
+    "gemma_lab.kv_cache": ("KVCache",),
+    "gemma_lab.loading": ("CheckpointError", "load_pretrained"),
+    "gemma_lab.model": ("Gemma", "init_weights"),
+    "gemma_lab.sae": ("SAE", "Transcoder", "load_sae"),
+    "gemma_lab.sampling": ("SamplingParams", "logits_to_probs", "sample"),
+    "gemma_lab.tokenizer": ("GemmaTokenizer", "load_tokenizer"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gemma_lab' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __all__ = [
     "ActivationCache",

@@ -3,6 +3,7 @@
     gemma-lab generate --model tiny "The capital of France is" --show-top-k 5
     gemma-lab chat --model path/to/gemma-2b-it
     gemma-lab info path/to/gemma-2b
+    gemma-lab download google/gemma-2-2b
     gemma-lab train-tiny --minutes 15
     gemma-lab lab
 
@@ -26,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from gemma_lab import __version__  # the package facade imports nothing heavy
+
 PROG = "gemma-lab"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="gemma_lab: a readable Gemma you can run, inspect and step through.",
         epilog=f"Run '{PROG} COMMAND --help' for the options of one command.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -54,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the full traceback when something fails")
 
     model_options = argparse.ArgumentParser(add_help=False)
-    model_options.add_argument("--model", default="tiny", metavar="PATH",
-                               help="checkpoint folder or file, or 'tiny' for the bundled model (default: tiny)")
+    model_options.add_argument("--model", default="tiny", metavar="MODEL",
+                               help="checkpoint folder or file, a model id such as google/gemma-3-270m (Hugging "
+                                    "Face cache, downloaded if missing), or 'tiny' for the bundled model (default: tiny)")
     model_options.add_argument("--tokenizer", metavar="PATH",
                                help="tokenizer file or folder (default: the one next to the model)")
     model_options.add_argument("--dtype", choices=DTYPES, default="auto",
@@ -96,8 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", parents=[common], help="architecture, size and files of a checkpoint (weights are not read)",
         description="Print the architecture, parameter count, memory and files of a checkpoint. Reads "
-                    "config.json only. PATH may also be 'tiny' or a preset name such as gemma2-2b.")
-    info.add_argument("path", metavar="PATH", help="checkpoint folder or file, 'tiny', or a preset name")
+                    "config.json only. PATH may also be 'tiny', a preset name such as gemma2-2b, or a model id.")
+    info.add_argument("path", metavar="PATH", help="checkpoint folder or file, 'tiny', a preset name, or a Hugging "
+                                                   "Face id (its config.json only is fetched)")
+
+    download = commands.add_parser(
+        "download", parents=[common], help="fetch a model into the Hugging Face cache, showing its size first",
+        description="Show the download size of MODEL_ID and the memory it needs to run (from its config), then "
+                    "fetch it into the Hugging Face cache (HF_HOME), where load_pretrained and GEMMA_LAB_MODEL find "
+                    "it offline. Gated models (all Gemma) need their licence accepted and a token (hf auth login).")
+    download.add_argument("model_id", metavar="MODEL_ID", help="a Hugging Face id such as google/gemma-2-2b, or a "
+                                                               "Kaggle handle (needs kagglehub)")
+    download.add_argument("--dry-run", action="store_true", help="show the sizes only; download nothing")
 
     commands.add_parser(
         "train-tiny", add_help=False, help="train the bundled tiny model (options: gemma-lab train-tiny --help)",
@@ -106,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser(
         "lab", parents=[common], help="open the lesson notebooks in JupyterLab",
         description="Start JupyterLab on the lesson notebooks. Options it does not know are passed to JupyterLab.")
-    lab.add_argument("--model", metavar="PATH",
-                     help="checkpoint the lessons use (sets GEMMA_LAB_MODEL; default: the bundled tiny model)")
+    lab.add_argument("--model", metavar="MODEL",
+                     help="checkpoint folder or model id the lessons use (sets GEMMA_LAB_MODEL; default: the "
+                          "bundled tiny model)")
     for command_parser in commands.choices.values():  # so that usage errors show the command's usage
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_lab(args, extra)
         if getattr(args, "max_new_tokens", 0) is None:
             args.max_new_tokens = MAX_NEW_TOKENS[args.command]
-        return {"generate": run_generate, "chat": run_chat, "info": run_info}[args.command](args)
+        return {"generate": run_generate, "chat": run_chat, "info": run_info, "download": run_download}[args.command](args)
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush stays quiet too
@@ -316,12 +332,16 @@ def run_info(args) -> int:
     from gemma_lab.config import PRESETS, GemmaConfig
     from gemma_lab.loading import checkpoint_files
 
+    from gemma_lab.hub import fetch_file, is_hub_id
+
     path = args.path
     if is_tiny_name(path):
         path = tiny_model_dir()
     path = Path(path)
     files: list[Path] = []
-    if not path.exists() and args.path in PRESETS:
+    if is_hub_id(args.path):  # reads config.json only (from the cache, or fetched alone)
+        cfg, title = GemmaConfig.from_hf(fetch_file(args.path, "config.json")), f"{args.path} (Hugging Face Hub)"
+    elif not path.exists() and args.path in PRESETS:
         cfg, title = PRESETS[args.path], f"preset {args.path} (architecture only, no files)"
     else:
         if not path.exists():
@@ -346,6 +366,56 @@ def run_info(args) -> int:
         total = sum(f.stat().st_size for f in dict.fromkeys(files))
         print(f"  {'total':<{width}}  {_size(total):>10}")
     return 0
+
+
+def run_download(args) -> int:
+    from gemma_lab import hub
+    from gemma_lab.config import GemmaConfig
+
+    name = args.model_id
+    if Path(name).exists():
+        raise CLIError(f"{name} is a local path: nothing to download (gemma-lab info {name} describes it)")
+    if hub.is_kaggle_handle(name):  # kagglehub shows no sizes beforehand: fetch, then describe
+        if args.dry_run:
+            raise CLIError("--dry-run needs a Hugging Face id; kagglehub cannot list sizes before downloading")
+        folder = hub.resolve_model(name)
+        print(f"{name} (Kaggle) is in {folder}")
+        for line in _memory_lines(GemmaConfig.from_hf(folder / "config.json")):
+            print(line)
+        return 0
+    if not hub.is_hub_id(name):
+        hub.resolve_model(name)  # says what it is instead: a preset, 'tiny', a missing path
+        raise CLIError(f"{name}: not a model id (owner/name, e.g. google/gemma-2-2b)")
+    plan = hub.download_plan(name)
+    total = sum(f.size for f in plan)
+    missing = sum(f.size for f in plan if not f.cached)
+    print(f"{name} (Hugging Face Hub)")
+    print(f"  files     {len(plan)}, {_size(total)} in all; {_size(missing)} to download "
+          f"({_size(total - missing)} already in {hub.hub_settings().cache_dir})")
+    try:
+        cfg = GemmaConfig.from_hf(hub.fetch_file(name, "config.json"))
+    except (ValueError, KeyError, OSError) as error:
+        if isinstance(error, hub.HubError):
+            raise
+        print(f"  memory    unknown: its config.json is not one gemma_lab reads ({_one_line(error)})")
+    else:
+        for line in _memory_lines(cfg):
+            print(line)
+    if args.dry_run:
+        return 0
+    sys.stdout.flush()
+    folder = hub.resolve_model(name)
+    print(f"ready: {folder}\nuse it with load_pretrained({name!r}), --model {name} or GEMMA_LAB_MODEL={name} "
+          "(offline too: HF_HUB_OFFLINE=1)")
+    return 0
+
+
+def _memory_lines(cfg) -> list[str]:
+    """Parameters and the memory the weights take in each precision (what a workshop machine needs)."""
+    n = cfg.n_params()
+    return [f"  parameters {n:,} ({_count(n)}, text model)",
+            f"  memory    weights alone: fp32 {_size(4 * n)}, bf16 {_size(2 * n)}, int8 {_size(n)} "
+            "(plus the KV cache and activations; gemma_lab itself runs fp32, bf16 or fp16)"]
 
 
 def describe_config(cfg, title: str) -> list[str]:

@@ -100,8 +100,8 @@ class HookedGemma(HookedModule):
     def from_pretrained(cls, path: str | os.PathLike = "tiny", *, dtype: torch.dtype | str | None = None,
                         device: str | torch.device = "cpu", padding_side: str = "right", requires_grad: bool = True,
                         **load_kwargs) -> HookedGemma:
-        """Load a checkpoint (``"tiny"`` or a folder) and its tokenizer, as ``load_pretrained`` and
-        ``load_tokenizer`` do. ``dtype`` / ``device`` go to the loader.
+        """Load a checkpoint (``"tiny"``, a folder or a model id) and its tokenizer, as
+        ``load_pretrained`` and ``load_tokenizer`` do. ``dtype`` / ``device`` go to the loader.
 
         The weights require gradients, as TransformerLens's do (``load_pretrained`` freezes them),
         so gradient idioms work; call ``torch.set_grad_enabled(False)`` when you only run forward

@@ -32,9 +32,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from gemma_lab.bundled import is_tiny_name, tiny_model_dir
 from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
+from gemma_lab.hub import resolve_model
 from gemma_lab.model import Gemma
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
@@ -47,18 +47,15 @@ class CheckpointError(ValueError):
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     *, config: GemmaConfig | str | None = None, progress: bool | None = None) -> Gemma:
-    """A ready ``Gemma`` in eval mode from a checkpoint folder or file (or ``"tiny"``, the bundled model).
+    """A ready ``Gemma`` in eval mode from a checkpoint folder or file, ``"tiny"`` (the bundled model),
+    a Hugging Face id (``"google/gemma-2-2b"``, from the local cache or downloaded) or a Kaggle handle.
 
     dtype: e.g. ``torch.bfloat16`` or ``"float32"``; default: the checkpoint's own dtype.
     config: only for gemma_pytorch files without a config.json beside them: a preset name or a
         GemmaConfig (by default the preset whose tensor shapes match is used).
     progress: show a progress bar (default: for checkpoints above 256 MiB).
     """
-    if is_tiny_name(path):
-        path = tiny_model_dir()
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    path = resolve_model(path)  # a local path as it is; "tiny", a Hub id or a Kaggle handle to its folder
     dtype = _parse_dtype(dtype)
     source = _find_checkpoint(path)
     if isinstance(config, str):
@@ -436,8 +433,6 @@ def _files_from_index(index: Path) -> list[Path]:
 
 def checkpoint_files(path: str | os.PathLike) -> list[Path]:
     """The weight files a checkpoint path refers to (for ``gemma-lab info``)."""
-    if is_tiny_name(path):
-        path = tiny_model_dir()
-    source = _find_checkpoint(Path(path))
+    source = _find_checkpoint(resolve_model(path))
     return list(getattr(source, "files", []))
 

@@ -1,8 +1,8 @@
 """One setting switches every lesson notebook between the bundled tiny Gemma and real weights.
 
-Set the environment variable ``GEMMA_LAB_MODEL`` to a local checkpoint folder (for example a
-downloaded ``google/gemma-2b``) before starting Jupyter, or pass ``path=`` in the notebook's
-config cell; with nothing set, the bundled tiny model is used.
+Set the environment variable ``GEMMA_LAB_MODEL`` to a model id (``google/gemma-2-2b``, fetched
+through the Hugging Face cache) or a local checkpoint folder before starting Jupyter, or set it
+in the notebook's config cell; with nothing set, the bundled tiny model is used.
 
     from gemma_lab.notebook import load_lesson_model
     model, tokenizer = load_lesson_model()
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gemma_lab.bundled import is_tiny_name, tiny_model_dir
+from gemma_lab.hub import is_hub_id, is_kaggle_handle, resolve_model
 from gemma_lab.loading import load_pretrained
 from gemma_lab.model import Gemma
 from gemma_lab.tokenizer import GemmaTokenizer, load_tokenizer
@@ -39,23 +39,23 @@ def load_lesson_model(path: str | os.PathLike | None = None, dtype: torch.dtype 
 
     Real checkpoints are large: ``$GEMMA_LAB_DTYPE=bfloat16`` halves the memory they need.
     """
-    chosen = lesson_model_path(path)
     dtype = dtype or os.environ.get(DTYPE_ENV) or None
-    if chosen != "tiny" and not Path(chosen).exists():
-        raise FileNotFoundError(f"{MODEL_ENV}={chosen}: no such checkpoint folder")
-    model = load_pretrained(chosen, dtype=dtype)
-    tokenizer = load_tokenizer(chosen)
-    return model, tokenizer
+    folder = lesson_checkpoint(path)  # a Hub id is downloaded (or found in the cache) once, here
+    return load_pretrained(folder, dtype=dtype), load_tokenizer(folder)
 
 
 def lesson_checkpoint(path: str | os.PathLike | None = None) -> Path:
-    """The checkpoint folder or file behind ``lesson_model_path`` (the bundled folder for ``"tiny"``).
+    """The checkpoint folder or file behind ``lesson_model_path`` (the bundled folder for ``"tiny"``, the
+    snapshot in the Hugging Face cache for a model id, downloaded if it is not there yet).
 
     The model holds no file path, so a lesson that wants the files (to open them with transformers,
     say) asks here.
     """
     chosen = lesson_model_path(path)
-    return tiny_model_dir() if is_tiny_name(chosen) else Path(chosen)
+    try:
+        return resolve_model(chosen)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{MODEL_ENV}={chosen}: {error}") from None
 
 
 def describe(model: Gemma, source: str | os.PathLike | None = None) -> str:
@@ -64,6 +64,8 @@ def describe(model: Gemma, source: str | os.PathLike | None = None) -> str:
     ``source``: where it was loaded from (default: the lesson checkpoint, ``lesson_checkpoint()``).
     """
     cfg = model.cfg
-    source = source if source is not None else lesson_checkpoint()
+    if source is None:
+        chosen = lesson_model_path()
+        source = chosen if is_hub_id(chosen) or is_kaggle_handle(chosen) else lesson_checkpoint()
     return (f"Gemma {cfg.family} · {cfg.n_layers} layers · d_model {cfg.d_model} · {cfg.n_heads} heads "
             f"({cfg.attention_kind}) · {model.n_params():,} parameters · from {source}")

@@ -5,8 +5,9 @@ encode and decode text, show tokens readably, and render the Gemma chat template
 text into ids lives here; the model only ever sees ids.
 
 Must not import: torch (token ids arrive as lists or tensors, read through ``.tolist()``), the model,
-plotting or widgets. It imports only ``sentencepiece``, ``tokenizers``, ``gemma_lab.bundled`` and
-``gemma_lab.chat_template`` (a checkpoint's own Jinja template, rendered as transformers renders it).
+plotting or widgets. It imports only ``sentencepiece``, ``tokenizers``, ``gemma_lab.hub`` (model ids and
+"tiny" to folders) and ``gemma_lab.chat_template`` (a checkpoint's own Jinja template, rendered as
+transformers renders it).
 
 What Gemma's tokenizer does (details and verified id vectors in ``reference/gemma-architecture.md`` §4):
 BPE with byte fallback, no dummy prefix (``"The"`` is not ``"▁The"``), spaces kept (a run of spaces or of
@@ -32,7 +33,7 @@ import sentencepiece
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
-from gemma_lab import bundled
+from gemma_lab import hub
 from gemma_lab.chat_template import ChatTemplate, find_chat_template
 
 #: File names looked for in a checkpoint folder, in order of preference.
@@ -259,7 +260,8 @@ class GemmaTokenizer:
 
 
 def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTokenizer:
-    """Read a Gemma tokenizer from a file or a checkpoint folder; ``"tiny"`` means the bundled model.
+    """Read a Gemma tokenizer from a file or a checkpoint folder; ``"tiny"`` means the bundled model, and
+    a model id (``"google/gemma-2-2b"``, a Kaggle handle) its tokenizer files, cached or downloaded.
 
     A chat template shipped beside the tokenizer (``chat_template.jinja``, or ``tokenizer_config.json``'s
     ``"chat_template"``) is read too and used by ``apply_chat_template``.
@@ -270,9 +272,7 @@ def load_tokenizer(path: str | Path, chat_format: str | None = None) -> GemmaTok
     sits beside the tokenizer (a small vocabulary such as the tiny model's says nothing about it),
     else to what the file looks like.
     """
-    if bundled.is_tiny_name(path):
-        path = bundled.tiny_model_dir()
-    path = Path(path)
+    path = hub.resolve_model(path, tokenizer_only=True)  # "tiny", a Hub id or a Kaggle handle -> its folder
     if path.is_dir():
         found = [path / name for name in TOKENIZER_FILES if (path / name).is_file()]
         if not found:

@@ -92,17 +92,24 @@ def execute_notebook(
     contains a Python traceback: the three ways a widget notebook can fail.
     """
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     workdir = Path(cwd) if cwd is not None else path.parent
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name=kernel_name,
-        resources={"metadata": {"path": str(workdir)}},
-    )
+    with kernel_transport_config() as config:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name=kernel_name,
+            resources={"metadata": {"path": str(workdir)}},
+            config=config,
+        )
+        return _execute(client, nb, path, env)
+
+
+def _execute(client, nb, path: Path, env: dict | None) -> nbformat.NotebookNode:
+    from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
+
     current = {"index": None}
 
     def remember_cell(cell, cell_index, **_):
@@ -124,6 +131,28 @@ def execute_notebook(
         source = nb.cells[index].source if index is not None else ""
         raise NotebookError(path, index, source, text, where="output widget")
     return nb
+
+
+@contextmanager
+def kernel_transport_config():
+    """A traitlets ``Config`` for the kernel manager: IPC (Unix sockets in a private folder,
+    removed afterwards) where the platform has them, else the default TCP.
+
+    ipykernel 7 logs "Kernel is running over TCP without encryption ..." on stderr at every start
+    over TCP, and a kernel's stderr is the test run's, so it landed in the output of every lesson
+    run. IPC is what that warning recommends: the sockets are files only this user can open, with
+    no port on the network at all. Use it for any other kernel a test starts (nbclient, nbconvert).
+    """
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name != "posix":
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="kernel-") as folder:
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(folder, "k")  # socket files k-1 ... k-5; short: paths are limited
+        yield config
 
 
 def _first_error_cell(nb) -> int | None:
@@ -428,3 +457,40 @@ def record_widget_outputs() -> Iterator[WidgetRecorder]:
 
         stack.callback(restore)
         yield recorder
+
+
+#: The widget modules every front end ships (JupyterLab, Notebook 7, VS Code, Colab); a model from
+#: any other module needs its JavaScript fetched from a CDN, which VS Code and offline rooms lack.
+CORE_WIDGET_MODULES = ("@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/output")
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_portability_problems(nb) -> list[str]:
+    """Problems with the widgets an executed notebook shows, for front ends other than JupyterLab.
+
+    VS Code's and Colab's widget managers read ipywidgets 8 state (format 2.0) saved in the
+    notebook's metadata, and render only the core widget modules without a CDN. So: the state is
+    saved, in format 2.0; every view output is ipywidgets 8's (``version_major`` 2) and names a
+    model in that state; every model comes from a core module.
+    """
+    views = [(index, output["data"][WIDGET_VIEW_MIME]) for index, cell in enumerate(nb.cells)
+             for output in cell.get("outputs", []) if WIDGET_VIEW_MIME in output.get("data", {})]
+    if not views:
+        return []
+    saved = nb.metadata.get("widgets", {}).get(WIDGET_STATE_MIME)
+    if saved is None:
+        return ["widgets are shown but no widget state is saved in the notebook's metadata"]
+    problems = []
+    if (saved.get("version_major"), saved.get("version_minor")) != (2, 0):
+        problems.append(f"widget state format {saved.get('version_major')}.{saved.get('version_minor')}, not 2.0")
+    state = saved.get("state", {})
+    for index, view in views:
+        if view.get("version_major") != 2:
+            problems.append(f"cell {index}: a widget view of format {view.get('version_major')}, not ipywidgets 8's 2")
+        if view.get("model_id") not in state:
+            problems.append(f"cell {index}: widget model {view.get('model_id')} is not in the saved state")
+    for model_id, model in state.items():
+        if model.get("model_module") not in CORE_WIDGET_MODULES:
+            problems.append(f"widget model {model_id} comes from {model.get('model_module')!r}, not a core module")
+    return problems

@@ -23,7 +23,7 @@ OURS = ("gemma_lab", "tools")
 
 # Lowest first. A module belongs to the first entry whose name or package prefix matches it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("vocabulary", ("gemma_lab.hf_format", "gemma_lab.hook_points", "gemma_lab.bundled")),
+    ("vocabulary", ("gemma_lab.hf_format", "gemma_lab.hook_points", "gemma_lab.bundled", "gemma_lab.hub")),
     ("config and hooks", ("gemma_lab.config", "gemma_lab.hooks", "gemma_lab.sampling", "gemma_lab.tokenizer",
                           "gemma_lab.chat_template")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
@@ -49,9 +49,11 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     "gemma_lab.hook_points": frozenset(),
     "gemma_lab.config": frozenset(),
     "gemma_lab.bundled": frozenset(),
+    "gemma_lab.hub": frozenset({"huggingface_hub", "kagglehub"}),  # imported when an id is resolved
     "gemma_lab.sampling": frozenset({"torch"}),
     "gemma_lab.hooks": frozenset({"torch"}),
-    "gemma_lab.tokenizer": frozenset({"sentencepiece", "tokenizers", "jinja2", "markupsafe"}),
+    "gemma_lab.tokenizer": frozenset({"sentencepiece", "tokenizers", "jinja2", "markupsafe", "huggingface_hub",
+                                     "kagglehub"}),
     "gemma_lab.chat_template": frozenset({"jinja2", "markupsafe"}),
     "gemma_lab.kv_cache": frozenset({"torch"}),
     "gemma_lab.activation_cache": frozenset({"torch", "einops"}),

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_checkpoints import write_checkpoint
+from hub_standin import HubStandIn, Repo
 
 from gemma_lab import bundled
 
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)\n```", re.S | re.M)  # top-level fences only
 PLACEHOLDER = re.compile(r"(?:path/to|~/models)/[\w.-]+")
+HUB_ID = re.compile(r"(?<![\w/.~-])google/gemma-[\w.-]+")  # Hugging Face ids, served by the stand-in
 # Commands that run until stopped, and the output that shows they are up and working.
 LONG_RUNNING = {"gemma-lab lab": r"https?://(localhost|127\.0\.0\.1)[:\d]*", "voila ": r"https?://localhost[:\d]*",
                 "train-tiny": r"loss=\d"}
@@ -81,7 +83,9 @@ def _family(name: str) -> int:
 
 @pytest.fixture(scope="module")
 def reader_machine(tmp_path_factory) -> dict[str, str]:
-    """A scratch home and working folder holding every placeholder checkpoint the pages name."""
+    """A scratch home and working folder holding every placeholder checkpoint the pages name; the
+    Hugging Face ids the bash blocks name (``google/gemma-2-2b``) are served by a local stand-in for
+    the Hub (``hub_standin.py``) as random-weight checkpoints, and downloaded into the home's cache."""
     home = tmp_path_factory.mktemp("home")
     texts = [code for _, _, code in blocks("bash") + blocks("python")]
     tokenizer = bundled.tiny_model_dir() / "tokenizer.model"
@@ -92,8 +96,16 @@ def reader_machine(tmp_path_factory) -> dict[str, str]:
             shutil.copy(tokenizer, folder / "tokenizer.model")
     (home / "notebooks").symlink_to(ROOT / "notebooks")  # the pages' relative paths are the repository's
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "HOME": str(home), "PATH": path, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
-            "JUPYTER_PLATFORM_DIRS": "1"}
+    repos = {}
+    for repo_id in sorted({m for _, _, code in blocks("bash") for m in HUB_ID.findall(code)}):
+        folder = tmp_path_factory.mktemp("hub") / repo_id  # outside HOME: a folder there would win over the id
+        write_checkpoint(folder, _family(repo_id), seed=3, vocab_size=3072)
+        shutil.copy(tokenizer, folder / "tokenizer.model")
+        repos[repo_id] = Repo({file.name: file.read_bytes() for file in folder.iterdir()})
+    with HubStandIn(repos) as standin:
+        yield {**os.environ, "HOME": str(home), "PATH": path, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
+               "JUPYTER_PLATFORM_DIRS": "1", "HF_ENDPOINT": standin.url, "HF_HOME": str(home / ".cache/huggingface"),
+               "HF_TOKEN": "", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @pytest.mark.slow

@@ -41,7 +41,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_support import check_notebook_pairs, count_displayed_widgets, execute_notebook, figures_in
+from jupyter_support import (check_notebook_pairs, count_displayed_widgets, execute_notebook, figures_in,
+                             widget_portability_problems)
+
+from tools.colab_links import colab_url
 
 from tools import docs_site
 
@@ -273,7 +276,7 @@ def test_every_lesson_has_the_standard_opening():
     for notebook in NOTEBOOKS:
         cells = nbformat.read(notebook, as_version=4).cells
         intro = cells[0].source
-        assert f"colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/{notebook.name}" in intro, (
+        assert colab_url(notebook.name) in intro, (
             f"{notebook.name}: the first cell has no Colab badge pointing to this notebook")
         assert "**Time:**" in intro and "Learning goals" in intro, f"{notebook.name}: no time estimate or learning goals"
         code = [cell.source for cell in cells if cell.cell_type == "code"]
@@ -296,6 +299,8 @@ def test_runs_with_the_tiny_model(notebook, runs):
     run = runs.result(notebook, "tiny")
     shown = count_displayed_widgets(run.nb) + figures_in(run.nb)
     assert shown >= 1, f"{notebook.name} shows no widget and no figure"
+    problems = widget_portability_problems(run.nb)  # what VS Code and Colab need (test_notebook_portability.py)
+    assert not problems, f"{notebook.name}: " + "; ".join(problems[:5])
     assert_stubs_not_attempted(notebook, run.nb)
     print(f"{notebook.name}: tiny model {run.seconds:.1f} s, {shown} widgets and figures")
 

@@ -45,6 +45,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -268,17 +269,23 @@ def _execute_into(notebook: Path, destination: Path) -> str | None:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+    from traitlets.config import Config
 
     nb = nbformat.read(notebook, as_version=4)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "GEMMA_LAB_MODEL": "", "GEMMA_LAB_DTYPE": "", "GEMMA_LAB_SAE": "", "OMP_NUM_THREADS": "1"}
     env.pop("MPLBACKEND", None)  # with it set, the kernel's inline backend shows no figures
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
-    try:
-        client.execute(env=env)
-    except CellExecutionError as error:
-        return f"lesson {notebook.name} fails on the tiny model:\n{error}"
+    with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+        config = Config()
+        if os.name == "posix":  # IPC, as the notebook tests do: no "running over TCP" warning per kernel
+            config.KernelManager.transport = "ipc"
+            config.KernelManager.ip = os.path.join(sockets, "k")
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", config=config,
+                                resources={"metadata": {"path": str(NOTEBOOKS)}})
+        try:
+            client.execute(env=env)
+        except CellExecutionError as error:
+            return f"lesson {notebook.name} fails on the tiny model:\n{error}"
     problem = output_widget_error(nb)
     if problem:
         return f"lesson {notebook.name}: an Output widget shows an error:\n{problem}"

@@ -15,10 +15,11 @@ Formats (the first one found in the folder wins):
 
 Every tensor is accounted for: a missing, unexpected or mis-shaped one raises ``SAEConfigError``
 naming the file and the tensor. Pass ``model=`` to also check that the SAE fits the model (its
-site exists and has the SAE's width). Loading by a release id through the Hugging Face cache is
-not done here: download the folder and pass its path.
+site exists and has the SAE's width). A release on the Hugging Face Hub is loaded by its id and
+the SAE's folder in it, as SAELens names them (``load_sae("google/gemma-scope-2b-pt-res",
+"layer_12/width_16k/average_l0_82")``): fetched into the Hub cache once (``gemma_lab.hub``).
 
-Imports: torch, numpy, safetensors and ``gemma_lab.sae.autoencoder``; never the model itself.
+Imports: torch, numpy, safetensors, ``gemma_lab.hub`` and ``gemma_lab.sae.autoencoder``; never the model.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 
 from gemma_lab.bundled import bundled_dir
+from gemma_lab.hub import is_hub_id, resolve_sae
 from gemma_lab.sae.autoencoder import SAE, SAEConfig, SAEConfigError, check_site, make_sae
 
 #: transformers hook points of Gemma Scope 2 configs -> our hook names ({L}: the layer).
@@ -65,18 +67,37 @@ _SAELENS_ARCHITECTURES = {
 TINY_SAES = {"tiny": "resid", "tiny-sae": "resid", "tiny-transcoder": "transcoder"}
 
 
-def load_sae(path: str | os.PathLike, hook_name: str | None = None, *, model=None, use_error_term: bool = False,
-             device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> SAE:
-    """An ``SAE`` (or ``Transcoder``) from a folder in one of the formats above, or a bundled name.
+def load_sae(path: str | os.PathLike, hook_name: str | None = None, *, sae_id: str | None = None, model=None,
+             use_error_term: bool = False, device: str | torch.device = "cpu",
+             dtype: torch.dtype | str | None = None) -> SAE:
+    """An ``SAE`` (or ``Transcoder``) from a folder in one of the formats above, a bundled name, or
+    a release on the Hugging Face Hub with the SAE's folder in it.
 
+    path: a folder, ``"tiny"`` / ``"tiny-transcoder"``, a release id (``google/gemma-scope-2b-pt-res``),
+        or a release id and the SAE's folder in one (``google/gemma-scope-2b-pt-res/layer_12/...``).
     hook_name: where it sits, in our names (``blocks.12.hook_resid_post``); needed only when the
         folder does not say (a Gemma Scope 1 folder outside its released path). If the folder
-        does say, the two must agree. A transcoder's ``hook_name`` is its input site.
+        does say, the two must agree. A transcoder's ``hook_name`` is its input site. For a
+        release id, a second argument with a ``/`` in it is the ``sae_id`` (hook names have none).
+    sae_id: the SAE's folder in a release (``layer_12/width_16k/average_l0_82``), as SAELens names it.
     model: check that the SAE fits this model (its sites exist and have its widths).
     dtype: e.g. ``torch.float32``; default: the file's.
     """
     if isinstance(path, str) and path in TINY_SAES:
         path = bundled_dir("tiny-sae") / TINY_SAES[path]
+    if isinstance(path, str) and sae_id is None and path.count("/") >= 2 and not Path(path).exists():
+        owner, name, inner = path.split("/", 2)  # "release/sae_id" in one string (GEMMA_LAB_SAE can hold it)
+        if is_hub_id(f"{owner}/{name}"):
+            path, sae_id = f"{owner}/{name}", inner
+    if is_hub_id(path):
+        if sae_id is None and hook_name is not None and "/" in hook_name:
+            sae_id, hook_name = hook_name, None
+        if sae_id is None:
+            raise ValueError(f"{path} is a release id: say which SAE in it, e.g. load_sae({str(path)!r}, "
+                             f"'layer_12/width_16k/average_l0_82') (its folder in the repository)")
+        path = resolve_sae(str(path), sae_id)
+    elif sae_id is not None:
+        path = Path(path) / sae_id  # a release downloaded by hand: the SAE's folder inside it
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such SAE folder (expected params.safetensors + config.json, "

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/12_steering.ipynb)
+# **[Open in Colab](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/12_steering.ipynb)**
 #
 # # 12 · Steering with a direction in the residual stream
 #
@@ -34,22 +34,26 @@
 #    the model instead of steering it.
 
 # %%
-# Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
+# Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
+# widgets; anywhere else it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gemma_lab[lab] @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
+    import torch  # Colab's build: pinned below, so pip keeps it instead of installing another
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"torch=={torch.__version__}",
+                    "gemma_lab @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()
 
 # %%
 # Configuration: which model this lesson runs on.
-# "" keeps the default: the bundled tiny Gemma, or the checkpoint folder in $GEMMA_LAB_MODEL.
-# Real weights: a folder such as "/models/gemma-2-2b" (see notebook 14 for where to get one).
+# "" keeps the default: the bundled tiny Gemma, or the model $GEMMA_LAB_MODEL names.
+# Real weights: a model id such as "google/gemma-2-2b" (downloaded once into the Hugging Face cache;
+# accept its licence first, see notebook 14) or a checkpoint folder such as "/models/gemma-2-2b".
 import os
 
 MODEL = ""

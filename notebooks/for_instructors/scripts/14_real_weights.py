@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/14_real_weights.ipynb)
+# **[Open in Colab](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/14_real_weights.ipynb)**
 #
 # # 14 · Real weights
 #
@@ -31,22 +31,26 @@
 # 3. choose between bf16 and fp32, and measure what bf16 changes in the logits.
 
 # %%
-# Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
+# Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
+# widgets; anywhere else it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gemma_lab[lab] @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
+    import torch  # Colab's build: pinned below, so pip keeps it instead of installing another
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"torch=={torch.__version__}",
+                    "gemma_lab @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()
 
 # %%
 # Configuration: which model this lesson runs on.
-# "" keeps the default: the bundled tiny Gemma, or the checkpoint folder in $GEMMA_LAB_MODEL.
-# Real weights: a folder such as "/models/gemma-2-2b" (section 3 explains how to get one).
+# "" keeps the default: the bundled tiny Gemma, or the model $GEMMA_LAB_MODEL names.
+# Real weights: a model id such as "google/gemma-2-2b" (downloaded once into the Hugging Face cache;
+# accept its licence first, see notebook 14) or a checkpoint folder such as "/models/gemma-2-2b".
 import os
 
 MODEL = ""
@@ -80,10 +84,14 @@ torch.set_grad_enabled(False)
 # settings, then in a terminal:
 #
 # ```bash
-# pip install -U huggingface_hub
-# hf auth login                          # paste the token (older releases: huggingface-cli login)
-# hf download google/gemma-2-2b --local-dir ~/models/gemma-2-2b
+# hf auth login                           # paste the token (or set HF_TOKEN)
+# gemma-lab download google/gemma-2-2b    # shows the size and the memory it needs, then downloads
 # ```
+#
+# The files land in the Hugging Face cache (`~/.cache/huggingface`, or `$HF_HOME`), shared with
+# transformers. From then on the id works wherever a path does, offline too:
+# `GEMMA_LAB_MODEL=google/gemma-2-2b`, `MODEL = "google/gemma-2-2b"` in the configuration cell,
+# `load_pretrained("google/gemma-2-2b")`. (Without the download step, the first use downloads it.)
 #
 # Repository names: `google/gemma-2b`, `google/gemma-7b` (and `-it` for instruction-tuned),
 # `google/gemma-1.1-2b-it`, `google/gemma-2-2b`, `google/gemma-2-9b`, `google/gemma-2-27b`,
@@ -93,10 +101,11 @@ torch.set_grad_enabled(False)
 #
 # **Kaggle** (`kaggle.com/models/google/gemma`, `.../gemma-2`, `.../gemma-3`): accept the licence on
 # the model page, choose the *Transformers* variation (or the *PyTorch* one: Google's gemma_pytorch
-# `.ckpt`, which `gemma_lab` also reads), and download it from the page or with `kagglehub`.
+# `.ckpt`, which `gemma_lab` also reads), and download it from the page, or give its handle
+# (`google/gemma-2/transformers/gemma-2-2b`) wherever an id goes, with `kagglehub` installed.
 #
-# The weights are the same on both sites. Download once, outside the notebook; every lesson then
-# reads the folder from disk, offline.
+# The weights are the same on both sites. Download once, before the lesson; every lesson then
+# reads the files from disk, offline.
 
 # %% [markdown]
 # ## 2. How much memory?
@@ -254,7 +263,8 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * Accept the licence, download once (Hugging Face or Kaggle), then `GEMMA_LAB_MODEL=<folder>`.
+# * Accept the licence, download once (`gemma-lab download google/gemma-2-2b`), then
+#   `GEMMA_LAB_MODEL=google/gemma-2-2b` (or a folder).
 # * Weights need `n_params x 2` bytes in bf16, `x 4` in fp32; the KV cache grows with context, less so
 #   with sliding-window layers.
 # * bf16 for size and speed, fp32 for small, precise effects; never fp16 for Gemma.

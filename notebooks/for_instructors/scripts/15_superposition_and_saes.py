@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/15_superposition_and_saes.ipynb)
+# **[Open in Colab](https://colab.research.google.com/github/gemma-lab/gemma_lab/blob/main/notebooks/15_superposition_and_saes.ipynb)**
 #
 # # 15 · Superposition and sparse autoencoders
 #
@@ -37,28 +37,33 @@
 # 5. say what a transcoder replaces, and load a Gemma Scope SAE for real Gemma.
 
 # %%
-# Set-up. On Google Colab this installs gemma_lab and turns on its widgets; anywhere else it does nothing.
+# Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
+# widgets; anywhere else it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gemma_lab[lab] @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
+    import torch  # Colab's build: pinned below, so pip keeps it instead of installing another
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"torch=={torch.__version__}",
+                    "gemma_lab @ git+https://github.com/gemma-lab/gemma_lab"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()
 
 # %%
 # Configuration: which model this lesson runs on, and (for section 8) a Gemma Scope SAE for it.
-# "" keeps the default: the bundled tiny Gemma, or the checkpoint folder in $GEMMA_LAB_MODEL.
-# Real weights: a folder such as "/models/gemma-2-2b" (see notebook 14 for where to get one).
+# "" keeps the default: the bundled tiny Gemma, or the model $GEMMA_LAB_MODEL names.
+# Real weights: a model id such as "google/gemma-2-2b" (downloaded once into the Hugging Face cache;
+# accept its licence first, see notebook 14) or a checkpoint folder such as "/models/gemma-2-2b".
 import os
 
 MODEL = ""
 if MODEL:
     os.environ["GEMMA_LAB_MODEL"] = MODEL
-# A downloaded Gemma Scope folder, e.g. ".../gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82".
+# A Gemma Scope SAE: release id and folder, "google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
+# or a downloaded folder with that path.
 SAE_FOLDER = ""
 if SAE_FOLDER:
     os.environ["GEMMA_LAB_SAE"] = SAE_FOLDER
@@ -497,9 +502,11 @@ if transcoder is not None:
 # residual stream, the MLP output and the attention output of the layers, and transcoders; Gemma
 # Scope 2 does the same for Gemma 3, 270M to 27B.
 # Each SAE is a folder on the Hugging Face hub, e.g. in `google/gemma-scope-2b-pt-res` the folder
-# `layer_12/width_16k/average_l0_82` (`params.npz`). Download one (with `huggingface-cli download`,
-# after accepting the Gemma licence), then set `MODEL` and `SAE_FOLDER` in the configuration cell
-# (or `GEMMA_LAB_MODEL` and `GEMMA_LAB_SAE` before starting Jupyter). `load_sae` reads the site from
+# `layer_12/width_16k/average_l0_82` (`params.npz`). Set `MODEL` and `SAE_FOLDER` in the configuration
+# cell (or `GEMMA_LAB_MODEL` and `GEMMA_LAB_SAE` before starting Jupyter), e.g. to `google/gemma-2-2b`
+# and `google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82`: after accepting the Gemma
+# licence, both are fetched into the Hugging Face cache on first use (a downloaded folder works
+# too; `load_sae("google/gemma-scope-2b-pt-res", "layer_12/...")` is the same). `load_sae` reads the site from
 # the folder's path and checks that it fits the model. Everything of sections 5 and 6 then works
 # the same; the cell below runs only when both are set.
 
