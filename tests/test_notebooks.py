@@ -46,6 +46,8 @@ from jupyter_support import (check_notebook_pairs, count_displayed_widgets, exec
 
 from tools.colab_links import colab_url
 
+from tools import docs_site
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 INSTRUCTORS_DIR = NOTEBOOK_DIR / "for_instructors"  # what students need not open (see jupytext.toml)
@@ -188,7 +190,10 @@ class NotebookRuns:
         start = time.perf_counter()
         # Always run in the notebooks folder, as a student would (the filled-in copy lives elsewhere).
         nb = execute_notebook(path, env=kernel_env(model), timeout=300, cwd=NOTEBOOK_DIR)
-        return Execution(nb, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if mode == "tiny":  # the documentation site shows this run (tests/test_site.py builds it)
+            docs_site.keep_executed_lesson(notebook, nb)
+        return Execution(nb, seconds)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
