@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gemma_lab.model import Gemma
     from gemma_lab.tokenizer import GemmaTokenizer
 
-_ARCHITECTURES = {1: "GemmaForCausalLM", 2: "Gemma2ForCausalLM", 3: "Gemma3ForCausalLM"}
+_ARCHITECTURES = {1: "GemmaForCausalLM", 2: "Gemma2ForCausalLM", 3: "Gemma3ForCausalLM", 4: "Gemma4ForCausalLM"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +80,8 @@ class TLConfig:
     device = property(lambda self: self._model.device, doc="where the weights are (live)")
     dtype = property(lambda self: self._model.dtype, doc="the weights' dtype (live)")
     model_name = property(lambda self: self.gemma.name)
-    original_architecture = property(lambda self: _ARCHITECTURES[self.gemma.family])
+    original_architecture = property(lambda self: "Gemma3nForCausalLM" if self.gemma.is_gemma3n
+                                     else _ARCHITECTURES[self.gemma.family])
     act_fn = property(lambda self: "gelu_pytorch_tanh" if self.gemma.activation == "gelu_tanh" else "gelu")
     eps = property(lambda self: self.gemma.norm_eps)
     attn_scale = property(lambda self: 1.0 / self.gemma.attn_scale, doc="TL's divisor of q.k")

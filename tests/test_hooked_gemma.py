@@ -150,6 +150,15 @@ def test_cfg_has_transformerlens_names(any_family):
         cfg.n_layers = 3
 
 
+@pytest.mark.parametrize("preset, expected", [("test-gemma4", "Gemma4ForCausalLM"), ("test-gemma3n", "Gemma3nForCausalLM")])
+def test_cfg_names_gemma4_and_3n_architectures(preset, expected):
+    """Gemma 4 raised KeyError here, and 3n was reported as Gemma 3."""
+    from gemma_lab.tl_views import TLConfig
+
+    model = Gemma(GemmaConfig.from_preset(preset))
+    assert TLConfig(model).original_architecture == expected
+
+
 # ---- weight views -----------------------------------------------------------------------------
 
 def test_weight_views_reproduce_the_activations(any_family):
