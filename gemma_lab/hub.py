@@ -48,6 +48,7 @@ PRESET_IDS = {
     "gemma3-12b": "google/gemma-3-12b-pt", "gemma3-27b": "google/gemma-3-27b-pt",
     "gemma4-e2b": "google/gemma-4-E2B", "gemma4-e4b": "google/gemma-4-E4B", "gemma4-31b": "google/gemma-4-31B",
     "gemma4-26b-a4b": "google/gemma-4-26B-A4B",
+    "gemma3n-e2b": "google/gemma-3n-E2B", "gemma3n-e4b": "google/gemma-3n-E4B",
 }
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

@@ -99,7 +99,7 @@ class _Sublayer(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x: torch.Tensor, *rotary_and_positions) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *rotary_and_positions, **cache_arguments) -> torch.Tensor:
         return self.inner(x)
 
 
