@@ -278,6 +278,19 @@ _GEMMA4_ROPE_DEFAULTS = {"sliding_attention": {"rope_type": "default", "rope_the
                                             "rope_theta": 1_000_000.0}}
 
 
+def _gemma3_style_fields(d: Mapping[str, Any], layer_types: tuple, source: str) -> dict[str, Any]:
+    """What Gemma 4 and Gemma 3n keep from Gemma 3's block: tanh GELU, sandwich and q/k norms, an
+    optional final softcap, and the sliding window of their local layers."""
+    return dict(
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
+        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
+        layer_types=layer_types,
+    )
+
+
 def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     """``GemmaConfig`` fields from a Gemma 4 ``config.json`` (``gemma4_text``, or ``gemma4`` with a text tower)."""
     d = dict(d)
@@ -319,12 +332,7 @@ def gemma4_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(
         family=4,
         **_shared_fields(d, n_layers, source),
-        activation="gelu_tanh",
-        sandwich_norms=True,
-        qk_norm=True,
-        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
-        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
-        layer_types=layer_types,
+        **_gemma3_style_fields(d, layer_types, source),
         rope_theta=_hf_float({"rope_theta": 1_000_000.0, **full}, "rope_theta", source),
         rope_theta_local=_hf_float({"rope_theta": 10_000.0, **local}, "rope_theta", source),
         rope_scale=_hf_float({"factor": 1.0, **full}, "factor", source),
@@ -436,12 +444,7 @@ def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(
         family=3,
         **_shared_fields(d, n_layers, source),
-        activation="gelu_tanh",
-        sandwich_norms=True,
-        qk_norm=True,
-        final_softcap=_hf_float(d, "final_logit_softcapping", source, optional=True),
-        sliding_window=_hf_int(d, "sliding_window", source) if LOCAL in layer_types else None,
-        layer_types=layer_types,
+        **_gemma3_style_fields(d, layer_types, source),
         rope_theta=_hf_float({"rope_theta": d.get("rope_theta", 1_000_000.0), **full}, "rope_theta", source),
         rope_theta_local=_hf_float({"rope_theta": d.get("rope_local_base_freq", 10_000.0), **local}, "rope_theta",
                                    source),
