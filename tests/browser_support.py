@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -382,6 +383,16 @@ def _tail(log_path: Path, characters: int = 4000) -> str:
         return "(no server log)"
 
 
+def _leaves_this_machine(url: str) -> bool:
+    """True for a request that would leave this machine (http(s) to any other host)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https", "ws", "wss") and parts.hostname not in (
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    )
+
+
 @contextmanager
 def chromium_page(viewport=(1280, 1000)):
     """A fresh page in headless Debian Chromium (never a Playwright-downloaded browser)."""
@@ -391,6 +402,10 @@ def chromium_page(viewport=(1280, 1000)):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            # Offline like CI: anything not served from this machine fails at once. Voila's page
+            # asks a CDN for Font Awesome; on a machine whose network drops packets instead of
+            # refusing them, that stylesheet held the page's load event past every timeout.
+            context.route(_leaves_this_machine, lambda route: route.abort("internetdisconnected"))
             page = context.new_page()
             page.set_default_timeout(30_000)
             yield page
@@ -529,6 +544,6 @@ def voila_page(
         stack.enter_context(_server(command, server_env, log_path, ready=lambda: _port_open(port)))
         page = stack.enter_context(chromium_page())
         stack.enter_context(_keep_evidence(page, log_path, artifacts_dir))
-        page.goto(f"http://127.0.0.1:{port}/", timeout=timeout * 1000)
+        page.goto(f"http://127.0.0.1:{port}/", timeout=timeout * 1000, wait_until="domcontentloaded")
         page.locator(".jupyter-widgets").first.wait_for(timeout=timeout * 1000)
         yield VoilaPage(page, log_path)
