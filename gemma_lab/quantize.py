@@ -314,3 +314,20 @@ def quantize_modules(model: nn.Module, dtype: torch.dtype, layout: dict[str, str
             else:
                 swap(child, f"{prefix}{name}.")
     swap(model, "")
+
+
+def quantization_error(reference: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+    """How far a quantized model's ``logits [batch, pos, vocab]`` are from a reference model's on ``tokens``.
+
+    ``max_error``: the largest logit difference over the largest reference logit; ``top1``: the
+    fraction of positions where both pick the same token; ``perplexity`` and
+    ``reference_perplexity``: of each model on the tokens themselves (each position predicting the next).
+    """
+    reference, logits = reference.float(), logits.float()
+
+    def perplexity(x: torch.Tensor) -> float:
+        return F.cross_entropy(x[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).exp().item()
+
+    return {"max_error": ((logits - reference).abs().max() / reference.abs().max()).item(),
+            "top1": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+            "perplexity": perplexity(logits), "reference_perplexity": perplexity(reference)}
