@@ -70,8 +70,9 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     quantize: ``"int8"`` stores the embedding and every linear layer as int8 rows with one scale
         each; ``"int4"`` stores the linear layers as int4 in groups of 32 inputs (a scale and a
         zero each) and the embedding as int8. Quantized tensor by tensor as the file is read
-        (``quantize.py``); activations stay in ``dtype``. Best with bf16, where the fused kernels
-        run. CPU only; not combined with ``device_map`` or ``tensor_parallel``.
+        (``quantize.py``); activations stay in ``dtype``. Best with bf16: the fused kernels are
+        fastest there (3-8x slower in fp32 on AVX2). int4: CPU only. Not combined with ``device_map``
+        or ``tensor_parallel``.
     """
     quantize = check_quantize(quantize)
     if quantize and (device_map is not None or tensor_parallel):
