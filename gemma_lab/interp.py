@@ -609,3 +609,63 @@ def composition_score(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
     w_a, w_b = w_a.float(), w_b.float()
     product = torch.linalg.matrix_norm(w_a @ w_b)
     return product / (torch.linalg.matrix_norm(w_a) * torch.linalg.matrix_norm(w_b))
+
+
+def qk_scores_by_offset(model: "Gemma", layer: int, head: int, query_resid: torch.Tensor,
+                        key_resid: torch.Tensor, offsets: Sequence[int] | torch.Tensor, *,
+                        query_position: int | None = None, softcap: bool = True) -> torch.Tensor:
+    """``[offset, n_q, n_k]``: the attention score that ``head`` of ``layer`` gives a query whose
+    residual stream is ``query_resid[i]`` (``[n_q, d_model]``) to a key whose stream is
+    ``key_resid[j]`` (``[n_k, d_model]``) sitting ``offset`` positions earlier, for each offset.
+
+    The QK circuit with everything the model does on the way, by its own modules: ``ln1`` (with its
+    division by each row's RMS), the head's slice of ``W_Q`` / its kv head's slice of ``W_K``,
+    Gemma 3's ``q_norm``/``k_norm``, RoPE (``rotary_cos_sin``/``apply_rotary`` with this layer's
+    base and scale), the ``query_pre_attn_scalar`` scale and, with ``softcap``, Gemma 2's attention
+    softcap: the value ``hook_attn_scores`` holds for a visible key (the causal and sliding-window
+    masks are not applied; a key beyond the window gets the lowest score in the model).
+
+    RoPE makes the score depend on where the two tokens sit, but only through their distance:
+    ``rot(q, p) . rot(k, p - offset) = rot(q, offset) . k``. By default the query is rotated by
+    ``offset`` and the key not at all; ``query_position=p`` rotates them by their absolute
+    positions ``p`` and ``p - offset`` instead, as a forward pass does (equal up to float rounding).
+    With ``query_resid = key_resid = embed_scale * W_E[tokens]`` on layer 0 this is the full QK
+    circuit ``[token, token]`` at each offset, exactly what layer 0 computes on any input.
+    Gemma 1 to 3 (not 3n or 4, whose layers may share keys).
+    """
+    from gemma_lab.model import apply_rotary, rotary_cos_sin  # the model's own RoPE
+
+    cfg = model.cfg
+    if cfg.family == 4 or cfg.is_gemma3n:
+        raise ValueError("qk_scores_by_offset covers Gemma 1 to 3; Gemma 3n and 4 layers may share keys")
+    if not 0 <= layer < cfg.n_layers or not 0 <= head < cfg.n_heads:
+        raise ValueError(f"layer {layer}, head {head} out of range: the model has {cfg.n_layers} layers "
+                         f"of {cfg.n_heads} heads")
+    for name, rows in (("query_resid", query_resid), ("key_resid", key_resid)):
+        if rows.ndim != 2 or rows.shape[-1] != cfg.d_model:
+            raise ValueError(f"{name} must be [rows, d_model={cfg.d_model}], got {tuple(rows.shape)}")
+    offsets = torch.as_tensor(offsets, dtype=torch.long).reshape(-1)
+    block, attn = model.blocks[layer], model.blocks[layer].attn
+    dtype, device = model.dtype, model.device
+    d_head, kv_head = cfg.d_head, head // (cfg.n_heads // attn.n_kv_heads)
+    with torch.no_grad():
+        x_q = block.ln1(query_resid.to(device, dtype))  # [n_q, d_model]
+        x_k = block.ln1(key_resid.to(device, dtype))  # [n_k, d_model]
+        q = x_q @ attn.q_proj.weight[head * d_head:(head + 1) * d_head].T  # [n_q, d_head]
+        k = x_k @ attn.k_proj.weight[kv_head * d_head:(kv_head + 1) * d_head].T  # [n_k, d_head]
+        if attn.q_norm is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        theta, scale = cfg.rope_for_layer(layer)
+        if query_position is None:  # rotate the query by the offset, the key by nothing (position 0)
+            q_pos, k_pos = offsets, torch.zeros_like(offsets)
+        else:
+            q_pos, k_pos = torch.full_like(offsets, query_position), query_position - offsets
+        q_cos, q_sin = rotary_cos_sin(q_pos[None].to(device), d_head, theta, scale, dtype)  # [1, offset, d_head]
+        k_cos, k_sin = rotary_cos_sin(k_pos[None].to(device), d_head, theta, scale, dtype)
+        # apply_rotary takes [batch, pos, head, d_head]: offsets on the pos axis, rows on the head axis.
+        rot_q = apply_rotary(q[None, None].expand(1, len(offsets), -1, -1), q_cos, q_sin)[0]  # [offset, n_q, d_head]
+        rot_k = apply_rotary(k[None, None].expand(1, len(offsets), -1, -1), k_cos, k_sin)[0]  # [offset, n_k, d_head]
+        scores = (rot_q @ rot_k.transpose(-1, -2)) * cfg.attn_scale  # [offset, n_q, n_k]
+        if softcap and cfg.attn_softcap is not None:
+            scores = cfg.attn_softcap * torch.tanh(scores / cfg.attn_softcap)
+    return scores.float()
