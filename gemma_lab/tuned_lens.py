@@ -106,24 +106,27 @@ def _positions(tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> tor
 
 
 def lens_kl(model: "Gemma", tokens: torch.Tensor, lens: TunedLens | None = None, *,
-            attention_mask: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
+            attention_mask: torch.Tensor | None = None, chunk: int = 512) -> torch.Tensor:
     """``[row]``: the mean over positions of ``KL(model's output || lens prediction)``, in nats.
 
     ``lens=None`` measures the logit lens. The last row is 0 for both (the readout of the last
-    layer is the output). Padding (``attention_mask`` 0) is left out; ``chunk`` positions are read
-    out at a time, so a large vocabulary fits in memory.
+    layer is the output). Padding (``attention_mask`` 0) is left out. Positions are read out
+    ``chunk`` at a time and one row at a time, so a 256k vocabulary fits in memory.
     """
     tokens = _batched(tokens)
     stack = residual_stack(model, tokens, attention_mask=attention_mask)
     stack = stack.reshape(stack.shape[0], -1, stack.shape[-1])[:, _positions(tokens, attention_mask)]
     lens = lens if lens is not None else TunedLens(model)
-    total = torch.zeros(stack.shape[0])
+    n_rows, n_positions = stack.shape[:2]
+    total = torch.zeros(n_rows)
     with torch.no_grad():
-        for start in range(0, stack.shape[1], chunk):
-            part = stack[:, start:start + chunk]
-            lens_logits = lens.logits(model, part)
-            total += _kl_to_output(lens_logits, lens_logits[-1]).sum(dim=-1).cpu()
-    return total / stack.shape[1]
+        for start in range(0, n_positions, chunk):
+            part = lens.translate(stack[:, start:start + chunk])  # [row, chunk, d_model]
+            output = unembed(model, part[-1].to(model.dtype)).float()
+            for row in range(n_rows - 1):
+                row_logits = unembed(model, part[row].to(model.dtype)).float()
+                total[row] += _kl_to_output(row_logits, output).sum().cpu()
+    return total / n_positions
 
 
 def train_tuned_lens(model: "Gemma", tokens: torch.Tensor, *, steps: int = 300, lr: float = 1e-3,
