@@ -322,7 +322,7 @@ for label, ids in (("with <bos>", tokens), ("without <bos>", without_bos)):
 # the gains of the norms around the head folded in (`ln1`, Gemma 2/3's `ln1_post`, Gemma 3's q/k
 # norms). What cannot be folded into a matrix is left out and matters when reading the numbers: each
 # norm's division by its input's RMS (sizes, not directions), RoPE (QK is the score of a query and a
-# key at the same position) and the score scale.
+# key at the same position; section 8 puts it back) and the score scale.
 #
 # **The induction head's OV circuit copies.** Put every token's embedding through the head's OV
 # circuit and read the result with the unembedding: the *full OV circuit* `[vocab, vocab]`, row `i`
