@@ -246,7 +246,9 @@ print(f"(for scale: the entropy of the model's own output averages "
 # where the logit lens is far from the output but the tuned lens is close, the information is in the
 # stream, just not in the basis the unembedding reads. The tuned lens at layer `l` is still only
 # an affine map of that layer's stream, so what it cannot recover is what the later layers have yet
-# to compute. Now the prompt from the start, read through both lenses:
+# to compute. Now the prompt from the start, read through both lenses: look for a row where the tuned
+# lens already has the final answer on top (or gives it a real probability) while the logit lens
+# still shows something else.
 
 # %%
 stack = tuned_lens.residual_stack(model, tokens)[:, 0]  # [row, pos, d_model]
