@@ -269,14 +269,14 @@ for label, plain, tuned in zip(lens.labels, plain_probs, tuned_probs):
 # * **Tied embeddings.** The unembedding is the embedding matrix. At the `embed` row the stream is
 #   the token's own embedding (times `sqrt(d_model)`), and the readout of an embedding through the
 #   same matrix favours that token itself: the logit lens "predicts" the input token, far from the
-#   output (the largest KL above). The tuned lens's first translator learns instead what the
+#   output (on the tiny model, the largest KL above). The tuned lens's first translator learns instead what the
 #   current token says about the next one (bigram statistics), which is why its first row is so much
 #   closer. In a model with a separate unembedding this failure looks different; in Gemma, read the
 #   `embed` row as "which token is here", not as a prediction.
 # * **The final norm.** `ln_final` divides by the stream's RMS, so the lens reads the stream's
 #   *direction*, never its length, and its learned gain `1 + w` weighs the dimensions as the last
-#   layer needs. An early row is rescaled to the size of the last one, however small it was, and
-#   the later layers may still write vectors as large as the whole early stream (the sizes below: on
+#   layer needs. Every row is rescaled to the same size before the readout, however small it was,
+#   while the later layers may still write vectors as large as the whole early stream (the sizes below: on
 #   the tiny model the last layer alone more than doubles the stream's RMS), which turn its direction.
 #   The readout of an early row can therefore be confident and wrong: a confident early row is a
 #   hint, not a decision. Dimensions that are large in early layers but that the last layer
@@ -286,9 +286,10 @@ for label, plain, tuned in zip(lens.labels, plain_probs, tuned_probs):
 #   token is on top, but it caps how confident any row can look: for KL and probabilities, read both
 #   lenses through it, as `interp.unembed` and `gemma_lab.tuned_lens` do.
 #
-# On this model the logit lens reads almost nothing before the last layer: four layers leave little
-# room, and the last one does most of the translating (above: the KL falls most in the last step).
-# On a real Gemma with 18 to 62 layers, expect the logit lens to become useful only in the later
+# On the tiny model the logit lens stays several nats from the output at every row before the last
+# (the printout in section 6): with four layers, much of the translation into the unembedding's
+# language happens only at the end, and the plain readout of earlier rows shows little.
+# On a real Gemma, with tens of layers, expect the logit lens to become useful only in the later
 # part of the network, and the tuned lens to read earlier layers much better (Belrose et al. found
 # this pattern across model families). Check it: set `MODEL` to a real checkpoint and rerun this
 # lesson; the KL curves above are measured, not assumed.
