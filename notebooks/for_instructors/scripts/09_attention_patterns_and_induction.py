@@ -516,7 +516,10 @@ for layer, head in ((prev_layer, prev_head), (ind_layer, ind_head)):
 # of the token, so feeding `embed_scale * W_E` as both the query and the key rows gives the *full
 # QK circuit*: for every query token, key token and offset, exactly the score layer 0 computes, on
 # any input. Below, one layer-0 head's full circuit at offset 1 for the tokens of the lesson's
-# prompt, checked against the forward pass.
+# prompt, checked against the forward pass. Every entry is a hypothetical (that query token with
+# that key token one step before it), so the matrix is full, not causal. A column that is bright in
+# most rows is a key token the head favours from almost any query (content of the key alone); rows
+# that look alike are query tokens the head treats alike. Change the head, or the offset, and compare.
 
 # %%
 prompt_ids = tokens[0]
@@ -528,8 +531,16 @@ q_rows, k_cols = torch.tril_indices(n, n)
 layer0_real = layer0["attn_scores", 0][0, 0, q_rows, k_cols].float()
 print(f"layer 0 head 0, full QK circuit vs the forward pass on the prompt: largest difference "
       f"{float((full_qk[q_rows - k_cols, q_rows, k_cols] - layer0_real).abs().max()):.1e}")
-viz.attention_pattern(full_qk[1].softmax(dim=-1), str_tokens,
-                      title="L0 H0 full QK circuit at offset 1, softmax over keys (rows: query token, columns: key token)")
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+plt.close(fig)
+image = ax.imshow(full_qk[1], cmap="RdBu_r", vmin=-float(full_qk[1].abs().max()), vmax=float(full_qk[1].abs().max()))
+ax.set_xticks(range(n), str_tokens, rotation=90, fontsize=8)
+ax.set_yticks(range(n), str_tokens, fontsize=8)
+ax.set(xlabel="key token (one position before the query)", ylabel="query token",
+       title="L0 H0: full QK circuit at offset 1 (every pair, as if adjacent)")
+fig.colorbar(image, ax=ax, label="score")
+display(fig)
 
 # %% [markdown]
 # **Position or content?** Now split where a head's preference comes from. At a fixed offset the
