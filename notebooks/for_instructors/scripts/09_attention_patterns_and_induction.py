@@ -576,6 +576,13 @@ for kind, (layer, head, mean, spread) in by_head.items():
           f"offset 0: {float(mean[0]):.1f}, offset 2: {float(mean[2]):.1f}); spread over pairs at offset 1: "
           f"{float(spread[1]):.1f}")
 
+# Where does the previous-token head's shared query and key come from? Feed it the token embeddings
+# alone, as if no earlier layer had written anything.
+embedded_rows = model.embed.weight[repeated[0, 1:]].float() * cfg.embed_scale  # [pos, d_model]
+direct = interp.qk_scores_by_offset(model, prev_layer, prev_head, embedded_rows, embedded_rows, offsets[:3])
+print(f"previous-token head fed the embeddings alone: mean score at offsets 0, 1, 2: "
+      f"{', '.join(f'{float(v):.1f}' for v in direct.mean(dim=(1, 2)))}")
+
 # The induction head's own pairs: query in the second copy, key = the token after its earlier occurrence.
 layer, head = ind_layer, ind_head
 resid = qk_cache["resid_pre", layer][0]
@@ -589,7 +596,9 @@ print(f"induction head at offset {seq_len - 1}: the induction pairs score {float
 # clear peak at offset 1 and its band is narrow: *every* query prefers the key one step back, whatever
 # the tokens. That is position, and it comes from RoPE alone (Gemma has no position embedding):
 # the mean query and mean key are a direction that every row of the stream shares, which the
-# rotation by one step lines up. The induction head is the opposite: its mean curve is nearly
+# rotation by one step lines up. Fed the token embeddings alone, the same head's curve is flat on
+# the tiny model (the printout): that shared direction is written by the earlier layers, the same at
+# every position, not carried by the tokens. The induction head is the opposite: its mean curve is nearly
 # flat in the offset and its band is wide, and the pairs it actually attends to (the token after an
 # earlier copy) score far above the rest. That is content: the key carries "the token before me
 # was ...", written by the previous-token head, and the query matches its own token against it.
