@@ -585,9 +585,9 @@ for route, value in routes.items():
 
 # %% [markdown]
 # Now every head as a sender, into the logits: with the other heads frozen (left: direct and
-# through the MLPs) and with everything frozen (middle: direct only). On the right, the head from
-# section 5 as the sender, into each later head's queries, keys and values one by one (on small
-# models only: that is four forward passes per bar).
+# through the MLPs) and with everything frozen (middle: direct only). On the right, your
+# `path_patch_queries`: the head from section 5 as the sender, into each later head's queries one
+# by one (on small models only: two forward passes per bar).
 
 # %%
 via_mlps = share_lost(interp.path_patch_heads(model, clean_tokens, corrupted_tokens, ioi_metric,
@@ -596,12 +596,9 @@ direct = share_lost(interp.path_patch_heads(model, clean_tokens, corrupted_token
                                             progress=show_progress))  # [layer, head]
 bars = {}
 if later and len(later) <= 48:
-    for receiver_input, receivers in (("q", later), ("k", kv_later), ("v", kv_later)):
-        for layer, index in receivers:
-            value = interp.path_patch(model, clean_tokens, corrupted_tokens, ioi_metric, sender, [(layer, index)],
-                                      receiver_input=receiver_input)
-            bars[f"L{layer}{'H' if receiver_input == 'q' else 'KV'}{index} {receiver_input}"] = float(
-                share_lost(torch.tensor(value)))
+    for receiver in later:
+        value = path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, ioi_metric, sender, receiver)
+        bars[f"L{receiver[0]}H{receiver[1]}"] = float(share_lost(torch.tensor(value)))
 
 with plt.ioff():
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained", width_ratios=[1, 1, 1.6])
@@ -614,7 +611,7 @@ if bars:
     axes[2].bar(range(len(bars)), list(bars.values()), color="C0")
     axes[2].set_xticks(range(len(bars)), list(bars), rotation=90, fontsize=7)
     axes[2].axhline(0, color="0.5", linewidth=0.8)
-    axes[2].set(ylabel="share lost", title=f"L{sender[0]}H{sender[1]} -> one later head's input")
+    axes[2].set(ylabel="share lost", title=f"L{sender[0]}H{sender[1]} -> one later head's queries")
 else:
     axes[2].set_axis_off()
     axes[2].set_title("(no per-receiver bars: none later, or too many for a quick run)")
