@@ -601,7 +601,7 @@ if later and len(later) <= 48:
         bars[f"L{receiver[0]}H{receiver[1]}"] = float(share_lost(torch.tensor(value)))
 
 with plt.ioff():
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained", width_ratios=[1, 1, 1.6])
+    fig, axes = plt.subplots(1, 3, figsize=(16.5, 3.8), layout="constrained", width_ratios=[1, 1, 1.6])
 plt.close(fig)
 viz.patching_heatmap(via_mlps, kind="layer x head", value_label="share lost",
                      title="sender -> logits, other heads frozen", ax=axes[0])
@@ -624,10 +624,12 @@ display(fig)
 # difference; the direct route to the logits carries only about a tenth. The rest goes **through
 # the MLPs**, which section 6 found writing most of the net answer. Into the later heads' queries
 # goes a few percent (the layer-3 heads' among them), into their keys and values less still, and
-# no single receiver takes more than a few percent. So the large layer-3 writes that nearly cancel
-# are not where this head's information goes: they push both ways in the clean *and* the
-# corrupted run alike. The routes roughly add up to the whole here, but path patching does not
-# promise that: with norms and MLPs in between, effects along routes need not sum.
+# no single receiver takes more than a few percent. And patching any layer-3 head's `z`, either
+# way, moves the logit difference by a few percent at most (section 5): the large layer-3 writes
+# that nearly cancel barely differ between the clean and the corrupted prompts, and this head's
+# information does not travel through them. The routes roughly add up to the whole here, but path
+# patching does not promise that: with norms and MLPs in between, effects along routes need not
+# sum.
 #
 # This is the tiny model's own circuit: one moving head and the MLPs that read it, not the
 # name movers and S-inhibition heads of GPT-2 small. Rerun on real weights and compare.
