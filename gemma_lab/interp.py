@@ -23,7 +23,7 @@ under ``torch.no_grad()``. Worked examples: ``docs/interp.md``.
 References: logit lens (nostalgebraist, 2020); direct logit attribution and induction heads
 (Elhage et al., 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al., 2022);
 activation patching (Meng et al., 2022; Heimersheim & Nanda, 2024, "How to use and interpret
-activation patching"); steering by activation addition (Turner et al., 2023). Names and
+activation patching"); path patching (Wang et al., 2022, "Interpretability in the Wild"); steering by activation addition (Turner et al., 2023). Names and
 arguments follow TransformerLens where it has an equivalent.
 
 Imports: torch, einops and tqdm; the model is passed in. No plotting, widgets or tokenizer here:
@@ -366,6 +366,9 @@ def patch_by_layer_pos(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cac
 
     activation: a stream-sized activation, ``"resid_pre"`` (default), ``"resid_mid"``,
     ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``. ``clean_cache`` must hold it for every layer.
+    This is denoising; given the clean tokens and a corrupted cache it is noising (the
+    ``patch_by_*`` functions copy from the cache into the run of the tokens they are given).
+    ``activation_patching`` names both runs and the direction.
     """
     corrupted_tokens = _batched(corrupted_tokens)
     n_layers, n_pos = model.cfg.n_layers, corrupted_tokens.shape[1]
