@@ -574,7 +574,8 @@ routes = {"every route (noising the head's z)": float(noised_by_head[sender]),
               model, clean_tokens, corrupted_tokens, ioi_metric, sender),
           "the direct route to the logits only": interp.path_patch(
               model, clean_tokens, corrupted_tokens, ioi_metric, sender, freeze="all")}
-kv_later = [(layer, kv) for layer in range(best_layer + 1, model.cfg.n_layers) for kv in range(model.cfg.n_kv_heads)]
+kv_later = [(layer, kv) for layer in range(best_layer + 1, model.cfg.n_layers) for kv in range(model.cfg.n_kv_heads)
+            if model.blocks[layer].attn.kv_source == layer]  # Gemma 4's KV-shared layers compute no keys or values
 for receiver_input, receivers in (("q", later), ("k", kv_later), ("v", kv_later)):
     if receivers:
         routes[f"into the {receiver_input} of every later head"] = interp.path_patch(
