@@ -14,6 +14,7 @@
                               previous-token, induction and duplicate-token heads on repeated random tokens
     head_circuits, composition_score
                               each head's OV and QK matrices, and how strongly two heads compose
+    qk_scores_by_offset       a head's QK circuit under RoPE, by relative offset    [offset, q row, k row]
 
 Conventions. ``tokens`` are ``[batch, pos]`` token ids (a 1-D tensor is one sequence). A
 ``metric`` is ``fn(logits) -> scalar`` (a float or a 0-d tensor). Functions that loop over many
