@@ -9,7 +9,8 @@ One torchrun launch runs every checkpoint (each launch costs seconds of start-up
     kv head per query head;
   * Gemma 4 with every feature: per-layer inputs, K=V global layers with one kv head (replicated)
     beside split sliding layers, KV sharing from both kinds, a double-wide MLP and experts split
-    by columns.
+    by columns;
+  * Gemma 3n: AltUp streams, LAuReL and sparse MLPs (replicated) beside split ones.
 
 Logits agree to float rounding, not bit for bit: the row-parallel projections (o_proj, down_proj,
 the experts) sum partial products from each rank, an order of additions one process does not use.
@@ -108,6 +109,9 @@ CASES = {  # name: (family, checkpoint overrides, cached layers, hook points edi
                    BASE_EDITS + ["blocks.2.attn.hook_k", "blocks.5.attn.hook_shared_k", "blocks.4.attn.hook_shared_v",
                                  "blocks.3.moe.experts.hook_expert_out", "blocks.4.mlp.hook_pre"],
                    [1, 1, 1, 1, 1, 1]),
+    # Gemma 3n: AltUp and LAuReL replicated; the sparse first MLPs replicated (their cutoff is a statistic
+    # over all of a token's columns), the others split.
+    "gemma3n": ("3n", {}, [0, 5], BASE_EDITS + ["blocks.0.mlp.hook_pre", "blocks.5.attn.hook_shared_k"], [1] * 6),
 }
 
 
