@@ -84,6 +84,13 @@ WORKER = textwrap.dedent("""
 
     with torch.no_grad():
         results = {name: check(**case) for name, case in cases.items()}
+    import dataclasses
+    from gemma_lab.config import GemmaConfig
+    from gemma_lab import tensor_parallel
+    try:  # a width the ranks do not divide is refused by name
+        tensor_parallel.check(dataclasses.replace(GemmaConfig.from_preset("test-gemma4"), d_expert=33))
+    except ValueError as error:
+        results["refusal"] = str(error)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(results, f)
     dist.destroy_process_group()
@@ -130,6 +137,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     for rank in (0, 1):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert "the model's d_expert (33) does not divide by 2" in results.pop("refusal", "")
         for name, result in results.items():
             assert result["ranks_agree"] and result["generate"], (name, result)
             assert result["cache_names"] and not result["cache_shapes"], (name, result)
@@ -137,3 +145,32 @@ def test_two_ranks_equal_one_process(tmp_path):
                 assert result[key] < FP32_RTOL, (name, key, result)
             assert result["kv_heads"] == CASES[name][4], (name, result)
             assert result["param_fraction"] < 0.8, (name, result)  # blocks' matrices split; embedding and norms not
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads, size", [(8, 1, 2), (8, 1, 8), (8, 2, 4), (8, 2, 8), (6, 3, 2),
+                                                      (6, 2, 3), (32, 4, 8), (16, 8, 2), (12, 4, 6)])
+def test_each_query_head_keeps_its_kv_head(n_heads, n_kv_heads, size):
+    """kv_heads_kept: on every rank, local query head j reads (through grouped-query attention's
+    ``head = (kv_head group)`` layout) the kv head that global head ``first + j`` reads in one process,
+    and every rank keeps as many kv heads as the others (all-gathers need equal shapes)."""
+    from gemma_lab.tensor_parallel import kv_heads_kept
+
+    per_rank = n_heads // size
+    counts = set()
+    for rank in range(size):
+        kept = kv_heads_kept(rank, per_rank, n_heads, n_kv_heads)
+        kept = list(range(n_kv_heads))[kept] if isinstance(kept, slice) else kept
+        counts.add(len(kept))
+        assert per_rank % len(kept) == 0
+        local_group = per_rank // len(kept)
+        for j in range(per_rank):
+            assert kept[j // local_group] == (rank * per_rank + j) // (n_heads // n_kv_heads)
+    assert len(counts) == 1
+
+
+def test_refuses_without_a_process_group():
+    from gemma_lab.config import GemmaConfig
+    from gemma_lab.tensor_parallel import check
+
+    with pytest.raises(RuntimeError, match="needs a process group: run under torchrun"):
+        check(GemmaConfig.from_preset("test-gemma4"))
