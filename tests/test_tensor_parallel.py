@@ -174,3 +174,13 @@ def test_refuses_without_a_process_group():
 
     with pytest.raises(RuntimeError, match="needs a process group: run under torchrun"):
         check(GemmaConfig.from_preset("test-gemma4"))
+
+
+@pytest.mark.slow
+def test_tensor_parallel_benchmark_runs():
+    """``python -m tools.bench_tp`` (docs/bigger_models.md's figures) keeps working: tiny widths, one round."""
+    done = subprocess.run([sys.executable, "-m", "tools.bench_tp", "--quick", "--layers", "2"], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "2 ranks, 1 thread each" in done.stdout and "2 ranks / this" in done.stdout
+    assert "each rank" in done.stdout and "whole Gemma 1 2B" in done.stdout

@@ -1,6 +1,6 @@
 """Tensor parallelism on this machine: one process against 2 gloo ranks, side by side in one run.
 
-    python -m tools.bench_tp [--layers 4] [--vocab 16384] [--repeats 3]
+    python -m tools.bench_tp [--layers 4] [--vocab 16384] [--repeats 3] [--quick]
 
 Writes a random checkpoint with Gemma 1 2B's widths (d_model 2048, 8 heads and one key/value head,
 so the multi-query case: k/v replicated, d_mlp 16384) with ``--layers`` of its 18 layers and a
@@ -11,6 +11,7 @@ rank 0 (rank 1 waits) with one thread and with two (the cores the two ranks use 
 the 2-rank forward. A 128-token prompt, fp32, ``torch.inference_mode``. Reported: median times
 and their ratios; weights per rank (local slices counted) against the one-process model's, for
 the shortened model and, counted the same way on the meta device, for the whole Gemma 1 2B.
+``--quick``: tiny widths, one round (for the test that keeps this tool working; the ratios mean little).
 """
 
 from __future__ import annotations
@@ -84,25 +85,27 @@ def _worker(folder: str, repeats: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # folder, results folder (under torchrun)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         return _worker(args.worker[0], args.repeats, args.worker[1])
 
     from dataclasses import replace
 
-    from tools.bench import gemma_2b_shape, write_checkpoint
+    from tools.bench import gemma_2b_shape, tiny_shape, write_checkpoint
 
-    shape = replace(gemma_2b_shape(args.layers), vocab=args.vocab)
+    shape = tiny_shape(args.layers) if args.quick else replace(gemma_2b_shape(args.layers), vocab=args.vocab)
+    repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_checkpoint(Path(tmp, "ckpt"), shape)
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "tools.bench_tp", "--repeats", str(args.repeats), "--worker", str(folder), tmp],
+                        "-m", "tools.bench_tp", "--repeats", str(repeats), "--worker", str(folder), tmp],
                        check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in (0, 1)]
     times = {name: statistics.median(t) for name, t in ranks[0]["times"].items()}
