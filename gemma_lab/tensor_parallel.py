@@ -223,10 +223,11 @@ def parallelize(model: nn.Module, device: torch.device) -> dict[str, Split]:
             at = f"blocks.{block.layer}.moe.experts."
             width = experts.cfg.d_expert // size
             # Meta parameters of this rank's shape: the loader fills them with its slice.
+            like = dict(device="meta", dtype=experts.down_proj.dtype)
             experts.gate_up_proj = nn.Parameter(torch.empty(experts.cfg.n_experts, 2 * width, experts.cfg.d_model,
-                                                            device="meta"), requires_grad=False)
-            experts.down_proj = nn.Parameter(torch.empty(experts.cfg.n_experts, experts.cfg.d_model, width,
-                                                         device="meta"), requires_grad=False)
+                                                            **like), requires_grad=False)
+            experts.down_proj = nn.Parameter(torch.empty(experts.cfg.n_experts, experts.cfg.d_model, width, **like),
+                                             requires_grad=False)
             splits[at + "gate_up_proj"] = Split(whole[at + "gate_up_proj"], 1, size, blocks=2, dtensor=False)
             splits[at + "down_proj"] = Split(whole[at + "down_proj"], 2, size, dtensor=False)
             experts.hook_expert_out.sharding = _PartialSum()

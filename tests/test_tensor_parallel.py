@@ -183,4 +183,4 @@ def test_tensor_parallel_benchmark_runs():
                           text=True, timeout=300, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "2 ranks, 1 thread each" in done.stdout and "2 ranks / this" in done.stdout
-    assert "each rank" in done.stdout and "whole Gemma 1 2B" in done.stdout
+    assert "each rank" in done.stdout and "gemma4-26b-a4b   one process  50.5 GB" in done.stdout

@@ -10,7 +10,7 @@ also loads the one-process model, and the callables take turns: the one-process 
 rank 0 (rank 1 waits) with one thread and with two (the cores the two ranks use together), then
 the 2-rank forward. A 128-token prompt, fp32, ``torch.inference_mode``. Reported: median times
 and their ratios; weights per rank (local slices counted) against the one-process model's, for
-the shortened model and, counted the same way on the meta device, for the whole Gemma 1 2B.
+the shortened model and, counted the same way on the meta device, for whole models (``WHOLE``).
 ``--quick``: tiny widths, one round (for the test that keeps this tool working; the ratios mean little).
 """
 
@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+
+
+WHOLE = ("gemma-2b", "gemma3-27b", "gemma4-e2b", "gemma4-31b", "gemma4-26b-a4b")
 
 
 def _local_bytes(model) -> int:
@@ -72,14 +75,16 @@ def _worker(folder: str, repeats: int, out: str) -> None:
         logits = split(ids)  # every rank takes part
         agree = float((logits - one(ids)).abs().max() / one(ids).abs().max()) if rank == 0 else None
 
-    # The whole Gemma 1 2B, split the same way on the meta device: nothing is allocated.
-    with torch.device("meta"):
-        whole = Gemma(GemmaConfig.from_preset("gemma-2b"))
-    whole_one = _local_bytes(whole)
-    tensor_parallel.parallelize(whole, torch.device("cpu"))
+    # Whole models, split the same way on the meta device (nothing is allocated): bf16 weights.
+    wholes = {}
+    for preset in WHOLE:
+        with torch.device("meta"):
+            whole = Gemma(GemmaConfig.from_preset(preset)).to(torch.bfloat16)
+        one_bytes = _local_bytes(whole)
+        tensor_parallel.parallelize(whole, torch.device("cpu"))
+        wholes[preset] = (one_bytes, _local_bytes(whole))
     result = {"times": times, "rank": rank, "split_bytes": _local_bytes(split), "agree": agree,
-              "one_bytes": _local_bytes(one) if one is not None else None,
-              "whole_one_bytes": whole_one, "whole_split_bytes": _local_bytes(whole),
+              "one_bytes": _local_bytes(one) if one is not None else None, "wholes": wholes,
               "vm_hwm_kb": int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
@@ -117,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     one, split = ranks[0]["one_bytes"], ranks[1]["split_bytes"]
     print(f"  weights: one process {one / gb:.2f} GB, each rank {split / gb:.2f} GB ({split / one:.2f}x); "
           f"rank 1 peak RSS {ranks[1]['vm_hwm_kb'] / 1e6:.2f} GB")
-    whole_one, whole_split = ranks[0]["whole_one_bytes"], ranks[0]["whole_split_bytes"]
-    print(f"  whole Gemma 1 2B (18 layers, 256k vocab), fp32 weights: one process {whole_one / gb:.2f} GB, "
-          f"each of 2 ranks {whole_split / gb:.2f} GB ({whole_split / whole_one:.2f}x)")
+    print("  whole models, bf16 weights (split on the meta device):")
+    for preset, (whole_one, whole_split) in ranks[0]["wholes"].items():
+        print(f"    {preset:<16} one process {whole_one / gb:5.1f} GB, each of 2 ranks {whole_split / gb:5.1f} GB "
+              f"({whole_split / whole_one:.2f}x)")
 
 
 if __name__ == "__main__":
