@@ -6,6 +6,9 @@
                               zero- or mean-ablation (context managers; hook factories too)
     patch_by_layer_pos, patch_by_layer, patch_by_head
                               activation patching with your metric     [layer, pos], [layer], [layer, head]
+    activation_patching       the same, with both runs named: direction="denoise" or "noise"
+    path_patch, path_patch_heads
+                              a sender head's effect along its paths into receivers    float, [layer, head]
     steer                     add a direction to the residual stream (also around generation)
     repeated_tokens, head_scores, in_context_loss
                               previous-token, induction and duplicate-token heads on repeated random tokens
@@ -20,7 +23,7 @@ under ``torch.no_grad()``. Worked examples: ``docs/interp.md``.
 References: logit lens (nostalgebraist, 2020); direct logit attribution and induction heads
 (Elhage et al., 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al., 2022);
 activation patching (Meng et al., 2022; Heimersheim & Nanda, 2024, "How to use and interpret
-activation patching"); steering by activation addition (Turner et al., 2023). Names and
+activation patching"); path patching (Wang et al., 2022, "Interpretability in the Wild"); steering by activation addition (Turner et al., 2023). Names and
 arguments follow TransformerLens where it has an equivalent.
 
 Imports: torch, einops and tqdm; the model is passed in. No plotting, widgets or tokenizer here:
@@ -363,6 +366,9 @@ def patch_by_layer_pos(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cac
 
     activation: a stream-sized activation, ``"resid_pre"`` (default), ``"resid_mid"``,
     ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``. ``clean_cache`` must hold it for every layer.
+    This is denoising; given the clean tokens and a corrupted cache it is noising (the
+    ``patch_by_*`` functions copy from the cache into the run of the tokens they are given).
+    ``activation_patching`` names both runs and the direction.
     """
     corrupted_tokens = _batched(corrupted_tokens)
     n_layers, n_pos = model.cfg.n_layers, corrupted_tokens.shape[1]
@@ -421,6 +427,201 @@ def patch_by_head(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cache: A
                 results[layer, head] = _patched_metric(model, corrupted_tokens, name, patch, metric)
                 bar.update()
     return results
+
+
+def activation_patching(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                        metric: Metric, *, direction: str = "denoise", by: str = "layer_pos",
+                        activation: str | None = None, progress: bool = True) -> torch.Tensor:
+    """Activation patching in either direction, with the runs named (Heimersheim & Nanda, 2024).
+
+    direction: ``"denoise"`` runs the corrupted prompts and restores one clean activation (a cell
+        that brings the clean metric back is *sufficient* for the behaviour); ``"noise"`` runs the
+        clean prompts and copies in one corrupted activation (a cell that destroys it is
+        *necessary*). The other run is cached here, for the activations patched only.
+    by: ``"layer_pos"`` -> ``[layer, pos]`` (``patch_by_layer_pos``), ``"layer"`` -> ``[layer]``
+        (``patch_by_layer``), ``"head"`` -> ``[layer, head]`` (``patch_by_head``); ``activation``
+        defaults to ``"resid_pre"``, ``"attn_out"`` and ``"z"`` respectively.
+    Returns the raw metric of each patched run.
+    """
+    functions = {"layer_pos": (patch_by_layer_pos, "resid_pre"), "layer": (patch_by_layer, "attn_out"),
+                 "head": (patch_by_head, "z")}
+    if by not in functions:
+        raise ValueError(f"by must be one of {sorted(functions)}, got {by!r}")
+    target, source = _directed(clean_tokens, corrupted_tokens, direction)
+    function, default = functions[by]
+    activation = activation or default
+    suffix = act_name(activation, 0).split(".", 2)[-1]  # e.g. "attn.hook_z"
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith(suffix))
+    return function(model, target, source_cache, metric, activation=activation, progress=progress)
+
+
+def _directed(clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+              direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the run that is patched, the run the patched values come from), both ``[batch, pos]``."""
+    clean_tokens, corrupted_tokens = _batched(clean_tokens), _batched(corrupted_tokens)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
+                         f"{tuple(corrupted_tokens.shape)} must have the same shape to be patched position by position")
+    if direction == "denoise":
+        return corrupted_tokens, clean_tokens
+    if direction == "noise":
+        return clean_tokens, corrupted_tokens
+    raise ValueError(f'direction must be "denoise" (corrupted run, clean activations) or "noise" '
+                     f"(clean run, corrupted activations), got {direction!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Path patching
+# ---------------------------------------------------------------------------------------------
+
+Head = tuple[int, int]
+_FREEZE = ("heads", "all", "none")
+
+
+def path_patch(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
+               senders: Head | Sequence[Head], receivers: str | Head | Sequence[Head] = "logits", *,
+               receiver_input: str = "q", direction: str = "noise", freeze: str = "heads") -> float:
+    """Path patching (Wang et al., 2022; ARENA 1.4): the metric when the senders' output changes
+    only along its paths into the receivers.
+
+    senders: ``(layer, head)`` or a list of them; their ``hook_z`` is taken from the other run.
+    receivers: ``"logits"`` (the paths into the final residual stream, read by the metric) or
+        ``(layer, head)``/a list, in later layers than every sender; ``receiver_input`` says which
+        of their inputs receive: ``"q"`` (index: query head), ``"k"`` or ``"v"`` (index: kv_head).
+    direction: ``"noise"`` (default, as Wang et al.): the clean run is the base and the senders
+        carry corrupted values; ``"denoise"``: the reverse.
+    freeze: which other components keep their base-run values along the way, cutting the paths
+        through them. ``"heads"`` (default, as Wang et al. and ARENA): every other head's ``z``;
+        MLPs are recomputed, so paths through MLPs count. ``"all"``: heads, MLPs (and Gemma 4's
+        per-layer inputs): only the direct path. ``"none"``: nothing; with ``receivers="logits"``
+        this is ordinary activation patching of the senders.
+
+    Two runs on the base prompts. Run 1: senders patched, the frozen components pinned to their
+    base values, the receivers' inputs recorded (with ``"logits"``, the metric is read here).
+    Run 2: only the receivers' inputs are replaced by what run 1 recorded; everything after them
+    is recomputed. On Gemma 2/3 a head's write passes through the post-attention norm with its
+    layer's other heads, so the sender's change includes that norm's rescaling of them: hooks at
+    ``hook_z`` make this exact, with no linearisation.
+    """
+    senders = _heads(model, senders, "senders")
+    receivers = _receivers(model, receivers, receiver_input, freeze)
+    base, source = _directed(clean_tokens, corrupted_tokens, direction)
+    base_cache, source_cache = _path_caches(model, base, source)
+    return _path_patch(model, base, base_cache, source_cache, metric, senders, receivers, receiver_input, freeze)
+
+
+def path_patch_heads(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                     metric: Metric, receivers: str | Head | Sequence[Head] = "logits", *,
+                     receiver_input: str = "q", direction: str = "noise", freeze: str = "heads",
+                     progress: bool = True) -> torch.Tensor:
+    """``[layer, head]``: ``path_patch`` with each head in turn as the only sender; NaN for heads
+    that cannot send to the receivers (in their layer or later). Both runs are cached once."""
+    receivers = _receivers(model, receivers, receiver_input, freeze)
+    base, source = _directed(clean_tokens, corrupted_tokens, direction)
+    base_cache, source_cache = _path_caches(model, base, source)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    last = n_layers if receivers == "logits" else min(layer for layer, _ in receivers)
+    results = torch.full((n_layers, n_heads), float("nan"))
+    bar = tqdm(total=last * n_heads, desc="path patching", disable=not progress)
+    with bar:
+        for layer in range(last):
+            for head in range(n_heads):
+                results[layer, head] = _path_patch(model, base, base_cache, source_cache, metric, [(layer, head)],
+                                                   receivers, receiver_input, freeze)
+                bar.update()
+    return results
+
+
+def _path_caches(model: "Gemma", base: torch.Tensor, source: torch.Tensor) -> tuple[ActivationCache, ActivationCache]:
+    """The base run's head outputs and MLP outputs (what gets frozen), and the source run's head outputs."""
+    with torch.no_grad():
+        _, base_cache = model.run_with_cache(
+            base, names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out", "hook_per_layer_out")))
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith("attn.hook_z"))
+    return base_cache, source_cache
+
+
+def _heads(model: "Gemma", heads: Head | Sequence[Head], what: str, n_heads: int | None = None) -> list[Head]:
+    """``(layer, head)`` or a list of them, checked against the model."""
+    heads = [heads] if isinstance(heads, tuple) and len(heads) == 2 and isinstance(heads[0], int) else list(heads)
+    n_heads = model.cfg.n_heads if n_heads is None else n_heads
+    if not heads:
+        raise ValueError(f"{what}: give at least one (layer, head)")
+    for layer, head in heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < n_heads):
+            raise ValueError(f"{what}: ({layer}, {head}) is not a head of this model "
+                             f"({model.cfg.n_layers} layers x {n_heads} heads)")
+    return heads
+
+
+def _receivers(model: "Gemma", receivers: str | Head | Sequence[Head], receiver_input: str,
+               freeze: str) -> str | list[Head]:
+    """``"logits"`` or the receivers as a checked list of ``(layer, index)``."""
+    if freeze not in _FREEZE:
+        raise ValueError(f"freeze must be one of {_FREEZE}, got {freeze!r}")
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise ValueError(f'receivers: "logits" or (layer, head) pairs, got {receivers!r}')
+        return receivers
+    if receiver_input not in ("q", "k", "v"):
+        raise ValueError(f'receiver_input must be "q", "k" or "v", got {receiver_input!r}')
+    index = "head" if receiver_input == "q" else "kv_head"
+    n_index = model.cfg.n_heads if receiver_input == "q" else model.cfg.n_kv_heads
+    return _heads(model, receivers, f"receivers ({receiver_input}: layer, {index})", n_index)
+
+
+def _path_patch(model: "Gemma", base: torch.Tensor, base_cache: ActivationCache, source_cache: ActivationCache,
+                metric: Metric, senders: list[Head], receivers: str | list[Head],
+                receiver_input: str, freeze: str) -> float:
+    if receivers != "logits" and min(layer for layer, _ in receivers) <= max(layer for layer, _ in senders):
+        raise ValueError(f"receivers {receivers} must all be in later layers than the senders {senders}: "
+                         "a head only reads what earlier layers wrote")
+    to_logits = receivers == "logits"
+
+    # Run 1: the senders' z from the other run, frozen components pinned to the base run.
+    def heads_hook(z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        patched = base_cache[hook.name].to(z.dtype).clone() if freeze != "none" else z.clone()
+        for sender_layer, head in senders:
+            if sender_layer == layer:
+                patched[:, :, head] = source_cache[hook.name][:, :, head].to(z.dtype)
+        return patched
+
+    def pin(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return base_cache[hook.name].to(activation.dtype)
+
+    hooks: list[tuple[str | Callable, HookFn]] = [(lambda name: name.endswith("attn.hook_z"), heads_hook)]
+    if freeze == "all":
+        hooks.append((lambda name: name.endswith(("hook_mlp_out", "hook_per_layer_out")), pin))
+    received: dict[str, torch.Tensor] = {}
+    if not to_logits:
+        def record(activation: torch.Tensor, hook: HookPoint) -> None:
+            received[hook.name] = activation.detach().clone()
+
+        names = sorted({f"blocks.{layer}.attn.hook_{receiver_input}" for layer, _ in receivers})
+        hook_names = set(model.hook_dict) if hasattr(model, "hook_dict") else None
+        missing = [name for name in names if hook_names is not None and name not in hook_names]
+        if missing:
+            raise ValueError(f"this model has no {missing} (Gemma 4 KV-shared layers compute no keys or values); "
+                             'use receiver_input="q" there')
+        hooks += [(name, record) for name in names]
+    with torch.no_grad():
+        logits = model.run_with_hooks(base, fwd_hooks=hooks)
+        if to_logits:
+            return float(metric(logits))
+
+        # Run 2: the base run with only the receivers' inputs replaced.
+        def receive(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            layer = int(hook.name.split(".")[1])
+            patched = activation.clone()
+            for receiver_layer, head in receivers:
+                if receiver_layer == layer:
+                    patched[:, :, head] = received[hook.name][:, :, head]
+            return patched
+
+        logits = model.run_with_hooks(base, fwd_hooks=[(name, receive) for name in names])
+    return float(metric(logits))
 
 
 # ---------------------------------------------------------------------------------------------
