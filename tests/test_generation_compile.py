@@ -12,8 +12,8 @@ import warnings
 
 import pytest
 import torch
-from hf_checkpoints import write_checkpoint
-from test_generation import GEMMA3_HF_LAYOUT, REL_TOL, random_model, random_tokens, rel_diff, separated_hf_model
+from hf_checkpoints import hf_model
+from test_generation import GEMMA3_HF_LAYOUT, REL_TOL, random_model, random_tokens, rel_diff
 
 import gemma_lab
 from gemma_lab import generation
@@ -54,19 +54,24 @@ def test_fixed_shape_step_equals_the_eager_step_far_past_the_window(family):
 def test_compiled_generate_equals_eager_and_transformers(tmp_path):
     """Traced by torch.compile (fullgraph: no graph break), greedy tokens equal the eager path's and
     transformers' own; a sliding window of 8 is passed many times over."""
-    hf = separated_hf_model(3)
+    # Two layers, one sliding (window 8) and one global: tracing time grows with the layers.
+    layout = dict(GEMMA3_HF_LAYOUT, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+    hf = hf_model(3, **layout)
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.mul_(0.2)  # as separated_hf_model: a clear argmax at each step
     hf.save_pretrained(tmp_path)
     ours = gemma_lab.load_pretrained(tmp_path, progress=False)
-    prompt = random_tokens((1, 6), seed=5, vocab=hf.config.vocab_size)[0]
+    prompt = random_tokens((1, 6), seed=3, vocab=hf.config.vocab_size)[0]
     with torch.no_grad():
-        expected = hf.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]), max_new_tokens=24,
+        expected = hf.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]), max_new_tokens=30,
                                do_sample=False, eos_token_id=None)[0, 6:].tolist()
-    eager = generate(ours, prompt, max_new_tokens=24, stop=[]).token_ids
+    eager = generate(ours, prompt, max_new_tokens=30, stop=[]).token_ids
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn: the compiled path really ran
-        compiled = generate(ours, prompt, max_new_tokens=24, stop=[], compile="eager").token_ids
+        compiled = generate(ours, prompt, max_new_tokens=30, stop=[], compile="eager").token_ids
     assert generation._COMPILED[ours]["eager"] is not None
     assert compiled == eager == expected
+    assert len(set(expected)) >= 3  # not one token repeated
 
 
 class FakeCompiler:
