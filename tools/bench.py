@@ -441,6 +441,7 @@ def bench_decode(folder: Path, shape: Shape, repeats: int, bandwidth: Callable[[
     n, ids = shape.new_tokens, prompt(shape, shape.gen_prompt_len, seed=1)
     rows: list[Row] = []
     kv_per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * (shape.gen_prompt_len + n)
+    done = 0  # rows already shown
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         log(f"decode {dtype_name}: loading ...")
@@ -508,6 +509,8 @@ def bench_decode(folder: Path, shape: Shape, repeats: int, bandwidth: Callable[[
                 rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode: {scheme} / bf16 (ours both)",
                                 scheme, *_ratio_fields(timed, scheme, "ours", 1.0, f"{scheme}/bf16 time")))
                 rows += quantization_error_rows(models["ours"], models[scheme], shape, scheme)
+        log(f"decode {dtype_name} done:\n" + format_table(rows[done:]))  # a long run shows each round as it ends
+        done = len(rows)
         del models, theirs, fns
     return rows
 
