@@ -37,7 +37,7 @@ from gemma_lab.config import PRESETS, GemmaConfig
 from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
 from gemma_lab.hub import resolve_model
 from gemma_lab.model import Gemma
-from gemma_lab.quantize import check_quantize, quantize_modules, quantize_weight, quantized_names
+from gemma_lab.quantize import check_quantize, quantize_modules, quantize_tensor, quantized_layout
 
 # A checkpoint with fewer bytes than this loads silently; bigger ones show a progress bar.
 _PROGRESS_MIN_BYTES = 256 * 2**20
@@ -68,14 +68,19 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
     tensor_parallel: under ``torchrun`` with a process group, split attention heads and MLP
         columns over the ranks, each reading only its slice of the file (``tensor_parallel.py``).
     quantize: ``"int8"`` stores the embedding and every linear layer as int8 rows with one scale
-        each, quantized tensor by tensor as the file is read (``quantize.py``); activations stay in
-        ``dtype``. Best with bf16, where a fused int8 kernel runs. Not combined with ``device_map``
+        each; ``"int4"`` stores the linear layers as int4 in groups of 32 inputs (a scale and a
+        zero each) and the embedding as int8. Quantized tensor by tensor as the file is read
+        (``quantize.py``); activations stay in ``dtype``. Best with bf16: the fused kernels are
+        fastest there (3-8x slower in fp32 on AVX2). int4: CPU only. Not combined with ``device_map``
         or ``tensor_parallel``.
     """
     quantize = check_quantize(quantize)
     if quantize and (device_map is not None or tensor_parallel):
         raise ValueError("quantize= is not combined with device_map= or tensor_parallel=: load the int8 model "
                          "on one device (it needs about a quarter of the fp32 model's memory)")
+    if quantize == "int4" and torch.device(device).type != "cpu":
+        raise ValueError(f"quantize='int4' runs torch's CPU int4 kernel; load on device='cpu', not {device!r} "
+                         f"(quantize='int8' runs on other devices too)")
     path = resolve_model(path)  # a local path as it is; "tiny", a Hub id or a Kaggle handle to its folder
     dtype = _parse_dtype(dtype)
     source = _find_checkpoint(path)
@@ -114,12 +119,12 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         splits = tp.parallelize(model, torch.device(device))
         on_disk = splits.__contains__  # not read now: each rank reads its own slice below
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
-    to_quantize = set(quantized_names(model)) if quantize else set()
+    to_quantize = quantized_layout(model, quantize) if quantize else {}  # weight name -> int8 / int4
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not show)
     try:
-        readers = {"row_readers": to_quantize} if isinstance(source, _SafetensorsFolder) else {}
+        readers = {"row_readers": set(to_quantize)} if isinstance(source, _SafetensorsFolder) else {}
         for our_name, tensor, origin in source.tensors(config, dtype, on_disk=on_disk, **readers):
             if our_name is None:
                 continue
@@ -152,11 +157,11 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 loaded[our_name] = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device="meta")
                 bar.update(tensor.numel() * tensor.element_size())
                 continue
-            if our_name in to_quantize:  # int8 rows + scales, read in blocks of rows: no full-precision copy
-                q, scale = quantize_weight(tensor, scale_dtype=dtype or tensor.dtype)
-                if not bool(torch.isfinite(scale).all()):
+            if our_name in to_quantize:  # quantized a block of rows at a time: no full-precision copy
+                buffers = quantize_tensor(tensor, to_quantize[our_name], dtype or tensor.dtype)
+                if not all(bool(torch.isfinite(b).all()) for b in buffers.values() if b.is_floating_point()):
                     raise CheckpointError(f"{origin}: NaN or inf values cannot be quantized ({our_name})")
-                loaded[our_name] = (q.to(device), scale.to(device))
+                loaded[our_name] = {key: b.to(device) for key, b in buffers.items()}
             else:
                 target = device if placement is None else placing.load_device(placement, our_name)
                 loaded[our_name] = tensor.to(device=target, dtype=dtype or tensor.dtype)
@@ -175,10 +180,10 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         raise CheckpointError(f"{source.describe()}: missing tensors {', '.join(missing[:5])}{more}")
     if quantize:
         loaded = _with_quantized_names(model, loaded, to_quantize, dtype)
-    dtypes = {t.dtype for t in loaded.values() if t.dtype != torch.int8}
+    dtypes = {t.dtype for t in loaded.values() if t.is_floating_point()}
     if len(dtypes) > 1:  # mixed-precision files: settle on the final norm's dtype (the embedding's, unquantized)
         settle = loaded["ln_final.weight"].dtype if quantize else loaded["embed.weight"].dtype
-        loaded = {k: v if v.dtype == torch.int8 else v.to(settle) for k, v in loaded.items()}
+        loaded = {k: v.to(settle) if v.is_floating_point() else v for k, v in loaded.items()}
     model.load_state_dict(loaded, strict=True, assign=True)
     model.eval()
     model.requires_grad_(False)
@@ -213,17 +218,17 @@ def _offload_index(source: "_Source", offloaded: dict[str, torch.Tensor], dtypes
     return index
 
 
-def _with_quantized_names(model: Gemma, loaded: dict, to_quantize: set[str], dtype: torch.dtype | None) -> dict:
-    """Swap the model's linear layers and embedding for int8 ones; ``name.weight`` -> qweight, scale."""
+def _with_quantized_names(model: Gemma, loaded: dict, to_quantize: dict[str, str], dtype: torch.dtype | None) -> dict:
+    """Swap the model's linear layers and embedding for quantized ones; ``name.weight`` -> their buffers
+    (``name.qweight``, ``name.scale`` for int8; ``name.packed``, ``name.scale_and_zero`` for int4)."""
     scale_dtype = dtype or loaded["ln_final.weight"].dtype
     with torch.device("meta"):
-        quantize_modules(model, scale_dtype)
+        quantize_modules(model, scale_dtype, to_quantize)
     renamed = {}
     for name, value in loaded.items():
         if name in to_quantize:
-            q, scale = value
             prefix = name[: -len("weight")]
-            renamed[prefix + "qweight"], renamed[prefix + "scale"] = q, scale
+            renamed.update({prefix + key: buffer for key, buffer in value.items()})
         else:
             renamed[name] = value
     return renamed
