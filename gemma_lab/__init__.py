@@ -28,6 +28,7 @@ _EXPORTS = {
     "gemma_lab.sae": ("SAE", "Transcoder", "load_sae"),
     "gemma_lab.sampling": ("SamplingParams", "logits_to_probs", "sample"),
     "gemma_lab.tokenizer": ("GemmaTokenizer", "load_tokenizer"),
+    "gemma_lab.tuned_lens": ("TunedLens", "train_tuned_lens"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -63,6 +64,7 @@ __all__ = [
     "SamplingParams",
     "StepRecord",
     "Transcoder",
+    "TunedLens",
     "act_name",
     "decode_step",
     "generate",
@@ -74,4 +76,5 @@ __all__ = [
     "prefill",
     "sample",
     "stream",
+    "train_tuned_lens",
 ]

@@ -6,11 +6,15 @@
                               zero- or mean-ablation (context managers; hook factories too)
     patch_by_layer_pos, patch_by_layer, patch_by_head
                               activation patching with your metric     [layer, pos], [layer], [layer, head]
+    activation_patching       the same, with both runs named: direction="denoise" or "noise"
+    path_patch, path_patch_heads
+                              a sender head's effect along its paths into receivers    float, [layer, head]
     steer                     add a direction to the residual stream (also around generation)
     repeated_tokens, head_scores, in_context_loss
                               previous-token, induction and duplicate-token heads on repeated random tokens
     head_circuits, composition_score
                               each head's OV and QK matrices, and how strongly two heads compose
+    qk_scores_by_offset       a head's QK circuit under RoPE, by relative offset    [offset, q row, k row]
 
 Conventions. ``tokens`` are ``[batch, pos]`` token ids (a 1-D tensor is one sequence). A
 ``metric`` is ``fn(logits) -> scalar`` (a float or a 0-d tensor). Functions that loop over many
@@ -20,7 +24,7 @@ under ``torch.no_grad()``. Worked examples: ``docs/interp.md``.
 References: logit lens (nostalgebraist, 2020); direct logit attribution and induction heads
 (Elhage et al., 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al., 2022);
 activation patching (Meng et al., 2022; Heimersheim & Nanda, 2024, "How to use and interpret
-activation patching"); steering by activation addition (Turner et al., 2023). Names and
+activation patching"); path patching (Wang et al., 2022, "Interpretability in the Wild"); steering by activation addition (Turner et al., 2023). Names and
 arguments follow TransformerLens where it has an equivalent.
 
 Imports: torch, einops and tqdm; the model is passed in. No plotting, widgets or tokenizer here:
@@ -363,6 +367,9 @@ def patch_by_layer_pos(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cac
 
     activation: a stream-sized activation, ``"resid_pre"`` (default), ``"resid_mid"``,
     ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``. ``clean_cache`` must hold it for every layer.
+    This is denoising; given the clean tokens and a corrupted cache it is noising (the
+    ``patch_by_*`` functions copy from the cache into the run of the tokens they are given).
+    ``activation_patching`` names both runs and the direction.
     """
     corrupted_tokens = _batched(corrupted_tokens)
     n_layers, n_pos = model.cfg.n_layers, corrupted_tokens.shape[1]
@@ -421,6 +428,201 @@ def patch_by_head(model: "Gemma", corrupted_tokens: torch.Tensor, clean_cache: A
                 results[layer, head] = _patched_metric(model, corrupted_tokens, name, patch, metric)
                 bar.update()
     return results
+
+
+def activation_patching(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                        metric: Metric, *, direction: str = "denoise", by: str = "layer_pos",
+                        activation: str | None = None, progress: bool = True) -> torch.Tensor:
+    """Activation patching in either direction, with the runs named (Heimersheim & Nanda, 2024).
+
+    direction: ``"denoise"`` runs the corrupted prompts and restores one clean activation (a cell
+        that brings the clean metric back is *sufficient* for the behaviour); ``"noise"`` runs the
+        clean prompts and copies in one corrupted activation (a cell that destroys it is
+        *necessary*). The other run is cached here, for the activations patched only.
+    by: ``"layer_pos"`` -> ``[layer, pos]`` (``patch_by_layer_pos``), ``"layer"`` -> ``[layer]``
+        (``patch_by_layer``), ``"head"`` -> ``[layer, head]`` (``patch_by_head``); ``activation``
+        defaults to ``"resid_pre"``, ``"attn_out"`` and ``"z"`` respectively.
+    Returns the raw metric of each patched run.
+    """
+    functions = {"layer_pos": (patch_by_layer_pos, "resid_pre"), "layer": (patch_by_layer, "attn_out"),
+                 "head": (patch_by_head, "z")}
+    if by not in functions:
+        raise ValueError(f"by must be one of {sorted(functions)}, got {by!r}")
+    target, source = _directed(clean_tokens, corrupted_tokens, direction)
+    function, default = functions[by]
+    activation = activation or default
+    suffix = act_name(activation, 0).split(".", 2)[-1]  # e.g. "attn.hook_z"
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith(suffix))
+    return function(model, target, source_cache, metric, activation=activation, progress=progress)
+
+
+def _directed(clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+              direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the run that is patched, the run the patched values come from), both ``[batch, pos]``."""
+    clean_tokens, corrupted_tokens = _batched(clean_tokens), _batched(corrupted_tokens)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
+                         f"{tuple(corrupted_tokens.shape)} must have the same shape to be patched position by position")
+    if direction == "denoise":
+        return corrupted_tokens, clean_tokens
+    if direction == "noise":
+        return clean_tokens, corrupted_tokens
+    raise ValueError(f'direction must be "denoise" (corrupted run, clean activations) or "noise" '
+                     f"(clean run, corrupted activations), got {direction!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Path patching
+# ---------------------------------------------------------------------------------------------
+
+Head = tuple[int, int]
+_FREEZE = ("heads", "all", "none")
+
+
+def path_patch(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Metric,
+               senders: Head | Sequence[Head], receivers: str | Head | Sequence[Head] = "logits", *,
+               receiver_input: str = "q", direction: str = "noise", freeze: str = "heads") -> float:
+    """Path patching (Wang et al., 2022; ARENA 1.4): the metric when the senders' output changes
+    only along its paths into the receivers.
+
+    senders: ``(layer, head)`` or a list of them; their ``hook_z`` is taken from the other run.
+    receivers: ``"logits"`` (the paths into the final residual stream, read by the metric) or
+        ``(layer, head)``/a list, in later layers than every sender; ``receiver_input`` says which
+        of their inputs receive: ``"q"`` (index: query head), ``"k"`` or ``"v"`` (index: kv_head).
+    direction: ``"noise"`` (default, as Wang et al.): the clean run is the base and the senders
+        carry corrupted values; ``"denoise"``: the reverse.
+    freeze: which other components keep their base-run values along the way, cutting the paths
+        through them. ``"heads"`` (default, as Wang et al. and ARENA): every other head's ``z``;
+        MLPs are recomputed, so paths through MLPs count. ``"all"``: heads, MLPs (and Gemma 4's
+        per-layer inputs): only the direct path. ``"none"``: nothing; with ``receivers="logits"``
+        this is ordinary activation patching of the senders.
+
+    Two runs on the base prompts. Run 1: senders patched, the frozen components pinned to their
+    base values, the receivers' inputs recorded (with ``"logits"``, the metric is read here).
+    Run 2: only the receivers' inputs are replaced by what run 1 recorded; everything after them
+    is recomputed. On Gemma 2/3 a head's write passes through the post-attention norm with its
+    layer's other heads, so the sender's change includes that norm's rescaling of them: hooks at
+    ``hook_z`` make this exact, with no linearisation.
+    """
+    senders = _heads(model, senders, "senders")
+    receivers = _receivers(model, receivers, receiver_input, freeze)
+    base, source = _directed(clean_tokens, corrupted_tokens, direction)
+    base_cache, source_cache = _path_caches(model, base, source)
+    return _path_patch(model, base, base_cache, source_cache, metric, senders, receivers, receiver_input, freeze)
+
+
+def path_patch_heads(model: "Gemma", clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                     metric: Metric, receivers: str | Head | Sequence[Head] = "logits", *,
+                     receiver_input: str = "q", direction: str = "noise", freeze: str = "heads",
+                     progress: bool = True) -> torch.Tensor:
+    """``[layer, head]``: ``path_patch`` with each head in turn as the only sender; NaN for heads
+    that cannot send to the receivers (in their layer or later). Both runs are cached once."""
+    receivers = _receivers(model, receivers, receiver_input, freeze)
+    base, source = _directed(clean_tokens, corrupted_tokens, direction)
+    base_cache, source_cache = _path_caches(model, base, source)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    last = n_layers if receivers == "logits" else min(layer for layer, _ in receivers)
+    results = torch.full((n_layers, n_heads), float("nan"))
+    bar = tqdm(total=last * n_heads, desc="path patching", disable=not progress)
+    with bar:
+        for layer in range(last):
+            for head in range(n_heads):
+                results[layer, head] = _path_patch(model, base, base_cache, source_cache, metric, [(layer, head)],
+                                                   receivers, receiver_input, freeze)
+                bar.update()
+    return results
+
+
+def _path_caches(model: "Gemma", base: torch.Tensor, source: torch.Tensor) -> tuple[ActivationCache, ActivationCache]:
+    """The base run's head outputs and MLP outputs (what gets frozen), and the source run's head outputs."""
+    with torch.no_grad():
+        _, base_cache = model.run_with_cache(
+            base, names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out", "hook_per_layer_out")))
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith("attn.hook_z"))
+    return base_cache, source_cache
+
+
+def _heads(model: "Gemma", heads: Head | Sequence[Head], what: str, n_heads: int | None = None) -> list[Head]:
+    """``(layer, head)`` or a list of them, checked against the model."""
+    heads = [heads] if isinstance(heads, tuple) and len(heads) == 2 and isinstance(heads[0], int) else list(heads)
+    n_heads = model.cfg.n_heads if n_heads is None else n_heads
+    if not heads:
+        raise ValueError(f"{what}: give at least one (layer, head)")
+    for layer, head in heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < n_heads):
+            raise ValueError(f"{what}: ({layer}, {head}) is not a head of this model "
+                             f"({model.cfg.n_layers} layers x {n_heads} heads)")
+    return heads
+
+
+def _receivers(model: "Gemma", receivers: str | Head | Sequence[Head], receiver_input: str,
+               freeze: str) -> str | list[Head]:
+    """``"logits"`` or the receivers as a checked list of ``(layer, index)``."""
+    if freeze not in _FREEZE:
+        raise ValueError(f"freeze must be one of {_FREEZE}, got {freeze!r}")
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise ValueError(f'receivers: "logits" or (layer, head) pairs, got {receivers!r}')
+        return receivers
+    if receiver_input not in ("q", "k", "v"):
+        raise ValueError(f'receiver_input must be "q", "k" or "v", got {receiver_input!r}')
+    index = "head" if receiver_input == "q" else "kv_head"
+    n_index = model.cfg.n_heads if receiver_input == "q" else model.cfg.n_kv_heads
+    return _heads(model, receivers, f"receivers ({receiver_input}: layer, {index})", n_index)
+
+
+def _path_patch(model: "Gemma", base: torch.Tensor, base_cache: ActivationCache, source_cache: ActivationCache,
+                metric: Metric, senders: list[Head], receivers: str | list[Head],
+                receiver_input: str, freeze: str) -> float:
+    if receivers != "logits" and min(layer for layer, _ in receivers) <= max(layer for layer, _ in senders):
+        raise ValueError(f"receivers {receivers} must all be in later layers than the senders {senders}: "
+                         "a head only reads what earlier layers wrote")
+    to_logits = receivers == "logits"
+
+    # Run 1: the senders' z from the other run, frozen components pinned to the base run.
+    def heads_hook(z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        patched = base_cache[hook.name].to(z.dtype).clone() if freeze != "none" else z.clone()
+        for sender_layer, head in senders:
+            if sender_layer == layer:
+                patched[:, :, head] = source_cache[hook.name][:, :, head].to(z.dtype)
+        return patched
+
+    def pin(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return base_cache[hook.name].to(activation.dtype)
+
+    hooks: list[tuple[str | Callable, HookFn]] = [(lambda name: name.endswith("attn.hook_z"), heads_hook)]
+    if freeze == "all":
+        hooks.append((lambda name: name.endswith(("hook_mlp_out", "hook_per_layer_out")), pin))
+    received: dict[str, torch.Tensor] = {}
+    if not to_logits:
+        def record(activation: torch.Tensor, hook: HookPoint) -> None:
+            received[hook.name] = activation.detach().clone()
+
+        names = sorted({f"blocks.{layer}.attn.hook_{receiver_input}" for layer, _ in receivers})
+        hook_names = set(model.hook_dict) if hasattr(model, "hook_dict") else None
+        missing = [name for name in names if hook_names is not None and name not in hook_names]
+        if missing:
+            raise ValueError(f"this model has no {missing} (Gemma 4 KV-shared layers compute no keys or values); "
+                             'use receiver_input="q" there')
+        hooks += [(name, record) for name in names]
+    with torch.no_grad():
+        logits = model.run_with_hooks(base, fwd_hooks=hooks)
+        if to_logits:
+            return float(metric(logits))
+
+        # Run 2: the base run with only the receivers' inputs replaced.
+        def receive(activation: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            layer = int(hook.name.split(".")[1])
+            patched = activation.clone()
+            for receiver_layer, head in receivers:
+                if receiver_layer == layer:
+                    patched[:, :, head] = received[hook.name][:, :, head]
+            return patched
+
+        logits = model.run_with_hooks(base, fwd_hooks=[(name, receive) for name in names])
+    return float(metric(logits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,3 +811,63 @@ def composition_score(w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
     w_a, w_b = w_a.float(), w_b.float()
     product = torch.linalg.matrix_norm(w_a @ w_b)
     return product / (torch.linalg.matrix_norm(w_a) * torch.linalg.matrix_norm(w_b))
+
+
+def qk_scores_by_offset(model: "Gemma", layer: int, head: int, query_resid: torch.Tensor,
+                        key_resid: torch.Tensor, offsets: Sequence[int] | torch.Tensor, *,
+                        query_position: int | None = None, softcap: bool = True) -> torch.Tensor:
+    """``[offset, n_q, n_k]``: the attention score that ``head`` of ``layer`` gives a query whose
+    residual stream is ``query_resid[i]`` (``[n_q, d_model]``) to a key whose stream is
+    ``key_resid[j]`` (``[n_k, d_model]``) sitting ``offset`` positions earlier, for each offset.
+
+    The QK circuit with everything the model does on the way, by its own modules: ``ln1`` (with its
+    division by each row's RMS), the head's slice of ``W_Q`` / its kv head's slice of ``W_K``,
+    Gemma 3's ``q_norm``/``k_norm``, RoPE (``rotary_cos_sin``/``apply_rotary`` with this layer's
+    base and scale), the ``query_pre_attn_scalar`` scale and, with ``softcap``, Gemma 2's attention
+    softcap: the value ``hook_attn_scores`` holds for a visible key (the causal and sliding-window
+    masks are not applied; a key beyond the window gets the lowest score in the model).
+
+    RoPE makes the score depend on where the two tokens sit, but only through their distance:
+    ``rot(q, p) . rot(k, p - offset) = rot(q, offset) . k``. By default the query is rotated by
+    ``offset`` and the key not at all; ``query_position=p`` rotates them by their absolute
+    positions ``p`` and ``p - offset`` instead, as a forward pass does (equal up to float rounding).
+    With ``query_resid = key_resid = embed_scale * W_E[tokens]`` on layer 0 this is the full QK
+    circuit ``[token, token]`` at each offset, exactly what layer 0 computes on any input.
+    Gemma 1 to 3 (not 3n or 4, whose layers may share keys).
+    """
+    from gemma_lab.model import apply_rotary, rotary_cos_sin  # the model's own RoPE
+
+    cfg = model.cfg
+    if cfg.family == 4 or cfg.is_gemma3n:
+        raise ValueError("qk_scores_by_offset covers Gemma 1 to 3; Gemma 3n and 4 layers may share keys")
+    if not 0 <= layer < cfg.n_layers or not 0 <= head < cfg.n_heads:
+        raise ValueError(f"layer {layer}, head {head} out of range: the model has {cfg.n_layers} layers "
+                         f"of {cfg.n_heads} heads")
+    for name, rows in (("query_resid", query_resid), ("key_resid", key_resid)):
+        if rows.ndim != 2 or rows.shape[-1] != cfg.d_model:
+            raise ValueError(f"{name} must be [rows, d_model={cfg.d_model}], got {tuple(rows.shape)}")
+    offsets = torch.as_tensor(offsets, dtype=torch.long).reshape(-1)
+    block, attn = model.blocks[layer], model.blocks[layer].attn
+    dtype, device = model.dtype, model.device
+    d_head, kv_head = cfg.d_head, head // (cfg.n_heads // attn.n_kv_heads)
+    with torch.no_grad():
+        x_q = block.ln1(query_resid.to(device, dtype))  # [n_q, d_model]
+        x_k = block.ln1(key_resid.to(device, dtype))  # [n_k, d_model]
+        q = x_q @ attn.q_proj.weight[head * d_head:(head + 1) * d_head].T  # [n_q, d_head]
+        k = x_k @ attn.k_proj.weight[kv_head * d_head:(kv_head + 1) * d_head].T  # [n_k, d_head]
+        if attn.q_norm is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        theta, scale = cfg.rope_for_layer(layer)
+        if query_position is None:  # rotate the query by the offset, the key by nothing (position 0)
+            q_pos, k_pos = offsets, torch.zeros_like(offsets)
+        else:
+            q_pos, k_pos = torch.full_like(offsets, query_position), query_position - offsets
+        q_cos, q_sin = rotary_cos_sin(q_pos[None].to(device), d_head, theta, scale, dtype)  # [1, offset, d_head]
+        k_cos, k_sin = rotary_cos_sin(k_pos[None].to(device), d_head, theta, scale, dtype)
+        # apply_rotary takes [batch, pos, head, d_head]: offsets on the pos axis, rows on the head axis.
+        rot_q = apply_rotary(q[None, None].expand(1, len(offsets), -1, -1), q_cos, q_sin)[0]  # [offset, n_q, d_head]
+        rot_k = apply_rotary(k[None, None].expand(1, len(offsets), -1, -1), k_cos, k_sin)[0]  # [offset, n_k, d_head]
+        scores = (rot_q @ rot_k.transpose(-1, -2)) * cfg.attn_scale  # [offset, n_q, n_k]
+        if softcap and cfg.attn_softcap is not None:
+            scores = cfg.attn_softcap * torch.tanh(scores / cfg.attn_softcap)
+    return scores.float()

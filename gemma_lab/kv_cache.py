@@ -38,9 +38,10 @@ class KVCache:
 
     def __init__(self, config: GemmaConfig, batch_size: int, max_len: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", layer_devices: list[torch.device] | None = None,
-                 kv_head_split: int = 1) -> None:
+                 kv_heads: list[int] | None = None) -> None:
         """``layer_devices``: one per layer, for a model placed across devices (default: ``device``).
-        ``kv_head_split``: under tensor parallelism each rank keeps only its share of the kv heads."""
+        ``kv_heads``: one per layer, the kv heads kept (default: the config's); under tensor
+        parallelism each rank keeps those its query heads read (see tensor_parallel.py)."""
         if max_len < 1 or batch_size < 1:
             raise ValueError(f"KVCache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
         self.config = config
@@ -65,7 +66,8 @@ class KVCache:
             if config.is_kv_shared(layer):  # Gemma 4: reads its source layer's keys and values
                 capacity = 0
             self.capacity.append(capacity)
-            shape = (batch_size, config.n_kv_heads_for(layer) // kv_head_split, capacity, config.d_head_for(layer))
+            heads = kv_heads[layer] if kv_heads is not None else config.n_kv_heads_for(layer)
+            shape = (batch_size, heads, capacity, config.d_head_for(layer))
             where = layer_devices[layer] if layer_devices is not None else device
             self.keys.append(torch.zeros(shape, dtype=dtype, device=where))
             self.values.append(torch.zeros(shape, dtype=dtype, device=where))  # (zeros_like on meta costs seconds of imports)
@@ -76,7 +78,8 @@ class KVCache:
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> "KVCache":
         """A cache matching the model's config, dtype and device (each block's, if placed across devices)."""
         return cls(model.cfg, batch_size, max_len, dtype=model.dtype, device=model.device,
-                   layer_devices=getattr(model, "block_devices", None), kv_head_split=getattr(model, "tp_size", 1))
+                   layer_devices=getattr(model, "block_devices", None),
+                   kv_heads=[block.attn.n_kv_heads for block in model.blocks] if hasattr(model, "tp_mesh") else None)
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                valid: torch.Tensor) -> LayerKV:

@@ -119,6 +119,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         splits = tp.parallelize(model, torch.device(device))
         on_disk = splits.__contains__  # not read now: each rank reads its own slice below
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # Gemma 4: layer_scalar buffers too
+    expected.update({name: split.shape for name, split in splits.items()})  # tensor parallel: the whole weight
     to_quantize = quantized_layout(model, quantize) if quantize else {}  # weight name -> int8 / int4
     loaded: dict[str, torch.Tensor] = {}
     non_finite: list[str] = []
@@ -142,14 +143,13 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                     f"{origin}: stored as {tensor.dtype}, which is not a plain float weight; quantized "
                     f"checkpoints (int8/int4/fp8 with scales) are not supported: use the bf16 or fp32 release")
             if our_name in splits:  # tensor parallel: this rank's slice only
-                dim, size = splits[our_name]
                 file, weight_name = source.locations[our_name]
                 with safe_open(str(file), framework="pt") as handle:
-                    local = tp.local_slice(handle.get_slice(weight_name), tuple(tensor.shape), dim, size)
+                    local = tp.local_slice(handle.get_slice(weight_name), splits[our_name])
                 local = local.to(device=device, dtype=dtype or local.dtype)
                 if not bool(torch.isfinite(local).all()):
                     non_finite.append(f"{origin} ({our_name})")
-                loaded[our_name] = tp.distributed(local, dim, model.tp_mesh)
+                loaded[our_name] = tp.distributed(local, splits[our_name], model.tp_mesh)
                 bar.update(local.numel() * local.element_size())
                 continue
             if on_disk is not None and on_disk(our_name):  # stays in the file; read while its block runs

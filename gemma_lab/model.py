@@ -142,6 +142,8 @@ class Attention(nn.Module):
         # Gemma 1-3: the same on every layer. Gemma 4: wider heads (and K=V models fewer kv heads) on global layers.
         self.d_head, self.n_kv_heads = cfg.d_head_for(layer), cfg.n_kv_heads_for(layer)
         self.n_heads = cfg.n_heads  # both head counts are per rank under tensor parallelism (tensor_parallel.py)
+        # Tensor parallel with k/v replicated (fewer kv heads than ranks): the kv heads this rank's queries read.
+        self.kv_heads_kept: slice | list[int] | None = None
         # Gemma 4 KV sharing: this layer attends to the keys/values of layer `kv_source` and has none of its own.
         self.kv_source = cfg.kv_source(layer)
         owns_kv = self.kv_source == layer
@@ -183,10 +185,10 @@ class Attention(nn.Module):
         q = rearrange(self.q_proj(x), "batch pos (head d_head) -> batch pos head d_head", head=self.n_heads)
         q = self.hook_q(q)
         if owns_kv:
-            k = rearrange(self.k_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=self.n_kv_heads)
+            k = rearrange(self.k_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", d_head=self.d_head)
             k = self.hook_k(k)
             if self.v_proj is not None:
-                v = rearrange(self.v_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", kv_head=self.n_kv_heads)
+                v = rearrange(self.v_proj(x), "batch pos (kv_head d_head) -> batch pos kv_head d_head", d_head=self.d_head)
             else:  # Gemma 4 K=V: the raw key projection (before k_norm and RoPE) is also the value
                 v = k
             v = self.hook_v(v)
@@ -200,6 +202,8 @@ class Attention(nn.Module):
 
         if owns_kv:
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            if self.kv_heads_kept is not None:  # tensor parallel: all kv heads computed, this rank's kept
+                k, v = k[:, :, self.kv_heads_kept], v[:, :, self.kv_heads_kept]
             k = rearrange(k, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
             v = rearrange(v, "batch k_pos kv_head d_head -> batch kv_head k_pos d_head")
             seen = LayerKV(k, v, positions, valid)

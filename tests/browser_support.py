@@ -147,6 +147,17 @@ class WidgetPage:
         self.page.screenshot(path=str(path))
         return path
 
+    def text_boxes(self, scope: str) -> list[dict]:
+        """The rendered geometry of every Text and Textarea widget inside ``scope`` (a CSS selector).
+
+        One dict per box, in page order: ``description`` (its label), ``value``, ``width`` and
+        ``right`` (the input element's box, in CSS pixels), ``scope_right`` (where the first element
+        matching ``scope`` ends), and ``visible_right``: where the nearest enclosing element that clips
+        its overflow (CSS ``overflow`` other than visible) ends; a box whose ``right`` is past it
+        is cut off on screen.
+        """
+        return self.page.evaluate(_TEXT_BOXES_JS, scope)
+
     # Checking -------------------------------------------------------------------------
 
     def widget_problems(self) -> list[str]:
@@ -391,6 +402,26 @@ def _leaves_this_machine(url: str) -> bool:
         "localhost",
         "::1",
     )
+
+
+_TEXT_BOXES_JS = """(scope) => {
+  const root = document.querySelector(scope);
+  const boxes = root ? root.querySelectorAll('.widget-text, .widget-textarea') : [];
+  return Array.from(boxes).map((widget) => {
+    const input = widget.querySelector('input, textarea');
+    const box = input.getBoundingClientRect();
+    let visibleRight = Infinity;
+    for (let element = input.parentElement; element; element = element.parentElement) {
+      const style = getComputedStyle(element);
+      if (style.overflowX !== 'visible' || style.overflow !== 'visible') {
+        visibleRight = Math.min(visibleRight, element.getBoundingClientRect().right);
+      }
+    }
+    const label = widget.querySelector('label');
+    return {description: label ? label.textContent.trim() : '', value: input.value, width: box.width,
+            right: box.right, scope_right: root.getBoundingClientRect().right, visible_right: visibleRight};
+  });
+}"""
 
 
 @contextmanager

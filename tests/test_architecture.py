@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
                "gemma_lab.gemma4_parts", "gemma_lab.gemma3n_parts", "gemma_lab.model", "gemma_lab.quantize")),
     ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.placement", "gemma_lab.tensor_parallel",
-                                     "gemma_lab.generation", "gemma_lab.interp",
+                                     "gemma_lab.generation", "gemma_lab.interp", "gemma_lab.tuned_lens",
                                      "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
                                      # TransformerLens's interface: model and tokenizer paired.
                                      "gemma_lab.tl_utils", "gemma_lab.tl_views", "gemma_lab.tl_aliases",

@@ -346,3 +346,20 @@ def test_global_torch_state_changed_by_the_learner_is_restored():
 def test_failures_inside_check_itself_are_messages(call):
     result = call()
     assert result.status == ERROR and result.message
+
+
+def test_a_steering_hook_that_returns_the_wrong_dtype_gets_a_hint():
+    """The bfloat16 trial of steered_generate gives a float32 direction: adding it unconverted promotes the
+    stream, which the hook point refuses; the learner is told to convert the vector."""
+    from gemma_lab.generation import generate
+
+    def unconverted(model, prompt_ids, direction, layer, coeff, start, max_new_tokens):
+        def add_direction(resid, hook):
+            return resid + (hook.positions >= start)[..., None] * coeff * direction
+
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", add_direction)]):
+            return generate(model, prompt_ids, max_new_tokens=max_new_tokens, stop=[]).token_ids
+
+    result = check("steered_generate", unconverted)
+    assert result.status == ERROR and "returned a torch.float32 tensor" in result.message
+    assert "vector.to(resid.device, resid.dtype)" in result.hint

@@ -317,3 +317,52 @@ def test_composition_score_is_a_normalised_frobenius_product():
     big = 100 * torch.randn(8, 8, generator=generator)
     small = torch.randn(8, 8, generator=generator)
     assert float(interp.composition_score(big, small)) == pytest.approx(float(interp.composition_score(big / 100, small)))
+
+
+@pytest.mark.parametrize("family", [1, 2, 3])
+def test_qk_scores_by_offset_equal_the_model_scores_on_real_inputs(family):
+    """Fed the residual stream a forward pass saw, the circuit at offset i - j is that pass's score [i, j]:
+    on layer 0 with the scaled embeddings of the tokens (the full QK circuit), on every layer with its
+    resid_pre. Gemma 2 checks the softcap too (its scores are scaled up so that the cap bends them)."""
+    model = small_model(family, seed=2, **({"attn_softcap": 2.0} if family == 2 else {}))
+    with torch.no_grad():  # norm gains away from 1
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    ids = tokens(1, 12, seed=3)
+    _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_attn_scores")))
+    n = ids.shape[1]
+    rows, cols = torch.tril_indices(n, n)
+    window = model.cfg.sliding_window or n
+    visible = rows - cols < window
+    embedded = model.embed.weight[ids[0]] * torch.tensor(model.cfg.embed_scale).to(model.dtype)
+    for layer in range(model.cfg.n_layers):
+        resid = embedded if layer == 0 else cache["resid_pre", layer][0]
+        for head in range(model.cfg.n_heads):
+            circuit = interp.qk_scores_by_offset(model, layer, head, resid, resid, torch.arange(n))
+            assert circuit.shape == (n, n, n) and circuit.dtype == torch.float32
+            real = cache["attn_scores", layer][0, head]
+            keep = visible if model.cfg.is_local(layer) else torch.ones_like(visible)
+            torch.testing.assert_close(circuit[rows - cols, rows, cols][keep], real[rows, cols][keep],
+                                       atol=2e-5, rtol=2e-5)
+            absolute = interp.qk_scores_by_offset(model, layer, head, resid[-1:], resid, torch.arange(n),
+                                                  query_position=n - 1)  # query at its real position
+            torch.testing.assert_close(absolute[n - 1 - torch.arange(n), 0, torch.arange(n)][keep[-n:]],
+                                       real[n - 1][keep[-n:]], atol=2e-5, rtol=2e-5)
+
+
+def test_qk_scores_by_offset_depend_only_on_the_offset_and_refuse_bad_input():
+    model = small_model(3, seed=4)
+    resid = torch.randn(5, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    offsets = [0, 1, 7, 40]
+    relative = interp.qk_scores_by_offset(model, 1, 2, resid[:3], resid, offsets)
+    assert relative.shape == (4, 3, 5)
+    for position in (40, 100):
+        moved = interp.qk_scores_by_offset(model, 1, 2, resid[:3], resid, offsets, query_position=position)
+        torch.testing.assert_close(moved, relative, atol=1e-4, rtol=1e-4)
+    unrotated = interp.qk_scores_by_offset(model, 1, 2, resid[:3], resid, [0])[0]
+    assert not torch.allclose(relative[2], unrotated, atol=1e-3)  # RoPE changes the score with the offset
+    with pytest.raises(ValueError, match="query_resid must be"):
+        interp.qk_scores_by_offset(model, 0, 0, resid[:, :-1], resid, [0])
+    with pytest.raises(ValueError, match="out of range"):
+        interp.qk_scores_by_offset(model, 0, model.cfg.n_heads, resid, resid, [0])

@@ -179,6 +179,9 @@ def test_repeat_rows_hold_spans_written_twice_and_alternating_pairs(tiny):
     only_spans = train_tiny.repeat_row(random.Random(1), tokenizer, 257, alternations=0.0)
     for segment in _segments(only_spans, tokenizer.bos_id)[:-1]:
         assert segment[: len(segment) // 2] == segment[len(segment) // 2 :]
+    short = train_tiny.repeat_row(random.Random(2), tokenizer, 257, alternations=0.0, span_lengths=(3, 5))
+    lengths = {len(segment) // 2 for segment in _segments(short, tokenizer.bos_id)[:-1]}
+    assert lengths == {3, 4, 5}, "span_lengths bounds the spans (lesson 18 varies them to rule out a positional trick)"
 
 
 def test_damp_block_outputs_sets_only_the_post_norm_gains():

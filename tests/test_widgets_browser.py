@@ -24,6 +24,7 @@ DEMO = "widgets_demo.ipynb"
 # CSS classes the widgets put on their outer box (WidgetBase._root).
 STEPPER = ".gemma-lab-inferencestepper"
 ATTENTION = ".gemma-lab-attentionexplorer"
+PROMPT = "When Mary and John went to the store, John gave a drink to"  # both widgets' text in the demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -66,6 +67,18 @@ def select_stage(page, title: str) -> None:
     select.select_option(index=next(i for i, label in enumerate(labels) if title in label))
 
 
+def check_prompt_boxes(widget_page, screenshots: Path) -> None:
+    """Each widget's prompt box is wide (500 px or more in a 1280 px window) and reaches the right edge
+    of its widget, and no text box is cut off there (last round's boxes overflowed their box by 4 px)."""
+    for scope in (STEPPER, ATTENTION):
+        boxes = widget_page.text_boxes(scope)
+        prompt = next(box for box in boxes if box["description"] == "text")
+        assert prompt["width"] >= 500 and prompt["right"] >= prompt["scope_right"] - 8, (scope, prompt)
+        for box in boxes:
+            assert box["right"] <= box["visible_right"] + 0.5, (scope, box)
+        widget_page.screenshot(screenshots / f"{scope.strip('.')}-text.png", selector=f"{scope} .widget-text")
+
+
 def test_jupyterlab_runs_the_demo_and_its_widgets_respond(chromium, tmp_path):
     stored = (NOTEBOOKS / DEMO).read_bytes()
     with jupyterlab_page(NOTEBOOKS, DEMO, env=kernel_env(), artifacts_dir=tmp_path / "artifacts") as lab:
@@ -73,6 +86,7 @@ def test_jupyterlab_runs_the_demo_and_its_widgets_respond(chromium, tmp_path):
         lab.run_all(timeout=120)
         lab.wait_for(lambda: both_widgets(page), 30, "the stepper and the attention explorer")
         lab.check_no_errors()
+        check_prompt_boxes(lab, tmp_path)
         assert "When Mary and John" in page.locator(f"{STEPPER} .widget-output").first.inner_text()
         pattern_before = lab.wait_for(lambda: image_src(page, ATTENTION), 30, "the attention pattern")
 
@@ -114,6 +128,9 @@ def test_jupyterlab_runs_the_demo_and_its_widgets_respond(chromium, tmp_path):
         state = lab.run_in_kernel("print(stepper.current_stage, len(stepper.generated))").split()
         assert state == ["kv_cache", "1"]
         assert "KV cache length per layer" in page.locator(STEPPER).inner_text()
+        grown = lab.run_in_kernel("print(stepper.text_box.value)").rstrip("\n")
+        assert grown.startswith(PROMPT) and len(grown) > len(PROMPT)
+        assert lab.text_boxes(STEPPER)[0]["value"] == grown  # the box on screen shows the appended token
         lab.check_no_errors()
         lab.screenshot(tmp_path / "lab.png")
 
@@ -125,6 +142,7 @@ def test_voila_serves_the_demo_with_working_widgets(chromium, tmp_path):
         page = dashboard.page
         dashboard.wait_for(lambda: both_widgets(page), 60, "the stepper and the attention explorer")
         dashboard.check_no_errors()
+        check_prompt_boxes(dashboard, tmp_path)
         dashboard.click_button("Next ▶")
         dashboard.click_button("Next ▶")
         first = wait_for_new_image(dashboard, STEPPER, None)

@@ -467,6 +467,10 @@ _ERROR_HINTS = (
     (re.compile(r"expected scalar type|expected .*dtype|must have the same dtype"),
      "Two tensors of different dtypes met in one operation: convert one (x.to(other.dtype)), or compute "
      "in float32 and convert the result back to the input's dtype at the end."),
+    (re.compile(r"hook on (\S+) returned a (\S+) tensor on (\S+); expected (\S+) on (\S+)"),
+     "Your hook returned a {1} tensor on {2}, but the model runs in {3} on {4}: adding a tensor of another "
+     "dtype promotes the result (bfloat16 + float32 is float32). Convert what you add first: "
+     "vector.to(resid.device, resid.dtype)."),
 )
 
 

@@ -1,6 +1,6 @@
 """Exercises of lesson 09, attention patterns and induction heads (``notebooks/09_attention_patterns_and_induction.ipynb``).
 
-Exercises: prev_token_score, induction_score, k_composition_scores, ov_copying_score. Each has its reference (the
+Exercises: prev_token_score, induction_score, ov_copying_score, k_composition_scores, scores_by_offset. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out
 as the wrong functions they describe.
 """
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from gemma_lab.exercises.checking import exercise, randint
+from gemma_lab.exercises.checking import choice, exercise, randint
 
 __all__ = [
+    "scores_by_offset_inputs",
+    "scores_by_offset_reference",
     "k_composition_scores_inputs",
     "k_composition_scores_reference",
     "ov_copying_score_inputs",
@@ -203,6 +205,78 @@ exercise(
         "(dim=-1), not down each column.": _copying_over_columns,
         "The score counts rows whose *largest* entry is on the diagonal (argmax == row index); the mean of "
         "the diagonal's values says nothing about whether the token beats the others.": _copying_diagonal_mean,
+    },
+    notebook=NOTEBOOK,
+)
+
+
+def scores_by_offset_inputs(generator: torch.Generator) -> tuple:
+    d_head = choice(generator, [4, 8, 16, 32])
+    q = torch.randn(randint(generator, 1, 5), d_head, generator=generator)
+    k = torch.randn(randint(generator, 1, 5), d_head, generator=generator)
+    offsets = torch.randint(0, 200, (randint(generator, 2, 5),), generator=generator)
+    offsets[0] = 1  # at least one small offset, where the fast pairs have not wrapped round
+    return q, k, offsets, choice(generator, [10_000.0, 1_000_000.0]), choice(generator, [1.0, 8.0])
+
+
+def scores_by_offset_reference(q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, theta: float,
+                               rope_scale: float = 1.0) -> torch.Tensor:
+    """``[offset, n_q, n_k]``: the dot product of each query, rotated by RoPE as if it sat ``offset``
+    positions after the key, with each key (left unrotated, as if at position 0).
+
+    q: ``[n_q, d_head]`` and k: ``[n_k, d_head]``, normalised but not yet rotated. Since
+    ``rot(q, p) . rot(k, p - offset) = rot(q, offset) . k``, this is the score at any pair of
+    positions that far apart. Gemma's RoPE: dimension ``i`` pairs with ``i + d_head/2`` and turns by
+    ``position / rope_scale * theta ** (-2i / d_head)``.
+    """
+    from gemma_lab.model import apply_rotary, rotary_cos_sin  # the model's own RoPE
+
+    cos, sin = rotary_cos_sin(offsets[None], q.shape[-1], theta, rope_scale, q.dtype)  # [1, offset, d_head]
+    rotated = apply_rotary(q[None, None].expand(1, len(offsets), -1, -1), cos, sin)[0]  # [offset, n_q, d_head]
+    return rotated @ k.T
+
+
+def _offset_key_rotated(q, k, offsets, theta, rope_scale=1.0):
+    return scores_by_offset_reference(k, q, offsets, theta, rope_scale).transpose(-1, -2)
+
+
+def _offset_interleaved_pairs(q, k, offsets, theta, rope_scale=1.0):
+    d_head = q.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
+    angles = offsets.float()[:, None] / rope_scale * inv_freq  # [offset, d_head/2]
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    even, odd = q[..., 0::2], q[..., 1::2]
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+    return rotated @ k.T
+
+
+def _offset_no_rope_scale(q, k, offsets, theta, rope_scale=1.0):
+    return scores_by_offset_reference(q, k, offsets, theta, 1.0)
+
+
+def _offset_half_exponent(q, k, offsets, theta, rope_scale=1.0):
+    return scores_by_offset_reference(q, k, offsets, theta ** 0.5, rope_scale)  # theta ** (-i / d_head)
+
+
+def _offset_not_rotated(q, k, offsets, theta, rope_scale=1.0):
+    return (q @ k.T).expand(len(offsets), -1, -1)
+
+
+exercise(
+    "scores_by_offset",
+    make_inputs=scores_by_offset_inputs,
+    reference=scores_by_offset_reference,
+    mistakes={
+        "That is the score of a key *after* the query (offset -d): rotate the query by the offset and "
+        "leave the key alone, since rot(q, p) . rot(k, p - d) = rot(q, d) . k.": _offset_key_rotated,
+        "Gemma's RoPE pairs dimension i with i + d_head/2 (the two halves: rotate_half), not the "
+        "neighbours 2i and 2i+1.": _offset_interleaved_pairs,
+        "Divide the positions by rope_scale before taking angles (linear position interpolation, "
+        "Gemma 3's global layers from 4B up).": _offset_no_rope_scale,
+        "The frequency of pair i is theta ** (-2i / d_head), i = 0 .. d_head/2 - 1: with "
+        "theta ** (-i / d_head) the angles turn too fast.": _offset_half_exponent,
+        "The scores must change with the offset: rotate the query by its angle (cos and sin of "
+        "offset * frequency) before the dot product.": _offset_not_rotated,
     },
     notebook=NOTEBOOK,
 )

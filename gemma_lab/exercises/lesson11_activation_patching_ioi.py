@@ -1,6 +1,6 @@
 """Exercises of lesson 11, activation patching on indirect-object identification (``notebooks/11_activation_patching_ioi.ipynb``).
 
-Exercises: logit_difference, patch_residual, patch_heads. Each has its reference (the
+Exercises: logit_difference, patch_residual, patch_heads, path_patch_queries. Each has its reference (the
 package's code, with the exercise's signature), its trial inputs, and its usual mistakes written out
 as the wrong functions they describe.
 """
@@ -15,6 +15,8 @@ from gemma_lab.exercises.checking import exercise, randint
 __all__ = [
     "patch_heads_inputs",
     "patch_heads_reference",
+    "path_patch_queries_inputs",
+    "path_patch_queries_reference",
     "logit_difference_inputs",
     "logit_difference_reference",
     "patch_residual_inputs",
@@ -181,4 +183,103 @@ exercise(
     },
     notebook=NOTEBOOK,
     trials=2,  # each trial is n_layers x n_heads forward passes, twice: two Gemma generations suffice
+)
+
+
+def path_patch_queries_inputs(generator: torch.Generator) -> tuple:
+    model = _small_model(generator)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    shape = (randint(generator, 1, 2), randint(generator, 5, 8))
+    clean = torch.randint(3, model.cfg.vocab_size, shape, generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, randint(generator, 0, shape[1] - 2)] = torch.randint(3, model.cfg.vocab_size, (shape[0],),
+                                                                      generator=generator)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupted_cache = model.run_with_cache(corrupted, names_filter=lambda name: name.endswith("attn.hook_z"))
+    gap = 2 if n_layers > 2 else 1  # a layer of heads in between where there is room, so freezing matters
+    sender = (randint(generator, 0, n_layers - 1 - gap), randint(generator, 0, n_heads - 1))
+    receiver = (randint(generator, sender[0] + gap, n_layers - 1), randint(generator, 0, n_heads - 1))
+    a, b = torch.randperm(model.cfg.vocab_size, generator=generator)[:2].tolist()
+    return model, clean, clean_cache, corrupted_cache, _LogitDifference(a, b), sender, receiver
+
+
+def path_patch_queries_reference(model, clean_tokens, clean_cache, corrupted_cache, metric, sender,
+                                 receiver) -> float:
+    """Noising path patching from ``sender`` into ``receiver``'s queries, every other head frozen at its
+    clean ``z``, MLPs recomputed: the package's ``interp.path_patch`` (with the caches given)."""
+    from gemma_lab import interp  # lazily: loading the exercises must not need the interp layer
+
+    return interp._path_patch(model, clean_tokens, clean_cache, corrupted_cache, metric, [sender], [receiver],
+                              receiver_input="q", freeze="heads")
+
+
+def _path_patch_queries_with(model, clean_tokens, clean_cache, corrupted_cache, metric, sender, receiver, *,
+                             freeze=True, whole_layer=False, metric_of_first_run=False):
+    (sender_layer, sender_head), (receiver_layer, receiver_head) = sender, receiver
+    received = {}
+
+    def freeze_heads(z, hook):
+        layer = int(hook.name.split(".")[1])
+        z = clean_cache[hook.name].clone() if freeze else z.clone()
+        if layer == sender_layer:
+            z[:, :, sender_head] = corrupted_cache[hook.name][:, :, sender_head]
+        return z
+
+    def record(q, hook):
+        received["q"] = q.clone()
+
+    q_name = f"blocks.{receiver_layer}.attn.hook_q"
+    with torch.no_grad():
+        first = model.run_with_hooks(clean_tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_z"), freeze_heads),
+                                                             (q_name, record)])
+        if metric_of_first_run:
+            return float(metric(first))
+
+        def receive(q, hook):
+            if whole_layer:
+                return received["q"]
+            q = q.clone()
+            q[:, :, receiver_head] = received["q"][:, :, receiver_head]
+            return q
+
+        return float(metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(q_name, receive)])))
+
+
+def _path_patch_queries_unfrozen(*args):
+    return _path_patch_queries_with(*args, freeze=False)
+
+
+def _path_patch_queries_whole_layer(*args):
+    return _path_patch_queries_with(*args, whole_layer=True)
+
+
+def _path_patch_queries_first_run(*args):
+    return _path_patch_queries_with(*args, metric_of_first_run=True)
+
+
+def _same_metric(got, expected) -> bool:
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        return False
+    return abs(got - expected) <= 1e-4 * (1 + abs(expected))
+
+
+exercise(
+    "path_patch_queries",
+    make_inputs=path_patch_queries_inputs,
+    reference=path_patch_queries_reference,
+    mistakes={
+        "Freeze the other heads: in the first run every head's z must be its *clean* z (clean_cache) except "
+        "the sender's, not the z that run computes; otherwise the paths through other heads count too.":
+            _path_patch_queries_unfrozen,
+        "Replace only the receiver's queries, q[:, :, head]; you replaced the queries of every head in its layer.":
+            _path_patch_queries_whole_layer,
+        "The first run only records what the receiver would read; the metric comes from the second run, where "
+        "nothing but the receiver's queries changes.": _path_patch_queries_first_run,
+    },
+    compare=_same_metric,
+    notebook=NOTEBOOK,
+    trials=3,  # one small model of each generation
 )

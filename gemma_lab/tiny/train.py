@@ -120,7 +120,8 @@ def token_stream(tokenizer, seed: int, split: str, keep_others: float = KEEP_OTH
             yield tokenizer.encode(text) + [tokenizer.eos_id]
 
 
-def repeat_row(rng: random.Random, tokenizer, length: int, alternations: float = ALTERNATIONS) -> list[int]:
+def repeat_row(rng: random.Random, tokenizer, length: int, alternations: float = ALTERNATIONS,
+               span_lengths: tuple[int, int] = RANDOM_SPAN_LENGTHS) -> list[int]:
     """One whole row of random-token segments, each after a ``<bos>``: ``<bos> a b c a b c <bos> x y x y ...``.
 
     Most segments are a random span written twice (induction's job: find the earlier occurrence of
@@ -129,6 +130,10 @@ def repeat_row(rng: random.Random, tokenizer, length: int, alternations: float =
     previous-token head's job, so that head forms early, and the induction head then composes with
     it (it needs to know, at each key, which token came before). Packed documents can be cut at a
     row boundary, losing a span's first copy; a row built whole never is.
+
+    Span lengths are drawn from ``span_lengths`` (inclusive) and cut to what fits. When most spans
+    are cut to the same length (a short row), a head that attends a fixed distance back predicts
+    the second copy without any induction: keep the upper end well below ``length / 2`` then.
     """
     low, high = len(corpus.SPECIAL_PIECES), tokenizer.vocab_size
     row: list[int] = []
@@ -138,16 +143,17 @@ def repeat_row(rng: random.Random, tokenizer, length: int, alternations: float =
             row += [tokenizer.bos_id, *pair * rng.randint(*ALTERNATION_REPEATS)]
             continue
         room = (length - len(row) - 1) // 2
-        span = [rng.randrange(low, high) for _ in range(max(1, min(rng.randint(*RANDOM_SPAN_LENGTHS), room)))]
+        span = [rng.randrange(low, high) for _ in range(max(1, min(rng.randint(*span_lengths), room)))]
         row += [tokenizer.bos_id, *span, *span]
     return row[:length]
 
 
 def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, keep_others: float = KEEP_OTHERS,
             random_span_every: int = RANDOM_SPAN_EVERY, repeat_rows: float = 0.0,
-            alternations: float = ALTERNATIONS):
+            alternations: float = ALTERNATIONS, span_lengths: tuple[int, int] = RANDOM_SPAN_LENGTHS):
     """Endless ``[batch, seq_len + 1]`` rows (inputs and shifted targets): cut from the packed stream,
-    or, with probability ``repeat_rows``, built whole from random-token segments (``repeat_row``)."""
+    or, with probability ``repeat_rows``, built whole from random-token segments (``repeat_row``, with
+    ``alternations`` and ``span_lengths``)."""
     buffer: list[int] = []
     row = seq_len + 1
     stream = token_stream(tokenizer, seed, split, keep_others, random_span_every)
@@ -156,7 +162,7 @@ def batches(tokenizer, seed: int, split: str, batch_size: int, seq_len: int, kee
         rows = []
         for _ in range(batch_size):
             if repeat_rows and choose.random() < repeat_rows:
-                rows.append(repeat_row(choose, tokenizer, row, alternations))
+                rows.append(repeat_row(choose, tokenizer, row, alternations, span_lengths))
                 continue
             while len(buffer) < row:
                 buffer.extend(next(stream))

@@ -17,7 +17,7 @@
 #
 # # 09 · Attention patterns, previous-token heads and induction heads
 #
-# **Time:** about 75 minutes. **Before this:** notebook 08 (hooks and caching).
+# **Time:** about 90 minutes. **Before this:** notebook 08 (hooks and caching).
 #
 # An attention pattern shows, for every query position, how much it reads from each earlier key
 # position. Some heads do one recognisable job everywhere. Two of them, working together, let a
@@ -33,7 +33,9 @@
 # 4. find the induction heads of the model in a `[layer, head]` heatmap;
 # 5. say why heads rest on `<bos>` (the attention sink);
 # 6. read a head's OV and QK circuits from its weights, and find the previous-token heads an
-#    induction head composes with (K-composition), as checked exercises.
+#    induction head composes with (K-composition), as checked exercises;
+# 7. compute a head's QK circuit with RoPE as a function of the offset, equal to the model's own
+#    scores, and tell a positional preference (previous-token head) from a content one (induction).
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -320,7 +322,7 @@ for label, ids in (("with <bos>", tokens), ("without <bos>", without_bos)):
 # the gains of the norms around the head folded in (`ln1`, Gemma 2/3's `ln1_post`, Gemma 3's q/k
 # norms). What cannot be folded into a matrix is left out and matters when reading the numbers: each
 # norm's division by its input's RMS (sizes, not directions), RoPE (QK is the score of a query and a
-# key at the same position) and the score scale.
+# key at the same position; section 8 puts it back) and the score scale.
 #
 # **The induction head's OV circuit copies.** Put every token's embedding through the head's OV
 # circuit and read the result with the unembedding: the *full OV circuit* `[vocab, vocab]`, row `i`
@@ -427,6 +429,183 @@ else:
 # norms' RMS divisions, so treat them as a map of where to look, then confirm by patching
 # (lesson 11). On random weights nothing stands out.
 #
+#
+# ## 8. The QK circuit under RoPE: position or content?
+#
+# Section 7's `qk` matrix is the score of a query and a key *at the same position*. Gemma never
+# compares them unrotated: RoPE (lesson 03) turns each pair of dimensions of the query by an angle
+# proportional to its position, and the key by its own. For one head, with `x_q` the query's
+# residual-stream row at position `p` and `x_k` the key's at `p - d`,
+#
+#     q = q_norm(ln1(x_q) @ W_Q)       k = k_norm(ln1(x_k) @ W_K)        (Gemma 3; Gemma 1 and 2 have no q/k norms)
+#     score = attn_scale * rot(q, p) . rot(k, p - d) = attn_scale * rot(q, d) . k
+#
+# A rotation by `p - d` undone from one by `p` leaves one by `d`: the score depends on the
+# *distance* `d`, never on where the pair sits. So the QK circuit of a Gemma head is a family of
+# matrices, one per offset. Both norms divide by a row's own RMS, which a matrix cannot do, so we
+# compute it row by row instead of as one product.
+#
+# **Exercise.** Write `scores_by_offset(q, k, offsets, theta, rope_scale)`: for queries `q`
+# `[n_q, d_head]` and keys `k` `[n_k, d_head]` (normalised, not yet rotated) and `offsets` `[offset]`,
+# the dot products `rot(q, d) . k` as `[offset, n_q, n_k]`. Gemma's RoPE pairs dimension `i` with
+# `i + d_head/2` and turns pair `i` by `d / rope_scale * theta ** (-2i / d_head)`; the key stays
+# where it is (position 0).
+
+# %% exercise="scores_by_offset" tags=["exercise"]
+def scores_by_offset(q, k, offsets, theta, rope_scale=1.0):
+    """[n_q, d_head], [n_k, d_head], [offset] -> [offset, n_q, n_k]: rot(q, offset) . k for each offset."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+result = check("scores_by_offset", scores_by_offset)
+display(result)
+
+# %%
+# solution("scores_by_offset")  # uncomment to see one way to write it
+
+# %% [markdown]
+# Now check it against the model itself. On the repeated random tokens, take the normalised,
+# unrotated queries and keys the forward pass computed (`q_norm`'s output on Gemma 3, `hook_q` and
+# `hook_k` before it), score every query against every key at their real distance, and compare with
+# the scores the pass used (`hook_attn_scores`). `interp.qk_scores_by_offset` does the whole
+# circuit from residual-stream rows with the model's own modules (ln1, the head's slice of `W_Q`
+# and its kv head's of `W_K`, the q/k norms, RoPE with the layer's base, the scale and Gemma 2's
+# softcap): it must agree too.
+
+# %%
+if not result.passed:
+    scores_by_offset = get_exercise("scores_by_offset").reference
+
+prev_layer, prev_head = strongest(scores["previous_token"])
+ind_layer, ind_head = strongest(scores["induction"])
+cfg = model.cfg
+
+
+def normalised_qk(layer):
+    """The hook names of a layer's queries and keys after their norms, before RoPE."""
+    if cfg.qk_norm:
+        return f"blocks.{layer}.attn.q_norm.hook_normalized", f"blocks.{layer}.attn.k_norm.hook_normalized"
+    return f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
+
+
+wanted = {name for layer in (prev_layer, ind_layer) for name in normalised_qk(layer)}
+wanted |= {f"blocks.{layer}.{hook}" for layer in (0, prev_layer, ind_layer)
+           for hook in ("hook_resid_pre", "attn.hook_attn_scores")}
+_, qk_cache = model.run_with_cache(repeated[:1], names_filter=lambda name: name in wanted)
+n_pos = repeated.shape[1]
+rows, cols = torch.tril_indices(n_pos, n_pos)  # every (query, key) pair a causal head compares
+for layer, head in ((prev_layer, prev_head), (ind_layer, ind_head)):
+    q_name, k_name = normalised_qk(layer)
+    kv_head = head // (cfg.n_heads // cfg.n_kv_heads)
+    q, k = qk_cache[q_name][0, :, head].float(), qk_cache[k_name][0, :, kv_head].float()  # [pos, d_head]
+    theta, rope_scale = cfg.rope_for_layer(layer)
+    yours = scores_by_offset(q, k, torch.arange(n_pos), theta, rope_scale) * cfg.attn_scale  # [offset, pos, pos]
+    if cfg.attn_softcap is not None:
+        yours = cfg.attn_softcap * torch.tanh(yours / cfg.attn_softcap)
+    resid = qk_cache["resid_pre", layer][0]
+    package = interp.qk_scores_by_offset(model, layer, head, resid, resid, torch.arange(n_pos))
+    real = qk_cache["attn_scores", layer][0, head, rows, cols].float()
+    print(f"L{layer} H{head}: yours vs the forward pass, largest difference "
+          f"{float((yours[rows - cols, rows, cols] - real).abs().max()):.1e}; "
+          f"interp.qk_scores_by_offset vs the pass {float((package[rows - cols, rows, cols] - real).abs().max()):.1e} "
+          f"(scores up to {float(real.abs().max()):.1f})")
+
+# %% [markdown]
+# **The full QK circuit at layer 0.** In layer 0 the residual stream is just the scaled embedding
+# of the token, so feeding `embed_scale * W_E` as both the query and the key rows gives the *full
+# QK circuit*: for every query token, key token and offset, exactly the score layer 0 computes, on
+# any input. Below, one layer-0 head's full circuit at offset 1 for the tokens of the lesson's
+# prompt, checked against the forward pass. Every entry is a hypothetical (that query token with
+# that key token one step before it), so the matrix is full, not causal. A column that is bright in
+# most rows is a key token the head favours from almost any query (content of the key alone); rows
+# that look alike are query tokens the head treats alike. Change the head, or the offset, and compare.
+
+# %%
+prompt_ids = tokens[0]
+embedded = model.embed.weight[prompt_ids].float() * cfg.embed_scale  # [pos, d_model]: layer 0's resid_pre
+full_qk = interp.qk_scores_by_offset(model, 0, 0, embedded, embedded, torch.arange(len(prompt_ids)))  # [offset, tok, tok]
+_, layer0 = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_attn_scores")
+n = len(prompt_ids)
+q_rows, k_cols = torch.tril_indices(n, n)
+layer0_real = layer0["attn_scores", 0][0, 0, q_rows, k_cols].float()
+print(f"layer 0 head 0, full QK circuit vs the forward pass on the prompt: largest difference "
+      f"{float((full_qk[q_rows - k_cols, q_rows, k_cols] - layer0_real).abs().max()):.1e}")
+with plt.ioff():
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+plt.close(fig)
+image = ax.imshow(full_qk[1], cmap="RdBu_r", vmin=-float(full_qk[1].abs().max()), vmax=float(full_qk[1].abs().max()))
+ax.set_xticks(range(n), str_tokens, rotation=90, fontsize=8)
+ax.set_yticks(range(n), str_tokens, fontsize=8)
+ax.set(xlabel="key token (one position before the query)", ylabel="query token",
+       title="L0 H0: full QK circuit at offset 1 (every pair, as if adjacent)")
+fig.colorbar(image, ax=ax, label="score")
+display(fig)
+
+# %% [markdown]
+# **Position or content?** Now split where a head's preference comes from. At a fixed offset the
+# score is bilinear in the query and the key, so its average over many (query, key) pairs is the
+# score of the *mean query* with the *mean key*: a function of the offset alone, the part of the
+# preference RoPE gives every token (position). How far single pairs spread around it is what the
+# tokens themselves decide (content). Below, for the strongest previous-token head and the
+# strongest induction head, the mean over all pairs of rows from the repeated-token run at each
+# offset, with a band of one standard deviation.
+
+# %%
+max_offset = min(2 * seq_len, window - 1)
+offsets = torch.arange(max_offset + 1)
+with plt.ioff():
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+plt.close(fig)
+by_head = {}
+for ax, (kind, (layer, head)) in zip(axes, (("previous-token", (prev_layer, prev_head)),
+                                            ("induction", (ind_layer, ind_head)))):
+    resid = qk_cache["resid_pre", layer][0, 1:]  # the random tokens' rows (not <bos>)
+    circuit = interp.qk_scores_by_offset(model, layer, head, resid, resid, offsets)  # [offset, q row, k row]
+    mean, spread = circuit.mean(dim=(1, 2)), circuit.std(dim=(1, 2))
+    by_head[kind] = (layer, head, mean, spread)
+    ax.plot(offsets, mean, marker=".", label="mean over token pairs (position)")
+    ax.fill_between(offsets, mean - spread, mean + spread, alpha=0.25, label="± 1 std over pairs (content)")
+    ax.set(xlabel="offset d (key d positions before the query)", ylabel="score",
+           title=f"{kind} head L{layer} H{head}")
+    ax.legend(fontsize=8)
+display(fig)
+for kind, (layer, head, mean, spread) in by_head.items():
+    best = int(mean.argmax())
+    print(f"{kind} head L{layer} H{head}: the mean score peaks at offset {best} ({float(mean[best]):.1f}; "
+          f"offset 0: {float(mean[0]):.1f}, offset 2: {float(mean[2]):.1f}); spread over pairs at offset 1: "
+          f"{float(spread[1]):.1f}")
+
+# Where does the previous-token head's shared query and key come from? Feed it the token embeddings
+# alone, as if no earlier layer had written anything.
+embedded_rows = model.embed.weight[repeated[0, 1:]].float() * cfg.embed_scale  # [pos, d_model]
+direct = interp.qk_scores_by_offset(model, prev_layer, prev_head, embedded_rows, embedded_rows, offsets[:3])
+print(f"previous-token head fed the embeddings alone: mean score at offsets 0, 1, 2: "
+      f"{', '.join(f'{float(v):.1f}' for v in direct.mean(dim=(1, 2)))}")
+
+# The induction head's own pairs: query in the second copy, key = the token after its earlier occurrence.
+layer, head = ind_layer, ind_head
+resid = qk_cache["resid_pre", layer][0]
+at_induction = interp.qk_scores_by_offset(model, layer, head, resid, resid, [seq_len - 1])[0]  # [q row, k row]
+second = torch.arange(1 + seq_len, n_pos)
+print(f"induction head at offset {seq_len - 1}: the induction pairs score {float(at_induction[second, second - seq_len + 1].mean()):.1f} "
+      f"on average, all pairs at that offset {float(by_head['induction'][2][seq_len - 1]):.1f}")
+
+# %% [markdown]
+# Read the two panels side by side. On the tiny model the previous-token head's mean curve has a
+# clear peak at offset 1 and its band is narrow: *every* query prefers the key one step back, whatever
+# the tokens. That is position, and it comes from RoPE alone (Gemma has no position embedding):
+# the mean query and mean key are a direction that every row of the stream shares, which the
+# rotation by one step lines up. Fed the token embeddings alone, the same head's curve is flat on
+# the tiny model (the printout): that shared direction is written by the earlier layers, the same at
+# every position, not carried by the tokens. The induction head is the opposite: its mean curve is nearly
+# flat in the offset and its band is wide, and the pairs it actually attends to (the token after an
+# earlier copy) score far above the rest. That is content: the key carries "the token before me
+# was ...", written by the previous-token head, and the query matches its own token against it.
+# (Whether your model shows this: read the printed numbers. On random weights neither head prefers
+# anything.) RoPE's rotations are periodic, so a head that likes offset 1 can also like some larger
+# offsets where its fast pairs come round again: look for the second bump in the left panel.
+#
 # ## Summary
 #
 # * A pattern `[q_pos, k_pos]` is where each token reads from; heads that do one job show it as a
@@ -436,6 +615,8 @@ else:
 # * `interp.head_scores` scores every head at once.
 # * In the weights: a head's QK circuit says where it looks, its OV circuit what it moves; the
 #   induction head's full OV circuit copies tokens, and its keys K-compose with the previous-token heads.
+# * Under RoPE the QK circuit is one matrix per offset (`interp.qk_scores_by_offset`, exact to the
+#   model's scores): averaged over tokens it shows a head's positional preference, its spread the content.
 # * Heads with nothing to do rest on `<bos>` (the attention sink): a softmax must put its weight
 #   somewhere, and `<bos>` is always visible and says nothing about the text.
 #

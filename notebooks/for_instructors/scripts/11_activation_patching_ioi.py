@@ -17,7 +17,7 @@
 #
 # # 11 · Activation patching on indirect-object identification
 #
-# **Time:** about 75 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
+# **Time:** about 105 minutes. **Before this:** notebooks 08 (hooks) and 10 (the logit lens).
 #
 # *"When Mary and John went to the store, John gave a drink to"* ... **Mary**. Choosing the name that
 # is *not* repeated is the indirect-object identification (IOI) task, whose circuit in GPT-2 small
@@ -30,13 +30,17 @@
 #
 # 1. build matched clean and corrupted prompts through the tokenizer (names of one token each);
 # 2. write the logit-difference metric and a residual-stream patch;
-# 3. read a `[layer, pos]` residual patching heatmap and a `[layer, head]` head patching heatmap;
+# 3. read a `[layer, pos]` residual patching heatmap and a `[layer, head]` head patching heatmap,
+#    each computed both ways: denoising (is this activation *sufficient*?) and noising (is it
+#    *necessary*?);
 # 4. write the head-patching loop yourself, hooks and all;
 # 5. split the logit difference into what each head and MLP writes directly (direct logit
 #    attribution, with the final and post-attention norms held at their cached scale);
 # 6. estimate every head's effect at once with attribution patching (gradients), and judge the
 #    estimate against real patching in a scatter plot;
-# 7. run your own experiments with the `PatchingExplorer` widget.
+# 7. write path patching (a head's effect along one route only) and read which routes carry the
+#    effect of the head that patching found;
+# 8. run your own experiments with the `PatchingExplorer` widget.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -236,7 +240,14 @@ by_pos = interp.patch_by_layer_pos(model, corrupted_tokens, clean_cache, ioi_met
                                    activation="resid_pre", progress=show_progress)  # [layer, pos]
 assert torch.isclose(by_pos[layer, s2_pos], torch.as_tensor(float(patched)), atol=1e-4)
 gap = clean_diff - corrupted_diff
-restored = (by_pos - corrupted_diff) / gap if abs(gap) > 1e-6 else by_pos - corrupted_diff
+
+
+def fraction_restored(values):
+    """0 = the corrupted run's logit difference, 1 = the clean run's (raw differences if the two are equal)."""
+    return (values - corrupted_diff) / gap if abs(gap) > 1e-6 else values - corrupted_diff
+
+
+restored = fraction_restored(by_pos)
 
 columns = [c if c == k else f"{c}→{k}" for c, k in zip(tokenizer.to_str_tokens(clean_tokens[0]),
                                                      tokenizer.to_str_tokens(corrupted_tokens[0]))]
@@ -252,12 +263,40 @@ viz.patching_heatmap(restored, columns, kind="layer x position",
 #
 # **Denoising and noising.** What we did is *denoising*: run the corrupted prompts and restore one
 # clean activation. A cell near 1 says that activation is *sufficient* to bring the clean behaviour
-# back. The reverse, *noising*, runs the clean prompts with one corrupted activation; a big drop says
-# the activation is *necessary*. They can disagree: when two components each carry the information,
-# restoring either one may be enough (denoising finds both) while corrupting either one alone breaks
-# nothing (noising finds neither). Heimersheim and Nanda (2024, "How to use and interpret activation
-# patching") discuss when to use which. The functions here do either: for noising, pass the *clean*
-# tokens and a cache of the *corrupted* run.
+# back (given the corrupted rest). The reverse, *noising*, runs the clean prompts and copies in one
+# corrupted activation; a cell whose patch destroys the clean behaviour is *necessary* for it. The
+# two can disagree (Heimersheim & Nanda, 2024, "How to use and interpret activation patching"):
+#
+# * an **OR**: two components each carry the information. Restoring either is enough (denoising
+#   finds both), corrupting either alone breaks nothing (noising finds neither);
+# * an **AND**: the behaviour needs both. Corrupting either breaks it (noising finds both),
+#   restoring either alone brings nothing back (denoising finds neither).
+#
+# So compute both. `interp.activation_patching` takes both prompts and a `direction`; we draw the
+# noising map as the fraction of the logit difference *lost*, so that in both maps colour means
+# "this activation matters".
+
+# %%
+noised_by_pos = interp.activation_patching(model, clean_tokens, corrupted_tokens, ioi_metric, direction="noise",
+                                           by="layer_pos", progress=show_progress)  # [layer, pos]
+lost = 1 - fraction_restored(noised_by_pos)  # noising: 0 = nothing lost, 1 = all of the clean behaviour gone
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 3.6), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(restored, columns, kind="layer x position", value_label="fraction restored",
+                     title="denoising: corrupted run, one clean activation", ax=left)
+viz.patching_heatmap(lost, columns, kind="layer x position", value_label="fraction lost",
+                     title="noising: clean run, one corrupted activation", ax=right)
+display(fig)
+print(f"largest difference between the two maps: {float((restored - lost).abs().max()):.3f}")
+
+# %% [markdown]
+# On the tiny model the two maps are the same picture: at every depth there is exactly one place
+# the name information lives (the S2 position before layer 0, the last position after it), and the
+# stream there is both sufficient and necessary; everywhere else is 0 in both. The residual stream
+# at one position is a bottleneck, so no OR or AND can show at this grain. Heads are another matter:
+# section 5 computes both directions per head.
 #
 # ## 5. Exercise: which heads? Write the patching loop
 #
@@ -290,12 +329,36 @@ if not result.passed:
     patch_heads = get_exercise("patch_heads").reference
 
 by_head = patch_heads(model, corrupted_tokens, clean_cache, ioi_metric)  # [layer, head]
-restored_by_head = (by_head - corrupted_diff) / gap if abs(gap) > 1e-6 else by_head - corrupted_diff
+restored_by_head = fraction_restored(by_head)
 best_layer, best_head = divmod(int(restored_by_head.argmax()), model.cfg.n_heads)
 print(f"the head whose clean output restores most: layer {best_layer}, head {best_head} "
       f"({float(restored_by_head[best_layer, best_head]):.0%} of the gap)")
-viz.patching_heatmap(restored_by_head, kind="layer x head",
-                     value_label="fraction of the logit difference restored", title="patching each head's z")
+
+# The same grid the other way round: the clean run with one head's z from the corrupted run.
+noised_by_head = interp.activation_patching(model, clean_tokens, corrupted_tokens, ioi_metric, direction="noise",
+                                            by="head", progress=show_progress)  # [layer, head]
+lost_by_head = 1 - fraction_restored(noised_by_head)
+print(f"noising that head's z loses {float(lost_by_head[best_layer, best_head]):.0%} of the logit difference")
+for layer in range(model.cfg.n_layers):
+    pairs_text = "  ".join(f"{float(restored_by_head[layer, head]):+.2f}/{float(lost_by_head[layer, head]):+.2f}"
+                           for head in range(model.cfg.n_heads))
+    print(f"  layer {layer} (restored/lost per head): {pairs_text}")
+
+with plt.ioff():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+plt.close(fig)
+viz.patching_heatmap(restored_by_head, kind="layer x head", value_label="fraction restored",
+                     title="denoising each head's z", ax=left)
+viz.patching_heatmap(lost_by_head, kind="layer x head", value_label="fraction lost",
+                     title="noising each head's z", ax=right)
+display(fig)
+
+# %% [markdown]
+# On the tiny model one head is both: restoring its clean `z` brings back the whole logit
+# difference, and corrupting it alone loses all of it. That is layer 0 head 0: sufficient and
+# necessary, no backup head and no partner. Every other head moves either number by a few percent
+# at most (read the printout). Keep this head in mind: section 8 asks *how* its effect reaches the
+# answer.
 
 # %% [markdown]
 # ## 6. Direct logit attribution: who writes the answer?
@@ -404,7 +467,176 @@ print(f"largest real effect {float(real.abs().max()):.2f}, its estimate "
 # with real patching.
 #
 # %% [markdown]
-# ## 8. Explore
+# ## 8. Path patching: which routes carry a head's effect?
+#
+# Patching a head's `z` changes everything downstream of it at once: what the head writes is read
+# by every later head (as queries, keys and values), by every MLP, and by the unembedding directly.
+# *Path patching* (Wang et al., 2022; ARENA 1.4) asks which of those routes carry the effect: the
+# **sender** head gets its corrupted output, but the change may reach only a chosen **receiver**.
+# We do it as Wang et al. do, by noising: the base run is the clean prompts. Two forward passes:
+#
+# 1. **The path run.** Clean prompts; every attention head's `z` is *frozen* at its clean value
+#    except the sender's, which gets its corrupted `z`. MLPs are recomputed (not frozen), so routes
+#    sender -> MLP -> receiver count, as in Wang et al. and ARENA. Record the receiver's input, e.g.
+#    its queries at `blocks.{layer}.attn.hook_q`: what it *would* read if only these routes
+#    carried the change.
+# 2. **The measured run.** Clean prompts again, with only the receiver's queries replaced by what
+#    run 1 recorded. Everything after the receiver is recomputed. The metric of this run is the
+#    answer.
+#
+# With the logits as receiver, run 1 alone is the answer: its final stream carries the sender's
+# change along every route that avoids other heads.
+#
+# **A Gemma detail.** Gemma 2 and 3 sum a layer's heads and then apply the post-attention norm
+# before the sum joins the stream. So swapping one head's `z` also rescales what the *other* heads
+# of its layer write: a head's contribution is not a vector of its own that could be added to the
+# stream. Hooking `z` and letting the norm recompute keeps path patching exact; any method that
+# adds "the head's vector" would have to linearise the norm, as direct logit attribution does.
+# How big is that rescaling here? The next cell swaps the sender's `z` alone and measures the
+# post-attention norm's scale.
+
+# %%
+_, corrupted_cache = model.run_with_cache(corrupted_tokens)
+sender = (best_layer, best_head)  # the head that patching found
+norm_scale = {}
+
+
+def swap_sender(z, hook):
+    z = z.clone()
+    z[:, :, best_head] = corrupted_cache[hook.name][:, :, best_head]
+    return z
+
+
+def keep_scale(inv_rms, hook):
+    norm_scale["swapped"] = inv_rms
+
+
+if model.blocks[best_layer].ln1_post is not None:
+    model.run_with_hooks(clean_tokens, fwd_hooks=[(f"blocks.{best_layer}.attn.hook_z", swap_sender),
+                                                  (f"blocks.{best_layer}.ln1_post.hook_inv_rms", keep_scale)])
+    ratio = norm_scale["swapped"] / clean_cache[f"blocks.{best_layer}.ln1_post.hook_inv_rms"]  # [batch, pos, 1]
+    print(f"swapping L{best_layer}H{best_head}'s z alone rescales what the other heads of layer {best_layer} "
+          f"write at the last position by factors {float(ratio[:, -1].min()):.3f} to {float(ratio[:, -1].max()):.3f}")
+else:
+    print("this model has no post-attention norm: each head's write is its own vector, added to the stream")
+
+# %% [markdown]
+# ## 9. Exercise: path patching into a receiver's queries
+#
+# Write both runs. `path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, metric,
+# sender, receiver)`: `sender` and `receiver` are `(layer, head)`, the receiver in a later layer;
+# return `float(metric(logits))` of run 2. Run 1 needs a hook on *every* layer's `attn.hook_z`
+# (start from `clean_cache[hook.name]`, put in the sender's slice from `corrupted_cache`) and one
+# that records the receiver layer's `attn.hook_q`; run 2 needs one hook that replaces the
+# receiver's slice `q[:, :, head]`. `check` compares with `interp.path_patch` on small random
+# models.
+
+# %% exercise="path_patch_queries" tags=["exercise"]
+def path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, metric, sender, receiver):
+    """The metric of the clean run when the sender's corrupted output reaches only the receiver's queries."""
+    raise NotImplementedError  # your code here: run 1 (freeze, swap the sender, record q), run 2 (replace q)
+
+
+# %%
+result = check("path_patch_queries", path_patch_queries)
+display(result)
+
+# %%
+# solution("path_patch_queries")  # uncomment to see one way to write it
+
+# %% [markdown]
+# The package's `interp.path_patch(model, clean, corrupted, metric, senders, receivers, ...)` does
+# the same for any set of senders and receivers (`"logits"`, or heads with `receiver_input` `"q"`,
+# `"k"` or `"v"`), and `interp.path_patch_heads` tries every head as the sender. Its `freeze` says
+# what else is held at the clean run: `"heads"` (above), `"all"` (heads and MLPs: only the direct
+# route to the logits) or `"none"` (nothing: ordinary activation patching, a check). We measure the
+# *share* of the logit difference a route carries: 0 = patching along it changes nothing, 1 = it
+# loses all of the clean behaviour, as noising the head outright does.
+
+# %%
+if not result.passed:
+    path_patch_queries = get_exercise("path_patch_queries").reference
+
+
+def share_lost(values):
+    return 1 - fraction_restored(values)
+
+
+later = [(layer, head) for layer in range(best_layer + 1, model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+if later:  # your function, for one receiver: the first head after the sender
+    mine = path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, ioi_metric, sender, later[0])
+    package = interp.path_patch(model, clean_tokens, corrupted_tokens, ioi_metric, sender, [later[0]])
+    print(f"L{sender[0]}H{sender[1]} -> queries of L{later[0][0]}H{later[0][1]}: yours {mine:+.4f}, "
+          f"interp.path_patch {package:+.4f}")
+
+routes = {"every route (noising the head's z)": float(noised_by_head[sender]),
+          "all routes that avoid later heads (direct + MLPs)": interp.path_patch(
+              model, clean_tokens, corrupted_tokens, ioi_metric, sender),
+          "the direct route to the logits only": interp.path_patch(
+              model, clean_tokens, corrupted_tokens, ioi_metric, sender, freeze="all")}
+kv_later = [(layer, kv) for layer in range(best_layer + 1, model.cfg.n_layers) for kv in range(model.cfg.n_kv_heads)
+            if model.blocks[layer].attn.kv_source == layer]  # Gemma 4's KV-shared layers compute no keys or values
+for receiver_input, receivers in (("q", later), ("k", kv_later), ("v", kv_later)):
+    if receivers:
+        routes[f"into the {receiver_input} of every later head"] = interp.path_patch(
+            model, clean_tokens, corrupted_tokens, ioi_metric, sender, receivers, receiver_input=receiver_input)
+print(f"share of the logit difference lost when only these routes carry L{sender[0]}H{sender[1]}'s corrupted output:")
+for route, value in routes.items():
+    print(f"  {route:52s} {float(share_lost(torch.tensor(value))):6.3f}")
+
+# %% [markdown]
+# Now every head as a sender, into the logits: with the other heads frozen (left: direct and
+# through the MLPs) and with everything frozen (middle: direct only). On the right, your
+# `path_patch_queries`: the head from section 5 as the sender, into each later head's queries one
+# by one (on small models only: two forward passes per bar).
+
+# %%
+via_mlps = share_lost(interp.path_patch_heads(model, clean_tokens, corrupted_tokens, ioi_metric,
+                                              progress=show_progress))  # [layer, head]
+direct = share_lost(interp.path_patch_heads(model, clean_tokens, corrupted_tokens, ioi_metric, freeze="all",
+                                            progress=show_progress))  # [layer, head]
+bars = {}
+if later and len(later) <= 48:
+    for receiver in later:
+        value = path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, ioi_metric, sender, receiver)
+        bars[f"L{receiver[0]}H{receiver[1]}"] = float(share_lost(torch.tensor(value)))
+
+with plt.ioff():
+    fig, axes = plt.subplots(1, 3, figsize=(16.5, 3.8), layout="constrained", width_ratios=[1, 1, 1.6])
+plt.close(fig)
+viz.patching_heatmap(via_mlps, kind="layer x head", value_label="share lost",
+                     title="sender -> logits, other heads frozen", ax=axes[0])
+viz.patching_heatmap(direct, kind="layer x head", value_label="share lost",
+                     title="sender -> logits, direct route only", ax=axes[1])
+if bars:
+    axes[2].bar(range(len(bars)), list(bars.values()), color="C0")
+    axes[2].set_xticks(range(len(bars)), list(bars), rotation=90, fontsize=7)
+    axes[2].axhline(0, color="0.5", linewidth=0.8)
+    axes[2].set(ylabel="share lost", title=f"L{sender[0]}H{sender[1]} -> one later head's queries")
+else:
+    axes[2].set_axis_off()
+    axes[2].set_title("(no per-receiver bars: none later, or too many for a quick run)")
+display(fig)
+
+# %% [markdown]
+# What this shows on the tiny model (read the printout above for the numbers): the effect of
+# layer 0 head 0 reaches the answer almost entirely along routes that avoid every later head.
+# With all other heads frozen, noising it alone still loses about nine tenths of the logit
+# difference; the direct route to the logits carries only about a tenth. The rest goes **through
+# the MLPs**, which section 6 found writing most of the net answer. Into the later heads' queries
+# goes a few percent (the layer-3 heads' among them), into their keys and values less still, and
+# no single receiver takes more than a few percent. And patching any layer-3 head's `z`, either
+# way, moves the logit difference by a few percent at most (section 5): the large layer-3 writes
+# that nearly cancel barely differ between the clean and the corrupted prompts, and this head's
+# information does not travel through them. The routes roughly add up to the whole here, but path
+# patching does not promise that: with norms and MLPs in between, effects along routes need not
+# sum.
+#
+# This is the tiny model's own circuit: one moving head and the MLPs that read it, not the
+# name movers and S-inhibition heads of GPT-2 small. Rerun on real weights and compare.
+#
+# %% [markdown]
+# ## 10. Explore
 #
 # The `PatchingExplorer` widget runs both patching experiments for prompts you type. Try other
 # templates, other names (one token each), or a corrupted prompt that changes a different word.
@@ -423,9 +655,14 @@ PatchingExplorer(model, tokenizer, clean=clean_text[0], corrupted=corrupted_text
 # * Residual patching `[layer, pos]` shows *where* the information is at each depth; head patching
 #   `[layer, head]` shows *who* moves it. You wrote that loop: a hook per (layer, head), one forward
 #   pass each.
+# * Denoising (corrupted run, clean activation) tests sufficiency; noising (clean run, corrupted
+#   activation) tests necessity. Compute both: they disagree on OR and AND structures.
 # * Direct logit attribution splits the final logit difference into each component's direct share;
 #   an early head that patching finds can write nothing directly (its effect is indirect).
 # * Attribution patching estimates every cell from one forward and one backward pass; it ranks
 #   components cheaply but misjudges large, non-linear effects: confirm with real patching.
+# * Path patching lets a head's change travel along chosen routes only (two runs: freeze the rest
+#   and record the receiver's input, then patch just that input). On the tiny model it shows the
+#   early head's effect travelling through the MLPs, not through later heads.
 #
 # **Next:** notebook 12 adds a direction to the residual stream on purpose: steering.

@@ -17,7 +17,7 @@
 #
 # # 12 · Steering with a direction in the residual stream
 #
-# **Time:** about 35 minutes. **Before this:** notebooks 08 (hooks) and 11 (patching).
+# **Time:** about 45 minutes. **Before this:** notebooks 08 (hooks) and 11 (patching).
 #
 # Patching copies a whole activation from another run. Steering is gentler: it *adds* one vector to
 # the residual stream, in every forward pass, while the model generates. If the vector points along
@@ -31,7 +31,8 @@
 # **Learning goals.** By the end you can
 #
 # 1. build a steering vector `[d_model]` from contrasting prompts at one layer;
-# 2. add it during generation with `interp.steer`, and see the text change;
+# 2. write the steering hook yourself (the positions to steer, during generation with a KV cache
+#    too), generate with it, and see the text change;
 # 3. measure the effect as a function of the coefficient and the layer, and say when steering breaks
 #    the model instead of steering it.
 
@@ -139,35 +140,91 @@ typical = acts_b.norm(dim=-1).mean()
 print(f"|direction| = {direction.float().norm():.2f}; resid_pre of layer {layer} on the animal has norm {typical:.2f}")
 
 # %% [markdown]
-# ## 3. Steering generation
+# ## 3. Exercise: the steering hook
 #
-# `interp.steer(model, direction, layer, coeff=c)` is a context manager: inside it, every forward
-# pass adds `c * direction` to `blocks.{layer}.hook_resid_pre`, including the passes that generate
-# new tokens one by one. Coefficient 0 is the model as it is; 1 adds the whole difference between a
-# typical dog and a typical cat; negative coefficients steer towards the cat.
+# Steering is one hook. A forward hook receives the activation and the hook point, and returns the
+# activation the model should carry on with (lesson 08). Here the activation is
+# `blocks.{layer}.hook_resid_pre`, `[batch, pos, d_model]`, and the hook returns it with
+# `coeff * direction` added at the positions we choose.
 #
-# By default `steer` adds the vector at *every* position, `<bos>` included. `<bos>` is special: many
-# heads park their attention there when they have nothing to read (the attention sink of lesson 09),
-# so shifting it changes what every such head reads, a side effect we did not ask for. We steer
-# positions 1 onwards only (`positions=STEERED`; positions count from 0 at `<bos>`, and keep
-# counting during generation).
+# Which positions? Not `<bos>` (position 0): many heads park their attention there when they have
+# nothing to read (the attention sink of lesson 09), so shifting it changes what every such head
+# reads, a side effect we did not ask for. And often only from some position on (to steer what is
+# generated, not the prompt). During generation the model runs once per new token and, with the KV
+# cache, that pass sees *only the new position*: `resid[:, start:]` then indexes this pass's one
+# position, not the sequence. `hook.positions` (`[batch, pos]`) holds the absolute positions of the
+# tokens in the pass, counted from 0 at `<bos>`, in every pass.
+#
+# Write `steered_generate(model, prompt_ids, direction, layer, coeff, start, max_new_tokens)`:
+#
+# 1. inside it, a hook `add_direction(resid, hook)` that returns `resid` with `coeff * direction` added
+#    wherever `hook.positions >= start`, and left alone elsewhere;
+# 2. attach it with `with model.hooks(fwd_hooks=[(name, add_direction)]):`;
+# 3. inside that block, greedy generation:
+#    `generate(model, prompt_ids, max_new_tokens=max_new_tokens, stop=[]).token_ids` (a list of new ids).
+#
+# Three traps the checker knows: `direction` may be float32 while the model runs in bfloat16
+# (convert it to `resid`'s dtype and device); do not edit `direction` in place (the same tensor is
+# used by every forward pass of the generation); and steering *adds* the vector.
+
+# %% tags=["exercise"] exercise="steered_generate"
+def steered_generate(model, prompt_ids, direction, layer, coeff, start, max_new_tokens):
+    """Greedy new token ids (a list) while coeff * direction is added to blocks.{layer}.hook_resid_pre
+    at every absolute position >= start (start >= 1 leaves <bos> alone)."""
+
+    def add_direction(resid, hook):
+        # resid: [batch, pos, d_model]; hook.positions: [batch, pos] absolute positions
+        raise NotImplementedError  # your code here
+
+    raise NotImplementedError  # your code here: attach add_direction with model.hooks(...), then generate
+
+
+# %%
+result = check("steered_generate", steered_generate)
+display(result)
+
+# %%
+# solution("steered_generate")  # uncomment to see one way to write it
+
+# %% [markdown]
+# ## 4. Steering generation
+#
+# Now steer for real, with your function (or the reference, if it has not passed yet). Coefficient 0
+# is the model as it is; 1 adds the whole difference between a typical dog and a typical cat;
+# negative coefficients steer towards the cat. We steer every position but `<bos>` (`start=1`).
 #
 # The test prompt is about neither: *"The horse says"*. Does the horse start to bark?
 
 # %%
+if not result.passed:
+    steered_generate = get_exercise("steered_generate").reference
+
 neutral = "The horse says"
-STEERED = range(1, model.cfg.max_seq_len)  # every position but <bos>
+neutral_ids = tokenizer.encode(neutral)  # <bos> first
 coefficients = [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0]
 rows = []
 for coeff in coefficients:
-    with interp.steer(model, direction, layer, coeff=coeff, positions=STEERED):
-        text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=8).text
+    new_ids = steered_generate(model, neutral_ids, direction, layer, coeff, start=1, max_new_tokens=8)
+    text = tokenizer.decode(new_ids)
     rows.append(f"<tr><td style='text-align:right'>{coeff:+g}</td><td style='text-align:left'>"
                 f"{html.escape(neutral)}<b>{html.escape(text)}</b></td></tr>")
 HTML("<table><tr><th>coeff</th><th style='text-align:left'>greedy continuation</th></tr>" + "".join(rows) + "</table>")
 
 # %% [markdown]
-# ## 4. Measuring the effect
+# The package has the same hook ready-made: `interp.steering_hook(direction, coeff, positions)`, and
+# `interp.steer(model, direction, layer, coeff=c, positions=...)`, a context manager that attaches
+# it for a block of code (generation, or single forward passes as below). The rest of the lesson
+# uses it, with `positions=STEERED`, every position but `<bos>`.
+
+# %%
+STEERED = range(1, model.cfg.max_seq_len)  # every position but <bos>
+with interp.steer(model, direction, layer, coeff=2.0, positions=STEERED):
+    package_text = generate(model, neutral, tokenizer=tokenizer, max_new_tokens=8, stop=[]).text
+mine = tokenizer.decode(steered_generate(model, neutral_ids, direction, layer, 2.0, start=1, max_new_tokens=8))
+print(f"coeff +2: interp.steer gives {package_text!r}; steered_generate gives {mine!r}; same: {package_text == mine}")
+
+# %% [markdown]
+# ## 5. Measuring the effect
 #
 # Text is a noisy readout: a small model's text often breaks before it says the word we steer
 # towards. A number is better: the logit difference `logit(" woof") - logit(" meow")` for the next
@@ -228,7 +285,7 @@ print(f"unsteered: {sound_a!r} has rank {ranks[len(sweep) // 2]} and probability
 # always look at both.
 
 # %% [markdown]
-# ## 5. Which layer?
+# ## 6. Which layer?
 #
 # Each layer gets its own vector (the difference of means *at that layer*). Early layers mostly
 # carry the token itself; late layers have little computation left to use the nudge. The heatmap
@@ -261,8 +318,10 @@ display(fig)
 # ## Summary
 #
 # * A steering vector is a difference of mean activations, `[d_model]`, at one layer.
-# * `with interp.steer(model, direction, layer, coeff=c, positions=...):` adds `c * direction` in
-#   every forward pass, generation included; leave `<bos>` (position 0) alone.
+# * Steering is one forward hook that adds `c * direction` at chosen absolute positions
+#   (`hook.positions`, which keep counting during cached generation); leave `<bos>` (position 0)
+#   alone, and never edit the direction in place. `interp.steer(model, direction, layer, coeff=c,
+#   positions=...)` is the package's version.
 # * The difference of means over two prompt sets is contrastive activation addition; ActAdd uses
 #   one pair of prompts.
 # * Check the effect with numbers (a logit difference, and the target's rank and probability among

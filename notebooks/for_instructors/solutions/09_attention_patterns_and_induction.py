@@ -33,3 +33,15 @@ def ov_copying_score(full_ov):
     """[vocab, vocab] -> []: the fraction of rows whose largest entry is on the diagonal."""
     rows = torch.arange(full_ov.shape[0])
     return (full_ov.argmax(dim=-1) == rows).float().mean()
+
+
+def scores_by_offset(q, k, offsets, theta, rope_scale=1.0):
+    """[n_q, d_head], [n_k, d_head], [offset] -> [offset, n_q, n_k]: rot(q, offset) . k for each offset."""
+    d_head = q.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # [d_head/2]
+    angles = offsets.float()[:, None] / rope_scale * inv_freq  # [offset, d_head/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, None, :]  # [offset, 1, d_head]: pair i with i + d_head/2
+    first, second = q.chunk(2, dim=-1)
+    rotated_half = torch.cat([-second, first], dim=-1)  # [n_q, d_head]
+    rotated = q * angles.cos() + rotated_half * angles.sin()  # [offset, n_q, d_head]
+    return rotated @ k.T

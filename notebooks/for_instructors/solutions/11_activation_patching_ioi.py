@@ -37,3 +37,29 @@ def patch_heads(model, corrupted_tokens, clean_cache, metric):
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, restore_head)])
             results[layer, head] = float(metric(logits))
     return results
+
+
+def path_patch_queries(model, clean_tokens, clean_cache, corrupted_cache, metric, sender, receiver):
+    """The metric of the clean run when the sender's corrupted output reaches only the receiver's queries."""
+    (sender_layer, sender_head), (receiver_layer, receiver_head) = sender, receiver
+    q_name = f"blocks.{receiver_layer}.attn.hook_q"
+    received = {}
+
+    def freeze_heads(z, hook):  # every head at its clean z, except the sender: corrupted
+        z = clean_cache[hook.name].clone()
+        if hook.name == f"blocks.{sender_layer}.attn.hook_z":
+            z[:, :, sender_head] = corrupted_cache[hook.name][:, :, sender_head]
+        return z
+
+    def record(q, hook):  # what the receiver would read in that world
+        received["q"] = q.clone()
+
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    model.run_with_hooks(clean_tokens, fwd_hooks=[(name, freeze_heads) for name in z_names] + [(q_name, record)])
+
+    def receive(q, hook):  # run 2: the clean run, with only the receiver's queries replaced
+        q = q.clone()
+        q[:, :, receiver_head] = received["q"][:, :, receiver_head]
+        return q
+
+    return float(metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(q_name, receive)])))
