@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numbers
 import re
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence, Union
 
@@ -98,18 +100,88 @@ def prefill(model, tokens: torch.Tensor, *, attention_mask: torch.Tensor | None 
 
 
 def decode_step(model, token_ids: torch.Tensor | Sequence[int] | int, cache: KVCache, *,
-                check_ids: bool = True) -> torch.Tensor:
+                check_ids: bool = True, compile: bool | str = False) -> torch.Tensor:
     """Feed one new token per row (``[batch]`` or ``[batch, 1]``); return the next logits ``[batch, vocab]``.
 
     Positions continue from the cache, so a left-padded row carries on from its own length.
     check_ids: False skips the vocabulary range check (a host sync) for ids the caller knows are
     valid, as the generation loop does for the tokens its sampler chose.
+    compile: run the step through ``torch.compile`` (True: its default compiler, inductor, which
+        needs a C++ compiler; a string names another backend, e.g. ``"eager"`` to trace only).
+        The compiled step has fixed shapes: it writes the token at its slot and attends to the
+        whole cache with empty slots masked, so one graph serves every step. It is used only when
+        no hook is attached (hooks always see the eager pass) and the model sits on one device.
+        Where compiling fails, the step runs eagerly, with a one-line warning the first time.
     """
     token_ids = torch.as_tensor(token_ids, device=model.device).reshape(-1, 1)
     if token_ids.shape[0] != cache.batch_size:
         raise ValueError(f"decode_step got {token_ids.shape[0]} token ids for a cache of batch {cache.batch_size}")
     with torch.no_grad():
+        backend = _backend(compile)
+        compiled = _compiled_step(model, backend) if backend else None
+        if compiled is not None and not model.hooks_attached():
+            logits = _fixed_shape_step(model, backend, compiled, token_ids, cache, check_ids)
+            if logits is not None:
+                return logits
         return model(token_ids, kv_cache=cache, check_ids=check_ids)[:, -1]
+
+
+def _one_token_forward(model, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """The pass ``torch.compile`` traces: one checked token per row, the cache in fixed-shape mode."""
+    return model(token_ids, kv_cache=cache, check_ids=False)[:, -1]
+
+
+# model -> {backend: the compiled step, or None where compiling is impossible or failed}
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _backend(compile: bool | str) -> str | None:
+    """The torch.compile backend ``compile=`` asks for (None: do not compile)."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile:
+        return compile
+    raise TypeError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+
+
+def _compiled_step(model, backend: str):
+    per_model = _COMPILED.setdefault(model, {})
+    if backend not in per_model:
+        reason = None
+        if getattr(model, "block_devices", None) is not None or getattr(model, "tp_size", 1) > 1:
+            reason = "the model is placed across devices or ranks"
+        elif not hasattr(torch, "compile"):
+            reason = f"torch {torch.__version__} has no torch.compile"
+        if reason:
+            _compile_failed(model, backend, reason)
+        else:
+            per_model[backend] = torch.compile(_one_token_forward, backend=backend, fullgraph=True)
+    return per_model[backend]
+
+
+def _compile_failed(model, backend: str, reason: str) -> None:
+    _COMPILED.setdefault(model, {})[backend] = None
+    warnings.warn(f"compile={backend!r}: decoding without torch.compile ({reason})", RuntimeWarning, stacklevel=4)
+
+
+def _fixed_shape_step(model, backend: str, compiled, token_ids: torch.Tensor, cache: KVCache, check_ids: bool):
+    """One compiled decode step; None when compiling failed (the caller then runs the eager step)."""
+    token_ids = model._check_tokens(token_ids, check_ids=check_ids)  # the range check reads the ids: not traced
+    cache.check_room(1)
+    # The slot as a tensor: a Python int would be baked into the graph, and each step would recompile.
+    cache.write_index = torch.tensor(cache.length, device=cache.seen.device)
+    try:
+        logits = compiled(model, token_ids, cache)
+    except Exception as error:  # no C++ compiler, an op the compiler cannot handle, ...
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        _compile_failed(model, backend, f"{type(error).__name__}: {first_line[:200]}")
+        return None
+    finally:
+        cache.write_index = None
+    cache.length += 1
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +238,7 @@ def generate(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, seed: int | Sequence[int] | None = None,
              stop: Sequence[int | str] | int | str | None = None,
-             attention_mask: torch.Tensor | None = None) -> GenerationResult:
+             attention_mask: torch.Tensor | None = None, compile: bool | str = False) -> GenerationResult:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens.
 
     prompt: text (needs ``tokenizer``; ``<bos>`` is prepended unless the text starts with it),
@@ -179,10 +251,13 @@ def generate(model, prompt: Prompt, *, tokenizer=None, max_new_tokens: int = 64,
         sampling uses torch's global random state.
     stop: token ids and/or strings that end a sequence. Default: ``<eos>`` and ``<end_of_turn>``
         (from the tokenizer, else ids 1 and the family's end-of-turn id). ``stop=[]``: never stop early.
+    compile: decode through ``torch.compile`` (see ``decode_step``): opt-in, since compiling takes
+        tens of seconds on a CPU and, there, decoding is bound by the matrix-vector products
+        (docs/performance.md). The prompt pass is never compiled; hooks always see the eager pass.
     """
     run = _Run(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-               stop=stop, attention_mask=attention_mask)
+               stop=stop, attention_mask=attention_mask, compile=compile)
     for _ in run.steps():
         pass
     return run.result()
@@ -277,8 +352,9 @@ class _Run:
     """One generation: checked arguments, per-row state, and the step loop."""
 
     def __init__(self, model, prompt: Prompt, *, tokenizer, max_new_tokens, temperature, top_k, top_p, min_p,
-                 repetition_penalty, seed, stop, attention_mask) -> None:
+                 repetition_penalty, seed, stop, attention_mask, compile=False) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.backend = _backend(compile)  # checked here, when generate() is called
         self.params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool) \
                 or max_new_tokens < 0:
@@ -334,7 +410,7 @@ class _Run:
                         model.run_context.step = step
                         last = [row[-1] for row in self.generated]
                         # The ids come from the sampler, so they are in the vocabulary: no check per step.
-                        logits = decode_step(model, last, self.cache, check_ids=False)
+                        logits = decode_step(model, last, self.cache, check_ids=False, compile=self.backend or False)
                     self._choose(logits, last_step=step == self.max_new_tokens - 1)
                     model.run_context.step = None  # no stale step for other passes while suspended
                     yield step, logits

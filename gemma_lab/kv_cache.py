@@ -8,7 +8,10 @@ Each slot also remembers the absolute position of its token and whether it is a 
 left padding, so the attention mask is computed from positions, whatever the slot order.
 
 The model calls ``update`` from inside attention; generation code creates the cache and reads
-``length``. Imports: torch and the config only.
+``length``. A compiled decode step (``generation.decode_step(..., compile=True)``) sets
+``write_index`` for one pass: the new token then goes to that slot and attention reads the whole
+buffer, so every step has the same shapes and reads no Python-side counter (one traced graph
+serves them all). Imports: torch and the config only.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class KVCache:
         # model sets this when no hook is attached; the mask comes from positions, so both attend
         # to the same keys, and the in-memory order costs no copy per decoded token).
         self.keys_in_order = True
+        # Fixed-shape decoding (the compiled step): the slot of the next token, as a 0-d tensor. Set by
+        # generation.decode_step around one pass, None otherwise; the caller then counts `length`.
+        self.write_index: torch.Tensor | None = None
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far, per row
         self.capacity: list[int] = []
         self.keys: list[torch.Tensor] = []
@@ -81,12 +87,10 @@ class KVCache:
 
         Called once per layer per forward pass; ``advance`` is called by the model afterwards.
         """
+        if self.write_index is not None:
+            return self._update_fixed_shape(layer, keys, values, positions, valid)
         n_new = keys.shape[2]
-        if self.length + n_new > self.max_len:
-            raise ValueError(
-                f"KVCache is full: {self.length} + {n_new} tokens exceed max_len={self.max_len}; "
-                "create the cache with a larger max_len"
-            )
+        self.check_room(n_new)
         capacity = self.capacity[layer]
         if not self.config.is_local(layer):
             span = slice(self.length, self.length + n_new)
@@ -118,6 +122,29 @@ class KVCache:
                         positions[:, i : i + 1], valid[:, i : i + 1])
         return seen
 
+    def check_room(self, n_new: int) -> None:
+        """Raise if ``n_new`` more tokens do not fit."""
+        if self.length + n_new > self.max_len:
+            raise ValueError(
+                f"KVCache is full: {self.length} + {n_new} tokens exceed max_len={self.max_len}; "
+                "create the cache with a larger max_len"
+            )
+
+    def _update_fixed_shape(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                            valid: torch.Tensor) -> LayerKV:
+        """One token written at ``write_index`` (wrapped on a ring); attend to every slot of the layer.
+
+        Empty slots are ``valid`` False and a ring is read as it lies in memory: the mask comes from
+        the stored positions, so the keys attended to are those of ``update``'s path, and the shapes
+        never change from step to step.
+        """
+        slot = (self.write_index % self.capacity[layer]).reshape(1)
+        self.keys[layer].index_copy_(2, slot, keys)
+        self.values[layer].index_copy_(2, slot, values)
+        self.positions[layer].index_copy_(1, slot, positions)
+        self.valid[layer].index_copy_(1, slot, valid)
+        return LayerKV(self.keys[layer], self.values[layer], self.positions[layer], self.valid[layer])
+
     def _ring_in_order(self, layer: int, written: int) -> LayerKV:
         """The filled slots of a sliding-window ring, oldest first, after ``written`` tokens.
 
@@ -143,8 +170,9 @@ class KVCache:
 
     def advance(self, valid: torch.Tensor) -> None:
         """Count the tokens of the forward pass that just wrote to every layer."""
-        self.length += valid.shape[1]
         self.seen += valid.sum(dim=1)
+        if self.write_index is None:  # a fixed-shape step is counted by its caller, outside the compiled graph
+            self.length += valid.shape[1]
 
     def next_positions(self) -> torch.Tensor:
         """``[batch]`` position the next real token of each row will have."""

@@ -1,6 +1,7 @@
 """Benchmarks: our Gemma against transformers' on the same weights, reported as ratios.
 
-    python -m tools.bench [forward|memory|hooks|generate|decode|all] [--layers N] [--repeats R] [--quick]
+    python -m tools.bench [forward|memory|hooks|generate|decode|all] [--layers N [N ...]] [--repeats R] [--quick]
+                          [--new-tokens T] [--dtypes fp32 bf16] [--no-watched] [--compile] [--checkpoint-dtype D]
 
 Role. Answers "what does readability cost?" with numbers a user can reproduce on their own
 machine. Every figure that matters is a RATIO against a peer measured side by side in the same
@@ -17,10 +18,15 @@ run, because absolute times on a shared or laptop CPU move by 2x from one minute
               ``generate``; a bare KV-cache loop over our model (what the generation module
               adds); the prompt pass alone; and the memory-bandwidth bound (bytes read per
               token / measured bandwidth), i.e. how close either gets to what the hardware allows.
-  * decode    greedy decode speed as a fraction of that bound for fp32, bf16 and int8, ours (fast
-              path, and with a hook attached) beside transformers with its static cache, interleaved;
-              the int8 model's error against bf16; the peak memory of loading Gemma-7B-shaped
-              weights (``--quantized-load-layers`` of its 28 layers) as int8.
+  * decode    greedy decode speed as a fraction of the memory-bandwidth bound (bytes every token
+              reads / the machine's measured read bandwidth) for fp32, bf16 and the quantized
+              models (int8, and int4 where the loader offers it), ours (fast path; with a hook
+              attached; with ``--compile``, ``compile=True``) beside transformers with its static
+              cache (and, with ``--compile``, under torch.compile), interleaved; the quantized
+              models' error against bf16; the peak memory of loading Gemma-7B-shaped weights
+              (``--quantized-load-layers`` of its 28 layers) as int8. ``--layers 2 18`` runs the
+              quick and the real layer count one after the other; ``--new-tokens``, ``--dtypes``
+              and ``--no-watched`` keep an 18-layer run bounded.
 
 Method. The weights are random but Gemma-2B-shaped (d_model 2048, 8 heads, 1 kv head, d_head
 256, d_mlp 16384, vocab 256000) with only a few layers, written once by transformers'
@@ -49,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -357,10 +363,18 @@ def bench_generate(folder: Path, shape: Shape, dtype_name: str, repeats: int) ->
     return rows, {"ours": rates["ours"], "theirs": rates["theirs"], "bytes_per_token": weight_bytes + kv_bytes}
 
 
-def theirs_generate_static(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
-    """transformers' greedy generate with its preallocated (static) KV cache."""
+def theirs_generate_static(model, ids: torch.Tensor, new_tokens: int, compile: bool = False) -> list[int]:
+    """transformers' greedy generate with its preallocated (static) KV cache; ``compile``: and its
+    forward under torch.compile (transformers compiles only on accelerators unless told, as here)."""
+    extra = {}
+    if compile:
+        from transformers import CompileConfig
+
+        config = CompileConfig()
+        config._compile_all_devices = True  # its switch for compiling on CPU
+        extra["compile_config"] = config
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                         eos_token_id=None, cache_implementation="static")
+                         eos_token_id=None, cache_implementation="static", **extra)
     return out[0, ids.shape[1]:].tolist()
 
 
@@ -370,79 +384,152 @@ def ours_watched_generate(model, ids: torch.Tensor, new_tokens: int) -> list[int
         return ours_generate(model, ids, new_tokens)
 
 
+def ours_compiled_generate(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """Our generate with the decode step under torch.compile (inductor)."""
+    from gemma_lab.generation import generate
+
+    return list(generate(model, ids[0], max_new_tokens=new_tokens, stop=[], compile=True).token_ids)
+
+
 def model_bytes(model) -> int:
     """Bytes of every parameter and buffer (int8 weights and their scales included)."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def bench_decode(folder: Path, shape: Shape, repeats: int, bandwidth: Callable[[], float]) -> list[Row]:
+def measure_read_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes per second read by summing a large fp32 tensor (decoding reads weights, writes little)."""
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    src.sum()  # fault the pages in
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        src.sum()
+        times.append(time.perf_counter() - start)
+    return src.numel() * 4 / min(times)
+
+
+QUANTIZED = ("int8", "int4")  # weight-only schemes the decode section tries (those the loader accepts)
+
+
+def _load_quantized(folder: Path, scheme: str):
+    """Our model quantized at load, or None when this version of the loader does not offer ``scheme``."""
+    try:
+        return load_ours(folder, torch.bfloat16, quantize=scheme)
+    except ValueError as error:
+        if "quantize" in str(error) and scheme in str(error):
+            return None
+        raise
+
+
+DECODE_LABELS = {"ours": "ours (fast path)", "watched": "ours, a hook attached", "compiled": "ours, compile=True",
+                 "static": "transformers static cache", "static_compiled": "transformers static cache + compile",
+                 "int8": "ours int8", "int4": "ours int4"}
+
+
+def bench_decode(folder: Path, shape: Shape, repeats: int, bandwidth: Callable[[], float], *,
+                 dtypes: tuple[str, ...] = ("fp32", "bf16"), watched: bool = True, compile: bool = False,
+                 log: Callable[[str], None] = lambda msg: None) -> list[Row]:
     """Greedy decode speed as a fraction of the memory-bandwidth bound: fp32, bf16 and int8 side by side.
 
     Per dtype, in one interleaved timing: our generate (the fast path), the same with a hook
-    attached (the watched path), and transformers' generate with its static cache; int8 (bf16
-    activations) joins the bf16 round. Then the int8 model's error against bf16.
+    attached (``watched``), and transformers' generate with its static cache; with ``compile``,
+    also ours with ``compile=True`` and transformers' static cache under torch.compile (their
+    first call, which compiles, is reported on its own). The quantized models (bf16 activations)
+    join the bf16 round. Then the int8 model's error against bf16. ``bandwidth()`` measures the
+    machine's read bandwidth in bytes/s; the best seen around each round is the bound's.
     """
     n, ids = shape.new_tokens, prompt(shape, shape.gen_prompt_len, seed=1)
     rows: list[Row] = []
     kv_per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * (shape.gen_prompt_len + n)
-    for dtype_name in DTYPES:
+    done = 0  # rows already shown
+    for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
+        log(f"decode {dtype_name}: loading ...")
         models = {"ours": load_ours(folder, dtype)}
         if dtype_name == "bf16":
-            models["int8"] = load_ours(folder, dtype, quantize="int8")
+            for scheme in QUANTIZED:
+                quantized = _load_quantized(folder, scheme)
+                if quantized is not None:
+                    models[scheme] = quantized
         theirs = load_theirs(folder, dtype)
         outputs: dict[str, list[int]] = {}
-        fns = {name: (lambda name=name, m=m: outputs.__setitem__(name, ours_generate(m, ids, n)))
-               for name, m in models.items()}
-        fns["watched"] = lambda: outputs.__setitem__("watched", ours_watched_generate(models["ours"], ids, n))
-        fns["static"] = lambda: outputs.__setitem__("static", theirs_generate_static(theirs, ids, n))
+
+        def keep(name: str, fn: Callable[[], list[int]]) -> Callable[[], None]:
+            return lambda: outputs.__setitem__(name, fn())
+
+        fns = {name: keep(name, lambda m=m: ours_generate(m, ids, n)) for name, m in models.items()}
+        if watched:
+            fns["watched"] = keep("watched", lambda: ours_watched_generate(models["ours"], ids, n))
+        fns["static"] = keep("static", lambda: theirs_generate_static(theirs, ids, n))
+        if compile:
+            fns["compiled"] = keep("compiled", lambda: ours_compiled_generate(models["ours"], ids, n))
+            fns["static_compiled"] = keep("static_compiled", lambda: theirs_generate_static(theirs, ids, n, True))
+        first_call: dict[str, float] = {}
         with torch.inference_mode():
-            for fn in fns.values():  # warm-up (the static cache compiles nothing on CPU, but allocates)
+            for name, fn in fns.items():  # warm-up; the compiled callables compile here
+                log(f"decode {dtype_name}: warm-up {name} ...")
+                start = time.perf_counter()
                 fn()
+                first_call[name] = time.perf_counter() - start
         before = bandwidth()
+        log(f"decode {dtype_name}: {repeats} interleaved rounds of {', '.join(fns)} ...")
         timed = interleaved(fns, repeats, warmup=0)
         best = max(before, bandwidth())
-        same = all(outputs[name] == outputs["ours"] for name in ("watched", "static"))
-        for name, label in (("ours", "ours (fast path)"), ("watched", "ours, a hook attached"),
-                            ("static", "transformers static cache"), ("int8", "ours int8")):
-            if name not in fns:
-                continue
-            m = models.get(name, theirs if name == "static" else models["ours"])
-            per_token = model_bytes(m) + kv_per_token * dtype.itemsize
+        same = all(outputs[name] == outputs["ours"] for name in fns if name in ("watched", "static", "compiled",
+                                                                                "static_compiled"))
+        for name in fns:
+            m = models.get(name, theirs if name.startswith("static") else models["ours"])
+            per_token = model_bytes(m) + kv_per_token * (dtype.itemsize if name not in QUANTIZED else 2)
             rate = n / timed.median(name)
             bound = best / per_token
-            rows.append(Row("decode", f"greedy {n} tokens, {label}: tokens/s / bandwidth bound "
-                                      f"({per_token / 1e9:.2f} GB/token at {best / 1e9:.1f} GB/s)",
-                            "int8" if name == "int8" else dtype_name, rate / bound, "fraction of bound", None,
+            rows.append(Row("decode", f"{shape.n_layers} layers, greedy {n} tokens, {DECODE_LABELS[name]}: "
+                                      f"tokens/s / bandwidth bound ({per_token / 1e9:.2f} GB/token at "
+                                      f"{best / 1e9:.1f} GB/s)",
+                            name if name in QUANTIZED else dtype_name, rate / bound, "fraction of bound", None,
                             f"{rate:.2f} tok/s", f"bound {bound:.2f} tok/s"))
-        rows.append(Row("decode", f"greedy decode ({'same tokens' if same else 'TOKENS DIFFER'}): "
-                                  "ours / transformers static cache", dtype_name,
+        rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode ({'same tokens' if same else 'TOKENS DIFFER'}):"
+                                  " ours / transformers static cache", dtype_name,
                         *_ratio_fields(timed, "ours", "static", 0.8)))
-        rows.append(Row("decode", "greedy decode: fast path / a hook attached", dtype_name,
-                        *_ratio_fields(timed, "ours", "watched", 1.0, "fast/watched time")))
-        if "int8" in fns:
-            rows.append(Row("decode", "greedy decode: int8 / bf16 (ours both)", "int8",
-                            *_ratio_fields(timed, "int8", "ours", 1.0, "int8/bf16 time")))
-            rows += quantization_error_rows(models["ours"], models["int8"], shape)
+        if watched:
+            rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode: fast path / a hook attached",
+                            dtype_name, *_ratio_fields(timed, "ours", "watched", 1.0, "fast/watched time")))
+        if compile:
+            rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode: ours compile=True / ours eager",
+                            dtype_name, *_ratio_fields(timed, "compiled", "ours", 1.0, "compiled/eager time")))
+            rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode: ours compile=True / transformers "
+                                      "static cache + compile", dtype_name,
+                            *_ratio_fields(timed, "compiled", "static_compiled", 0.8)))
+            for name in ("compiled", "static_compiled"):
+                rows.append(Row("decode", f"{shape.n_layers} layers, first call of {DECODE_LABELS[name]} "
+                                          "(compiles) / a timed call", dtype_name,
+                                first_call[name] / timed.median(name), "first/timed call", None,
+                                _seconds(first_call[name]), _seconds(timed.median(name))))
+        for scheme in QUANTIZED:
+            if scheme in fns:
+                rows.append(Row("decode", f"{shape.n_layers} layers, greedy decode: {scheme} / bf16 (ours both)",
+                                scheme, *_ratio_fields(timed, scheme, "ours", 1.0, f"{scheme}/bf16 time")))
+                rows += quantization_error_rows(models["ours"], models[scheme], shape, scheme)
+        log(f"decode {dtype_name} done:\n" + format_table(rows[done:]))  # a long run shows each round as it ends
+        done = len(rows)
         del models, theirs, fns
     return rows
 
 
-def quantization_error_rows(full, int8, shape: Shape) -> list[Row]:
-    """int8 against bf16 on a fixed token sequence: logits, top-1 agreement, perplexity."""
+def quantization_error_rows(full, quantized, shape: Shape, scheme: str = "int8") -> list[Row]:
+    """A quantized model against bf16 on a fixed token sequence: logits, top-1 agreement, perplexity."""
     ids = prompt(shape, shape.prompt_len, seed=2)
     with torch.inference_mode():
-        a, b = full(ids).float(), int8(ids).float()
+        a, b = full(ids).float(), quantized(ids).float()
     rel = ((b - a).abs().max() / a.abs().max()).item()
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
 
     def perplexity(logits):
         return math.exp(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
 
-    what = f"int8 vs bf16 on {shape.prompt_len} fixed tokens"
-    return [Row("decode", f"{what}: top-1 agreement", "int8", top1, "fraction", None, f"{top1:.1%}",
+    what = f"{shape.n_layers} layers, {scheme} vs bf16 on {shape.prompt_len} fixed tokens"
+    return [Row("decode", f"{what}: top-1 agreement", scheme, top1, "fraction", None, f"{top1:.1%}",
                 f"max |logit diff| / max |logit| {rel:.3f}"),
-            Row("decode", f"{what}: perplexity int8 / bf16", "int8", perplexity(b) / perplexity(a),
+            Row("decode", f"{what}: perplexity {scheme} / bf16", scheme, perplexity(b) / perplexity(a),
                 "ppl ratio", None, f"{perplexity(b):.1f}", f"{perplexity(a):.1f}")]
 
 
@@ -626,12 +713,23 @@ def machine_description() -> str:
             f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What the decode section times (the defaults: every row; fewer keep an 18-layer run bounded)."""
+
+    dtypes: tuple[str, ...] = ("fp32", "bf16")  # bf16 brings the quantized models with it
+    watched: bool = True  # also time our generate with a hook attached
+    compile: bool = False  # also time compile=True and transformers' static cache + torch.compile
+    checkpoint_dtype: str = "fp32"  # the file's dtype: bf16 halves an 18-layer file (then fp32 would copy it)
+
+
 def run(sections: list[str], shape: Shape, repeats: int, gen_repeats: int, log: Callable[[str], None] = print,
-        convert_memory: bool = True, quantized_memory_shape: Shape | None = None) -> tuple[list[Row], dict]:
+        convert_memory: bool = True, quantized_memory_shape: Shape | None = None,
+        decode: DecodeOptions = DecodeOptions()) -> tuple[list[Row], dict]:
     """Run the sections on one freshly written checkpoint; return the rows and the run's context."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gemma_lab_bench_") as tmp:
-        folder = write_checkpoint(Path(tmp) / "checkpoint", shape)
+        folder = write_checkpoint(Path(tmp) / "checkpoint", shape, dtype=DTYPES[decode.checkpoint_dtype])
         context = {"checkpoint_bytes": checkpoint_bytes(folder), "generate_impl": ours_generate_name()}
         log(f"checkpoint written: {context['checkpoint_bytes'] / 2**20:.0f} MiB")
         if "memory" in sections:
@@ -654,8 +752,16 @@ def run(sections: list[str], shape: Shape, repeats: int, gen_repeats: int, log: 
                 rows += found
                 bandwidths.append(measure_bandwidth(shape.bandwidth_mb))
         if "decode" in sections:
-            log("decode fp32, bf16, int8 ...")
-            rows += bench_decode(folder, shape, repeats, lambda: measure_bandwidth(shape.bandwidth_mb))
+            reads: list[float] = []
+
+            def read_bandwidth() -> float:  # decoding reads its weights: the bound uses the best read rate
+                reads.append(measure_read_bandwidth(shape.bandwidth_mb))
+                bandwidths.append(measure_bandwidth(shape.bandwidth_mb))
+                return max(reads)
+
+            rows += bench_decode(folder, shape, repeats, read_bandwidth, dtypes=decode.dtypes,
+                                 watched=decode.watched, compile=decode.compile, log=log)
+            context["read_bandwidth"], context["read_bandwidths"] = max(reads), reads
         if bandwidths:
             context["bandwidth"] = max(bandwidths)
             context["bandwidths"] = bandwidths
@@ -690,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=(*SECTIONS, "all"))
-    parser.add_argument("--layers", type=int, default=2, help="transformer layers (Gemma 2B has 18; default 2)")
+    parser.add_argument("--layers", type=int, nargs="+", default=[2],
+                        help="transformer layers (Gemma 2B has 18; default 2); several counts run one after another")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds per comparison (default 3; whole generations: about half)")
     parser.add_argument("--quick", action="store_true",
@@ -698,35 +805,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--quantized-load-layers", type=int, default=4,
                         help="decode: layers of the Gemma-7B-shaped checkpoint loaded as int8 (the 7B has 28; 0 skips)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens each timed generation makes (default 32)")
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES),
+                        help="decode: the rounds to run (bf16 brings int8/int4 with it)")
+    parser.add_argument("--no-watched", action="store_true", help="decode: skip the row with a hook attached")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode: also time compile=True and transformers' static cache + torch.compile")
+    parser.add_argument("--checkpoint-dtype", choices=tuple(DTYPES), default="fp32",
+                        help="the random checkpoint's dtype (bf16 halves an 18-layer file)")
     args = parser.parse_args(argv)
 
-    shape = tiny_shape(args.layers) if args.quick else gemma_2b_shape(args.layers)
     repeats = args.repeats or 3
     gen_repeats = max(2, (repeats + 1) // 2)
     sections = list(SECTIONS) if args.what == "all" else [args.what]
+    decode = DecodeOptions(dtypes=tuple(args.dtypes), watched=not args.no_watched, compile=args.compile,
+                           checkpoint_dtype=args.checkpoint_dtype)
     command = "python -m tools.bench " + shlex.join(argv)
     print(f"gemma_lab benchmark: {command}")
     print(f"machine: {machine_description()}")
-    print(f"weights: random, Gemma-2B-shaped{' (tiny: --quick)' if args.quick else ''}: {shape.describe()}")
     start = time.perf_counter()
-    # --quick skips the dtype-converting memory case: two fewer processes, the same code path.
-    big = (tiny_shape(args.layers) if args.quick else gemma_7b_shape(args.quantized_load_layers)) \
-        if args.quantized_load_layers else None
-    rows, context = run(sections, shape, repeats, gen_repeats, log=lambda msg: print(f"  {msg}", flush=True),
-                        convert_memory=not args.quick, quantized_memory_shape=big)
-    print(f"checkpoint: {context['checkpoint_bytes'] / 2**20:.0f} MiB fp32 safetensors written by transformers; "
-          f"our generation: {context['generate_impl']}; timed rounds: {repeats} (generate {gen_repeats})")
-    if "bandwidth" in context:
-        spread = ", ".join(f"{b / 1e9:.1f}" for b in context["bandwidths"])
-        print(f"memory bandwidth (tensor copy, read + write): {context['bandwidth'] / 1e9:.1f} GB/s, "
-              f"the best of {spread}")
-    print()
-    print(format_table(rows))
-    print(f"\nratio: ours / reference unless the measurement says otherwise; lower is better. "
+    all_rows, contexts = [], []
+    for i, layers in enumerate(args.layers):
+        shape = tiny_shape(layers) if args.quick else gemma_2b_shape(layers)
+        if args.new_tokens:
+            shape = replace(shape, new_tokens=args.new_tokens)
+        print(f"weights: random, Gemma-2B-shaped{' (tiny: --quick)' if args.quick else ''}: {shape.describe()}")
+        # --quick skips the dtype-converting memory case: two fewer processes, the same code path.
+        big = (tiny_shape(layers) if args.quick else gemma_7b_shape(args.quantized_load_layers)) \
+            if args.quantized_load_layers and i == len(args.layers) - 1 else None
+        rows, context = run(sections, shape, repeats, gen_repeats, log=lambda msg: print(f"  {msg}", flush=True),
+                            convert_memory=not args.quick, quantized_memory_shape=big, decode=decode)
+        print(f"checkpoint: {context['checkpoint_bytes'] / 2**20:.0f} MiB {args.checkpoint_dtype} safetensors "
+              f"written by transformers; our generation: {context['generate_impl']}; timed rounds: {repeats} "
+              f"(generate {gen_repeats})")
+        if "read_bandwidth" in context:
+            spread = ", ".join(f"{b / 1e9:.1f}" for b in context["read_bandwidths"])
+            print(f"memory read bandwidth (sum of a {shape.bandwidth_mb} MiB fp32 tensor): "
+                  f"{context['read_bandwidth'] / 1e9:.1f} GB/s, the best of {spread}")
+        if "bandwidth" in context:
+            spread = ", ".join(f"{b / 1e9:.1f}" for b in context["bandwidths"])
+            print(f"memory bandwidth (tensor copy, read + write): {context['bandwidth'] / 1e9:.1f} GB/s, "
+                  f"the best of {spread}")
+        print()
+        print(format_table(rows), flush=True)
+        print()
+        all_rows += rows
+        contexts.append(dict(context, layers=layers))
+    print(f"ratio: ours / reference unless the measurement says otherwise; lower is better. "
           f"met: 'noise' = the per-round ratios straddle the target. took {time.perf_counter() - start:.0f} s")
     if args.json is not None:
-        args.json.write_text(json.dumps({"command": command, "context": context, "rows": [asdict(r) for r in rows]},
-                                        indent=2))
+        args.json.write_text(json.dumps({"command": command, "context": contexts[0] if len(contexts) == 1 else contexts,
+                                         "rows": [asdict(r) for r in all_rows]}, indent=2))
     return 0
 
 
