@@ -419,8 +419,9 @@ def _memory_lines(cfg) -> list[str]:
     """Parameters and the memory the weights take in each precision (what a workshop machine needs)."""
     n = cfg.n_params()
     return [f"  parameters {n:,} ({_count(n)}, text model)",
-            f"  memory    weights alone: {_weight_sizes(cfg, 'fp32', 'bf16', 'int8', 'int4')} (plus the KV cache "
-            "and activations; int8 and int4: load_pretrained(..., quantize=...), with bf16 scales)"]
+            f"  memory    weights alone: {_weight_sizes(cfg, 'fp32', 'bf16', 'int8', 'int4')} "
+            "(plus the KV cache and activations; int8 and int4: load_pretrained(..., quantize=...), "
+            "with bf16 scales)"]
 
 
 def _weight_sizes(cfg, *dtypes: str) -> str:
@@ -430,7 +431,8 @@ def _weight_sizes(cfg, *dtypes: str) -> str:
 
     n = cfg.n_params()
     sizes = {"fp32": lambda: 4 * n, "bf16": lambda: 2 * n,
-             "int8": lambda: quantized_weight_bytes(cfg, "int8"), "int4": lambda: quantized_weight_bytes(cfg, "int4")}
+             "int8": lambda: quantized_weight_bytes(cfg, "int8"),
+             "int4": lambda: quantized_weight_bytes(cfg, "int4")}
     return ", ".join(f"{dtype} {_size(sizes[dtype]())}" for dtype in dtypes)
 
 
