@@ -419,8 +419,21 @@ def _memory_lines(cfg) -> list[str]:
     """Parameters and the memory the weights take in each precision (what a workshop machine needs)."""
     n = cfg.n_params()
     return [f"  parameters {n:,} ({_count(n)}, text model)",
-            f"  memory    weights alone: fp32 {_size(4 * n)}, bf16 {_size(2 * n)}, int8 {_size(n)} "
-            "(plus the KV cache and activations; gemma_lab itself runs fp32, bf16 or fp16)"]
+            f"  memory    weights alone: {_weight_sizes(cfg, 'fp32', 'bf16', 'int8', 'int4')} "
+            "(plus the KV cache and activations; int8 and int4: load_pretrained(..., quantize=...), "
+            "with bf16 scales)"]
+
+
+def _weight_sizes(cfg, *dtypes: str) -> str:
+    """``"fp32 1.2 GB, bf16 ..."``: the weights in each of ``dtypes``; int8 and int4 as
+    ``load_pretrained(quantize=...)`` lays them out (``placement.quantized_weight_bytes``)."""
+    from gemma_lab.placement import quantized_weight_bytes
+
+    n = cfg.n_params()
+    sizes = {"fp32": lambda: 4 * n, "bf16": lambda: 2 * n,
+             "int8": lambda: quantized_weight_bytes(cfg, "int8"),
+             "int4": lambda: quantized_weight_bytes(cfg, "int4")}
+    return ", ".join(f"{dtype} {_size(sizes[dtype]())}" for dtype in dtypes)
 
 
 def describe_config(cfg, title: str) -> list[str]:
@@ -447,7 +460,8 @@ def describe_config(cfg, title: str) -> list[str]:
     n_params = cfg.n_params()
     rows += [
         ("parameters", f"{n_params:,} ({_count(n_params)}; embedding {cfg.vocab_size * cfg.d_model:,})"),
-        ("memory", f"bf16 {_size(2 * n_params)}, fp32 {_size(4 * n_params)} (weights only)"),
+        ("memory", f"{_weight_sizes(cfg, 'bf16', 'fp32', 'int8', 'int4')} (weights only; int8 and int4 "
+                   "as load_pretrained(quantize=...) stores them)"),
     ]
     width = max(len(name) for name, _ in rows)
     return [title] + [f"  {name:<{width}}  {value}" for name, value in rows]

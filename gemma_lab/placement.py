@@ -246,6 +246,34 @@ def memory_figures(cfg) -> dict[str, int]:
     return {"total": total, "resident": total - sum(blocks), "largest_block": max(blocks)}
 
 
+def quantized_weight_bytes(cfg, quantize: str, dtype_bytes: int = 2) -> int:
+    """Bytes of a model's weights as ``load_pretrained(..., quantize=quantize)`` stores them, from
+    ``quantize.quantized_layout``: int8 weights as one byte each plus a scale per row; int4 weights
+    as half a byte each plus a scale and a zero per group of ``INT4_GROUP`` inputs; what is not
+    quantized (norm gains, Gemma 3n/4's per-layer embeddings, ...) in the model's dtype, like the
+    scales (``dtype_bytes``: 2 for bf16, the dtype quantized models are meant to run in). The
+    model is built on the meta device (no memory)."""
+    from gemma_lab.model import Gemma
+    from gemma_lab.quantize import INT4_GROUP, check_quantize, quantized_layout
+
+    if check_quantize(quantize) is None:
+        raise ValueError("quantize must be 'int8' or 'int4'")
+    with torch.device("meta"):
+        model = Gemma(cfg)
+    layout = quantized_layout(model, quantize)
+    total = 0
+    for name, param in model.named_parameters():
+        kind = layout.get(name)
+        if kind == "int8":
+            total += param.numel() + param.shape[0] * dtype_bytes
+        elif kind == "int4":
+            rows, cols = param.shape
+            total += param.numel() // 2 + (cols // INT4_GROUP) * rows * 2 * dtype_bytes
+        else:
+            total += param.numel() * dtype_bytes
+    return total
+
+
 def memory_table(presets: list[str] | None = None) -> str:
     """The markdown table of docs/bigger_models.md: each Gemma size's weights in bf16 and fp32, and
     the least memory a forward pass with every block offloaded to disk needs (bf16)."""

@@ -20,6 +20,7 @@ from hf_checkpoints import write_checkpoint
 
 import gemma_lab
 from gemma_lab import cli
+from gemma_lab.placement import quantized_weight_bytes
 from gemma_lab.tiny.corpus import generate_corpus
 from gemma_lab.tiny.tokenizer_training import train_tokenizer
 from gemma_lab.tokenizer import load_tokenizer
@@ -129,6 +130,8 @@ def test_info_reads_the_config_only(capsys, checkpoint, loaded, tmp_path):
     assert fields["sliding window"] == "8 tokens"
     assert fields["parameters"].startswith(f"{model.n_params():,} ")
     assert fields["memory"].startswith("bf16 ")
+    for kind in ("int8", "int4"):  # as load_pretrained(quantize=kind) lays the weights out
+        assert f"{kind} {cli._size(quantized_weight_bytes(model.cfg, kind))}" in fields["memory"]
     assert "model.safetensors" in out and "23 B" in out and "tokenizer.model" in out and "config.json" in out
 
 

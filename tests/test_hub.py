@@ -251,8 +251,11 @@ def test_sae_releases_load_by_id_and_folder(hf_env, monkeypatch):
 def test_download_shows_the_size_and_memory_first(hf_env, monkeypatch):
     from gemma_lab.config import GemmaConfig
 
+    from gemma_lab.placement import quantized_weight_bytes
+
     files = tiny_repo_files()
-    n_params = GemmaConfig.from_hf(tiny_model_dir() / "config.json").n_params()
+    config = GemmaConfig.from_hf(tiny_model_dir() / "config.json")
+    n_params = config.n_params()
     weights_and_tokenizer = sum(len(files[name]) for name in TINY_FILES)
     with HubStandIn({"google/gemma-toy": Repo(files)}) as standin:
         monkeypatch.setenv("HF_ENDPOINT", standin.url)
@@ -260,8 +263,9 @@ def test_download_shows_the_size_and_memory_first(hf_env, monkeypatch):
         assert code == 0, out
         assert f"files     3, {cli._size(weights_and_tokenizer)} in all; {cli._size(weights_and_tokenizer)} to download" in out
         assert f"parameters {n_params:,}" in out
-        assert (f"fp32 {cli._size(4 * n_params)}, bf16 {cli._size(2 * n_params)}, int8 {cli._size(n_params)}"
-                in out)
+        int8, int4 = (quantized_weight_bytes(config, kind) for kind in ("int8", "int4"))
+        assert (f"fp32 {cli._size(4 * n_params)}, bf16 {cli._size(2 * n_params)}, int8 {cli._size(int8)}, "
+                f"int4 {cli._size(int4)}") in out
         assert [p.rsplit("/", 1)[1] for p in standin.downloads()] == ["config.json"]  # sizes came from the API
 
         code, out, _ = run_cli("download", "google/gemma-toy")

@@ -17,7 +17,7 @@ Plus, without running anything: each ``.ipynb`` has its paired percent ``.py`` (
 ``notebooks/for_instructors/scripts/``) with the same cells and stores no outputs; students see one
 file per lesson in ``notebooks/``; each opens the standard way (a Colab badge to itself, time and learning
 goals, a set-up cell that acts only on Colab, a cell where ``GEMMA_LAB_MODEL`` can be set); every
-exercise cell has its solution.
+exercise cell has its solution, and a commented ``# solution("name")`` cell after it.
 
 A check reports on one line that starts with a marker (see ``gemma_lab.exercises``): ``✔`` passed,
 ``✘`` failed, ``○`` not attempted; the lines are counted in the executed notebook's outputs.
@@ -293,6 +293,54 @@ def test_every_exercise_has_a_solution():
         exercises = exercise_cells(nbformat.read(notebook, as_version=4))
         if exercises:
             fill_in_solutions(notebook)  # asserts that the file and every function exist
+
+
+_SOLUTION_CELL = r'^# solution\("{name}"\)'
+
+
+def exercises_without_a_solution_cell(nb) -> list[str]:
+    """Names of exercises with no commented ``# solution("name")`` line in the code cells that follow
+    the exercise cell up to the next markdown cell (the check cell, or a cell of its own after it)."""
+    missing = []
+    for index, name in exercise_cells(nb):
+        pattern = re.compile(_SOLUTION_CELL.format(name=re.escape(name)), re.MULTILINE)
+        found = False
+        for cell in nb.cells[index + 1 :]:
+            if cell.cell_type != "code":
+                break
+            if pattern.search(cell.source):
+                found = True
+                break
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def test_every_exercise_has_its_solution_cell():
+    """What CHANGELOG promises: after every exercise, a cell with ``# solution("name")  # uncomment to
+    see one way to write it``, checked in the scripts (the pairs test keeps the notebooks equal)."""
+    import jupytext
+
+    scripts = sorted(SCRIPTS_DIR.glob("[0-9][0-9]_*.py"))
+    assert scripts, f"no lesson scripts in {SCRIPTS_DIR}"
+    problems = [f"{script.name}: {name}" for script in scripts
+                for name in exercises_without_a_solution_cell(jupytext.read(script))]
+    assert not problems, ("exercise cells without a '# solution(\"name\")  # uncomment to see one way to "
+                          "write it' cell before the next markdown cell: " + ", ".join(problems))
+
+
+def test_the_solution_cell_check_notices_a_missing_cell():
+    exercise = nbformat.v4.new_code_cell("def f(x):\n    raise NotImplementedError",
+                                         metadata={"tags": ["exercise"], "exercise": "f"})
+    check_cell = nbformat.v4.new_code_cell('check("f", f)')
+    solution_cell = nbformat.v4.new_code_cell('# solution("f")  # uncomment to see one way to write it')
+    text = nbformat.v4.new_markdown_cell("More text.")
+    nb = nbformat.v4.new_notebook(cells=[exercise, check_cell, text, solution_cell])
+    assert exercises_without_a_solution_cell(nb) == ["f"]  # after the next markdown cell: too late
+    nb.cells = [exercise, check_cell, solution_cell, text]
+    assert exercises_without_a_solution_cell(nb) == []
+    nb.cells = [exercise, nbformat.v4.new_code_cell('check("f", f)\n# solution("f")'), text]
+    assert exercises_without_a_solution_cell(nb) == []
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hf_checkpoints import hf_model, perturb
+from hf_checkpoints import hf_model, perturb, write_checkpoint
 
 import gemma_lab
 from gemma_lab import quantize
@@ -265,3 +265,21 @@ def test_int4_falls_back_to_int8_where_the_kernel_does_not_take_the_shape():
     quantize.quantize_modules(model, torch.float32, layout)
     assert isinstance(model.fits, Int4Linear) and isinstance(model.odd, Int8Linear)
     assert isinstance(model.embed, Int8Embedding)
+
+
+@pytest.mark.parametrize("family", [3, "3n"])
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_the_memory_figure_is_what_the_quantized_model_holds(tmp_path, family, kind):
+    """``placement.quantized_weight_bytes`` (what ``gemma-lab info`` and ``download`` print for int8
+    and int4) equals the bytes of a model loaded with ``quantize=kind``: its weights, packed values,
+    scales and zeros, without the buffers every model has (RoPE tables and the like). Gemma 3n's
+    per-layer embedding table is not quantized (only the embedding and the linear layers are)."""
+    from gemma_lab.placement import quantized_weight_bytes
+
+    folder = write_checkpoint(tmp_path, family, seed=2)
+    full = gemma_lab.load_pretrained(folder, dtype=torch.bfloat16)
+    model = gemma_lab.load_pretrained(folder, dtype=torch.bfloat16, quantize=kind)
+    plain_buffers = {name for name, _ in full.named_buffers()}
+    held = sum(t.nbytes for name, t in model.state_dict().items() if name not in plain_buffers)
+    assert held == quantized_weight_bytes(full.cfg, kind)
+    assert held < 2 * full.cfg.n_params()

@@ -227,7 +227,7 @@ assert attached_hooks() == []
 # stream, so that is the whole story. In Gemma 2 and 3, `hook_attn_out` comes *after* the
 # post-attention norm, which divides the sum of all heads' terms by its RMS: zeroing one head also
 # rescales what the other heads of the layer write. An ablation there removes a head *and* changes
-# the size of its neighbours; direct logit attribution (lesson 10) deals with that norm explicitly.
+# the size of its neighbours; direct logit attribution (lesson 11, section 6) deals with that norm explicitly.
 #
 # Write `run_with_head_ablated(model, tokens, layer, head)`: run the model with a hook on
 # `blocks.{layer}.attn.hook_z` that zeros head `head`, and return the logits `[batch, pos, vocab]`.

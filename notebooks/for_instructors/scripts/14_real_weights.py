@@ -233,10 +233,14 @@ print(chat)
 #
 # bfloat16 keeps fp32's 8 bits of exponent (the same range) but only 8 significant bits instead of
 # 24: `8 * log10(2)`, about 2.4 decimal digits (the cell below computes it). Which dtype a checkpoint
-# is *stored* in differs between releases: some Gemma checkpoints on Hugging Face are stored in
-# bfloat16, others in float32 (twice the download). Don't guess: the header of each
-# `.safetensors` file lists every tensor's dtype, and the next cell reads it for the checkpoint
-# this lesson runs on. Whatever the file holds, `load_pretrained(..., dtype=...)` converts it on
+# is *stored* in differs between releases. On Hugging Face, Gemma 2's pretrained checkpoints
+# (`google/gemma-2-2b`, `-9b`, `-27b`) are float32 and its instruction-tuned ones (`-2b-it`, `-9b-it`,
+# `-27b-it`) bfloat16: 4 bytes a parameter against 2, so `gemma-2-2b` is a 10.5 GB download and
+# `gemma-2-2b-it` 5.2 GB. Gemma 3's instruction-tuned checkpoints (`gemma-3-1b-it` to `-27b-it`) are
+# bfloat16. For any other, don't guess: `gemma-lab download ID --dry-run` prints the download size
+# beside the parameter count (about 4 bytes a parameter is float32, 2 is bfloat16), and the header of
+# each `.safetensors` file lists every tensor's dtype; the next cell reads it for the checkpoint this
+# lesson runs on. Whatever the file holds, `load_pretrained(..., dtype=...)` converts it on
 # loading. Loading in bf16 halves the memory and, on hardware
 # with bf16 units, speeds things up; the price is rounding in every matrix multiply. `gemma_lab`
 # keeps the numerically delicate steps in fp32 either way (RMSNorm statistics, RoPE angles,

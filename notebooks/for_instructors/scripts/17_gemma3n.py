@@ -119,6 +119,9 @@ def altup_predict(streams, coefs):
 # %%
 check("altup_predict", altup_predict)
 
+# %%
+# solution("altup_predict")  # uncomment to see one way to write it
+
 # %% [markdown]
 # The hooks hold every piece, so the model can check your function on its own activations:
 
@@ -165,6 +168,9 @@ def gaussian_topk(gate, sparsity):
 
 # %%
 check("gaussian_topk", gaussian_topk)
+
+# %%
+# solution("gaussian_topk")  # uncomment to see one way to write it
 
 # %% [markdown]
 # The widget shows, for a layer and a token, each copy's size through the model, the layer's
