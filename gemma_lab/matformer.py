@@ -67,6 +67,7 @@ PUBLISHED_SLICES: dict[str, SliceConfig] = {
     "e1.96b-layer-level": SliceConfig(_E2B_SKIP, _widths(30, full_at=(4,)), _E4B_LAYERS,
                                       "Config for E1.96B (layer-level)"),
     # "Config for E2.54B (layer-level)": all 35 layers; 16384 wide at layers 4 and 20-24, else 8192 (MMLU 55.4%).
+    # (Counted as the notebook counts E2B's 1.91B, this width list gives 2.52B effective, not the name's 2.54B.)
     "e2.54b-layer-level": SliceConfig((), _widths(35, full_at=(4, 20, 21, 22, 23, 24)), _E4B_LAYERS,
                                       "Config for E2.54B (layer-level)"),
 }

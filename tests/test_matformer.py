@@ -186,6 +186,13 @@ def test_e2b_preset_turns_the_e4b_config_into_the_published_e2b():
         assert cfg.n_layers == published.n_layers - len(published.layers_to_skip), name
     mix = sliced_config(e4b, *_skip_and_widths("e2.54b-layer-level"))
     assert e2b.n_params() < mix.n_params() < e4b.n_params()
+    # The MatFormer Lab notebook prints E2B's text parameters as transformers counts them: 4,456,156,768, of
+    # which 1,905,495,648 "effective" (without the two embedding tables). transformers also keeps k_proj,
+    # v_proj and k_norm on the 10 KV-shared layers, which never run; ours has none.
+    unused_kv = sliced.n_kv_shared_layers * (2 * sliced.d_model * sliced.n_kv_heads * sliced.d_head + sliced.d_head)
+    embeddings = sliced.vocab_size * sliced.d_model + sliced.vocab_per_layer * sliced.n_layers * sliced.d_per_layer
+    assert sliced.n_params() + unused_kv == 4_456_156_768
+    assert sliced.n_params() + unused_kv - embeddings == 1_905_495_648
 
 
 def _skip_and_widths(name):
