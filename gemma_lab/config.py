@@ -72,7 +72,8 @@ class GemmaConfig:
     altup_correct_scale: bool = False  # the corrected active copy is scaled by a learned vector before the per-layer gate
     laurel_rank: int = 0  # Gemma 3n LAuReL: rank of the low-rank branch beside attention (64); 0 = none
     activation_sparsity: tuple[float, ...] = ()  # per layer: share of MLP gate values cut (gaussian top-k); () = none
-    # MatFormer "mix-n-match" sub-models (gemma_lab.matformer): one MLP width per layer, d_mlp the widest; () = d_mlp everywhere
+    # MatFormer "mix-n-match" sub-models (gemma_lab.matformer): one MLP width per layer, d_mlp the widest;
+    # () = d_mlp on every layer
     d_mlp_per_layer: tuple[int, ...] = ()
     name: str = ""  # preset or checkpoint this config came from, for display only
 

@@ -37,7 +37,7 @@ from gemma_lab.model import Gemma
 
 
 @dataclass(frozen=True)
-class SliceConfig:
+class PublishedSlice:
     """One row of ``google/gemma3n-slicing-configs``: which layers go, and each kept layer's MLP width."""
 
     layers_to_skip: tuple[int, ...]
@@ -58,18 +58,18 @@ def _widths(n_kept: int, full_at: Sequence[int] = ()) -> tuple[int, ...]:
 # Rows of the Hugging Face dataset google/gemma3n-slicing-configs (configs.csv, read through its dataset
 # viewer), as used by the gemma-cookbook MatFormer Lab notebook. Only rows whose full width list could be read
 # are here; the dataset has more (E2.69B to E3.79B, layer- and block-level), each with its MMLU accuracy.
-PUBLISHED_SLICES: dict[str, SliceConfig] = {
+PUBLISHED_SLICES: dict[str, PublishedSlice] = {
     # "Main model": E4B itself, 35 layers all 16384 wide (3.98B effective parameters, MMLU 62.3% pretrained).
-    "e4b": SliceConfig((), (_FULL,) * _E4B_LAYERS, _E4B_LAYERS, "Main model"),
+    "e4b": PublishedSlice((), (_FULL,) * _E4B_LAYERS, _E4B_LAYERS, "Main model"),
     # "Config for official E2B Model": 30 layers, all 8192 wide, layers 20-24 skipped (1.91B, MMLU 50.9%).
-    "e2b": SliceConfig(_E2B_SKIP, _widths(30), _E4B_LAYERS, "Config for official E2B Model"),
+    "e2b": PublishedSlice(_E2B_SKIP, _widths(30), _E4B_LAYERS, "Config for official E2B Model"),
     # "Config for E1.96B (layer-level)": E2B's layers with the first global layer (4) kept 16384 wide (MMLU 53.4%).
-    "e1.96b-layer-level": SliceConfig(_E2B_SKIP, _widths(30, full_at=(4,)), _E4B_LAYERS,
-                                      "Config for E1.96B (layer-level)"),
+    "e1.96b-layer-level": PublishedSlice(_E2B_SKIP, _widths(30, full_at=(4,)), _E4B_LAYERS,
+                                        "Config for E1.96B (layer-level)"),
     # "Config for E2.54B (layer-level)": all 35 layers; 16384 wide at layers 4 and 20-24, else 8192 (MMLU 55.4%).
     # (Counted as the notebook counts E2B's 1.91B, this width list gives 2.52B effective, not the name's 2.54B.)
-    "e2.54b-layer-level": SliceConfig((), _widths(35, full_at=(4, 20, 21, 22, 23, 24)), _E4B_LAYERS,
-                                      "Config for E2.54B (layer-level)"),
+    "e2.54b-layer-level": PublishedSlice((), _widths(35, full_at=(4, 20, 21, 22, 23, 24)), _E4B_LAYERS,
+                                        "Config for E2.54B (layer-level)"),
 }
 
 
@@ -126,8 +126,9 @@ def _preset(name: str, cfg: GemmaConfig, layers_to_skip, ffn_dims) -> tuple[tupl
         raise ValueError(f"preset: unknown slice {name!r}; choose one of {', '.join(PUBLISHED_SLICES)}")
     published = PUBLISHED_SLICES[name]
     if cfg.n_layers != published.n_layers or any(cfg.d_mlp_for(layer) != _FULL for layer in range(cfg.n_layers)):
+        widths = sorted({cfg.d_mlp_for(layer) for layer in range(cfg.n_layers)})
         raise ValueError(f"preset: {name!r} slices Gemma 3n E4B (35 layers, MLPs 16384 wide); this model has "
-                         f"{cfg.n_layers} layers and MLP widths {sorted({cfg.d_mlp_for(i) for i in range(cfg.n_layers)})}")
+                         f"{cfg.n_layers} layers and MLP widths {widths}")
     return published.layers_to_skip, published.ffn_dims
 
 
@@ -187,7 +188,8 @@ def _sliced_state(model: Gemma, kept: list[int], widths: list[int]) -> dict[str,
             by_layer = rearrange(tensor, "vocab (layer d_per_layer) -> vocab layer d_per_layer", layer=cfg.n_layers)
             tensor = rearrange(by_layer[:, kept], "vocab layer d_per_layer -> vocab (layer d_per_layer)")
         elif name == "per_layer_embed.model_projection.weight":  # d_model -> one d_per_layer slice per layer
-            by_layer = rearrange(tensor, "(layer d_per_layer) d_model -> layer d_per_layer d_model", layer=cfg.n_layers)
+            by_layer = rearrange(tensor, "(layer d_per_layer) d_model -> layer d_per_layer d_model",
+                                 layer=cfg.n_layers)
             tensor = rearrange(by_layer[kept], "layer d_per_layer d_model -> (layer d_per_layer) d_model")
         state[name] = tensor.detach().clone().contiguous()  # a copy: the two models never share storage
     return state

@@ -195,6 +195,16 @@ def test_e2b_preset_turns_the_e4b_config_into_the_published_e2b():
     assert sliced.n_params() + unused_kv - embeddings == 1_905_495_648
 
 
+def test_e2b_preset_slices_an_e4b_shaped_model():
+    with torch.device("meta"):  # E4B's shapes without its 27 GB of fp32 weights
+        e4b = Gemma(PRESETS["gemma3n-e4b"])
+    e2b = slice_gemma3n(e4b, preset="e2b")
+    assert e2b.cfg.replace(name="") == PRESETS["gemma3n-e2b"].replace(name="")
+    assert e2b.n_params() == PRESETS["gemma3n-e2b"].n_params()
+    assert e2b.per_layer_embed.embed.weight.shape == (262144, 30 * 256)
+    assert e2b.blocks[29].mlp.down_proj.weight.shape == (2048, 8192)
+
+
 def _skip_and_widths(name):
     return PUBLISHED_SLICES[name].layers_to_skip, PUBLISHED_SLICES[name].ffn_dims
 
