@@ -239,3 +239,11 @@ def test_skipping_a_kv_source_together_with_its_readers_is_allowed(model):
 def test_only_gemma3n_is_sliced():
     with pytest.raises(ValueError, match="model: MatFormer slicing applies to Gemma 3n"):
         slice_gemma3n(Gemma(PRESETS["test-gemma3"]), layers_to_skip=[0])
+
+
+def test_quantized_models_are_neither_sliced_nor_saved(tmp_path, checkpoint):
+    quantized = gemma_lab.load_pretrained(checkpoint, quantize="int8")
+    with pytest.raises(ValueError, match="model: slice the full-precision model"):
+        slice_gemma3n(quantized, layers_to_skip=[4])
+    with pytest.raises(ValueError, match="model: tensors without a transformers name"):
+        save_pretrained(quantized, tmp_path)
