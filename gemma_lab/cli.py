@@ -446,7 +446,8 @@ def describe_config(cfg, title: str) -> list[str]:
         ("layer pattern", f"{layer_letters}  (L = local, G = global)"),
         ("d_model", f"{cfg.d_model}"),
         ("heads", f"{cfg.n_heads} query, {cfg.n_kv_heads} key/value ({cfg.attention_kind}), d_head {cfg.d_head}"),
-        ("d_mlp", f"{cfg.d_mlp} (GeGLU, {cfg.activation})"),
+        ("d_mlp", f"{cfg.d_mlp} (GeGLU, {cfg.activation})" + (
+            f"; per layer: {', '.join(map(str, cfg.d_mlp_per_layer))}" if cfg.d_mlp_per_layer else "")),
         ("vocab", f"{cfg.vocab_size}"),
         ("context", f"{cfg.max_seq_len} tokens"),
         ("sliding window", f"{cfg.sliding_window} tokens" if cfg.sliding_window and n_local else "none"),

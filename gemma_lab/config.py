@@ -72,6 +72,9 @@ class GemmaConfig:
     altup_correct_scale: bool = False  # the corrected active copy is scaled by a learned vector before the per-layer gate
     laurel_rank: int = 0  # Gemma 3n LAuReL: rank of the low-rank branch beside attention (64); 0 = none
     activation_sparsity: tuple[float, ...] = ()  # per layer: share of MLP gate values cut (gaussian top-k); () = none
+    # MatFormer "mix-n-match" sub-models (gemma_lab.matformer): one MLP width per layer, d_mlp the widest;
+    # () = d_mlp on every layer
+    d_mlp_per_layer: tuple[int, ...] = ()
     name: str = ""  # preset or checkpoint this config came from, for display only
 
     def __post_init__(self) -> None:
@@ -79,6 +82,9 @@ class GemmaConfig:
             object.__setattr__(self, "layer_types", (GLOBAL,) * self.n_layers)
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
         object.__setattr__(self, "activation_sparsity", tuple(float(v) for v in self.activation_sparsity))
+        object.__setattr__(self, "d_mlp_per_layer", tuple(self.d_mlp_per_layer))
+        if self.d_mlp_per_layer and set(self.d_mlp_per_layer) == {self.d_mlp}:
+            object.__setattr__(self, "d_mlp_per_layer", ())  # one width everywhere: the plain form, so configs compare equal
         self._validate()
 
     def _validate(self) -> None:
@@ -139,7 +145,7 @@ class GemmaConfig:
 
     def _validate_gemma3n(self) -> None:
         used = [name for name in ("altup_active_idx", "altup_coef_clip", "altup_correct_scale", "laurel_rank",
-                                  "activation_sparsity") if getattr(self, name)]
+                                  "activation_sparsity", "d_mlp_per_layer") if getattr(self, name)]
         if type(self.altup_num_inputs) is not int or self.altup_num_inputs < 0:
             raise ValueError(f"GemmaConfig.altup_num_inputs must be a whole number >= 0, got {self.altup_num_inputs!r}")
         if used and not self.is_gemma3n:
@@ -159,6 +165,13 @@ class GemmaConfig:
                              f"n_layers={self.n_layers}")
         if any(not 0 <= v < 1 for v in self.activation_sparsity):
             raise ValueError(f"GemmaConfig.activation_sparsity values must lie in [0, 1), got {self.activation_sparsity}")
+        if self.d_mlp_per_layer:
+            if len(self.d_mlp_per_layer) != self.n_layers:
+                raise ValueError(f"GemmaConfig.d_mlp_per_layer has {len(self.d_mlp_per_layer)} entries for "
+                                 f"n_layers={self.n_layers}")
+            if any(type(width) is not int or not 0 < width <= self.d_mlp for width in self.d_mlp_per_layer):
+                raise ValueError(f"GemmaConfig.d_mlp_per_layer must hold positive integers up to d_mlp "
+                                 f"({self.d_mlp}, the widest layer), got {self.d_mlp_per_layer}")
 
     def _validate_gemma4(self) -> None:
         gemma4_only = dict(d_head_global=self.d_head_global, n_kv_heads_global=self.n_kv_heads_global,
@@ -283,7 +296,10 @@ class GemmaConfig:
         return self.kv_source(layer) != layer
 
     def d_mlp_for(self, layer: int) -> int:
-        """MLP width on ``layer``: doubled on Gemma 4 E2B's KV-shared layers (``double_wide_mlp``)."""
+        """MLP width on ``layer``: the layer's own in a MatFormer sub-model (``d_mlp_per_layer``, Gemma 3n),
+        doubled on Gemma 4 E2B's KV-shared layers (``double_wide_mlp``), else ``d_mlp``."""
+        if self.d_mlp_per_layer:
+            return self.d_mlp_per_layer[layer]
         return self.d_mlp * (2 if self.double_wide_mlp and self.is_kv_shared(layer) else 1)
 
     def kv_numbers_per_token(self) -> int:
@@ -336,6 +352,9 @@ class GemmaConfig:
         if "n_layers" in changes and self.activation_sparsity and "activation_sparsity" not in changes:
             n = changes["n_layers"]  # the first layers keep their sparsity, added ones are dense
             changes["activation_sparsity"] = (self.activation_sparsity + (0.0,) * n)[:n]
+        if "n_layers" in changes and self.d_mlp_per_layer and "d_mlp_per_layer" not in changes:
+            n = changes["n_layers"]  # the first layers keep their widths, added ones get d_mlp
+            changes["d_mlp_per_layer"] = (self.d_mlp_per_layer + (self.d_mlp,) * n)[:n]
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

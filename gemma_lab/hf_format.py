@@ -407,11 +407,14 @@ def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     if n_layers > MAX_LAYERS:
         raise ValueError(f"{source}: num_hidden_layers = {n_layers} exceeds the limit of {MAX_LAYERS}")
     widths = d["intermediate_size"]
-    if isinstance(widths, list):  # transformers saves one width per layer; every released model has one width
-        if len(set(widths)) != 1 or len(widths) != n_layers:
-            raise ValueError(f"{source}: intermediate_size {widths} gives layers different MLP widths "
-                             "(a MatFormer mix-and-match model), which gemma_lab does not support")
-        d["intermediate_size"] = widths[0]
+    mlp_widths: list[int] = []
+    if isinstance(widths, list):  # transformers saves one width per layer: the released models have one width,
+        # MatFormer mix-n-match sub-models (Google's MatFormer Lab, gemma_lab.matformer) one of their own per layer
+        if len(widths) != n_layers or not widths or not all(type(w) is int and w > 0 for w in widths):
+            raise ValueError(f"{source}: intermediate_size must be one positive width or one per layer "
+                             f"({n_layers}), got {widths!r}")
+        mlp_widths = widths if len(set(widths)) > 1 else []
+        d["intermediate_size"] = max(widths)
     if d.get("layer_types"):
         types = d["layer_types"]
         if not isinstance(types, list) or len(types) != n_layers or not all(isinstance(t, str) for t in types) \
@@ -457,6 +460,7 @@ def gemma3n_config_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
         altup_correct_scale=bool(d["altup_correct_scale"]),
         laurel_rank=_hf_int(d, "laurel_rank", source),
         activation_sparsity=tuple(float(v) for v in sparsity) if any(sparsity) else (),
+        d_mlp_per_layer=tuple(mlp_widths),
     )
 
 
@@ -468,7 +472,7 @@ def _gemma3n_config_dict(cfg: Any, *, bos_id: int, eos_id: int, pad_id: int, dty
         "model_type": "gemma3n_text",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
-        "intermediate_size": [cfg.d_mlp] * cfg.n_layers,
+        "intermediate_size": [cfg.d_mlp_for(layer) for layer in range(cfg.n_layers)],
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads,

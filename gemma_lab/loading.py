@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from gemma_lab.config import PRESETS, GemmaConfig
-from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, strip_text_prefix
+from gemma_lab.hf_format import NON_TEXT, gemma4_skip_reason, hf_name_table, our_name_table, strip_text_prefix
 from gemma_lab.hub import resolve_model
 from gemma_lab.model import Gemma
 from gemma_lab.quantize import check_quantize, quantize_modules, quantize_tensor, quantized_layout
@@ -615,3 +615,28 @@ def checkpoint_files(path: str | os.PathLike) -> list[Path]:
     source = _find_checkpoint(resolve_model(path))
     return list(getattr(source, "files", []))
 
+
+
+def save_pretrained(model: Gemma, folder: str | os.PathLike, **token_ids: int) -> Path:
+    """Write ``model`` as a transformers checkpoint: ``config.json`` + ``model.safetensors`` under transformers'
+    names (the tied embedding stored once), which ``load_pretrained`` and ``from_pretrained`` read back.
+
+    For sliced or edited models (``gemma_lab.matformer``). ``token_ids``: ``bos_id``, ``eos_id``, ``pad_id`` when
+    they differ from Gemma's 2, 1, 0. Quantized models are refused: their tensors have no transformers names.
+    """
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    names = our_name_table(model.cfg)
+    if set(state) != set(names):
+        unnamed = sorted(set(state) - set(names))[:3]
+        raise ValueError(f"model: tensors without a transformers name ({', '.join(unnamed)}...); "
+                         "save the model before quantizing it")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = str(model.dtype).removeprefix("torch.")
+    tensors = {names[ours]: tensor.detach().contiguous().cpu() for ours, tensor in state.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = model.cfg.to_hf(**token_ids) | {"dtype": dtype}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

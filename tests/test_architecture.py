@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                           "gemma_lab.chat_template")),
     ("model", ("gemma_lab.kv_cache", "gemma_lab.activation_cache", "gemma_lab.factored_matrix",
                "gemma_lab.gemma4_parts", "gemma_lab.gemma3n_parts", "gemma_lab.model", "gemma_lab.quantize")),
-    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.placement", "gemma_lab.tensor_parallel",
+    ("loading, generation, interp", ("gemma_lab.loading", "gemma_lab.matformer", "gemma_lab.placement",
+                                     "gemma_lab.tensor_parallel",
                                      "gemma_lab.generation", "gemma_lab.interp", "gemma_lab.tuned_lens",
                                      "gemma_lab.sae", "gemma_lab.notebook", "gemma_lab",
                                      # TransformerLens's interface: model and tokenizer paired.
@@ -63,6 +64,7 @@ ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {
     "gemma_lab.gemma4_parts": frozenset({"torch", "einops"}),
     "gemma_lab.quantize": frozenset({"torch"}),
     "gemma_lab.gemma3n_parts": frozenset({"torch", "einops"}),
+    "gemma_lab.matformer": frozenset({"torch", "einops"}),
     "gemma_lab.viz": frozenset({"matplotlib", "numpy"}),
     "gemma_lab.tiny.corpus": frozenset({"sentencepiece"}),
     "gemma_lab.tiny.tables": frozenset(),

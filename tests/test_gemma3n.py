@@ -149,8 +149,8 @@ def test_presets_equal_transformers_configs_and_parameter_counts(preset):
 
 def test_config_errors_name_the_field():
     base = hf_config("3n").to_dict()
-    with pytest.raises(ValueError, match="intermediate_size .* different MLP widths"):
-        GemmaConfig.from_hf(dict(base, intermediate_size=[96, 96, 64, 96, 96, 96]))
+    with pytest.raises(ValueError, match="intermediate_size must be one positive width or one per layer"):
+        GemmaConfig.from_hf(dict(base, intermediate_size=[96, 96, 64]))
     with pytest.raises(ValueError, match="activation_sparsity has 2 entries"):
         GemmaConfig.from_hf(dict(base, activation_sparsity_pattern=[0.9, 0.9]))
     with pytest.raises(ValueError, match="laurel_rank is a Gemma 3n feature"):

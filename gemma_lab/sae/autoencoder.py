@@ -243,7 +243,8 @@ def site_width(root: HookedModule, hook_name: str) -> int | None:
     if hook_name.endswith("attn.hook_z"):
         return cfg.n_heads * cfg.d_head
     if hook_name.endswith("mlp.hook_post") or hook_name.endswith("mlp.hook_pre") or hook_name.endswith("mlp.hook_pre_linear"):
-        return cfg.d_mlp
+        layer = re.match(r"blocks\.(\d+)\.", hook_name)  # MLP widths can differ by layer (Gemma 4 E2B, MatFormer)
+        return cfg.d_mlp_for(int(layer.group(1))) if layer and hasattr(cfg, "d_mlp_for") else cfg.d_mlp
     return cfg.d_model
 
 

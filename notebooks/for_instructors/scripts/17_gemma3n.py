@@ -32,7 +32,7 @@
 # 2. write AltUp's prediction and the gaussian top-k as code, and check them against the model's hooks;
 # 3. read LAuReL's branch and the sparsity cutoff off the hooks, and see which neurons survive (a widget);
 # 4. say why direct logit attribution is not exact on Gemma 3n while patching still is;
-# 5. explain MatFormer's nesting of E2B inside E4B.
+# 5. explain MatFormer's nesting of E2B inside E4B, and cut a smaller model out of a bigger one.
 
 # %%
 # Set-up. On Google Colab this installs gemma_lab (keeping Colab's own torch) and turns on its
@@ -229,11 +229,37 @@ print("logit lens, top token after each layer at the last position:",
 # so E4B's weights contain E2B: a smaller MLP width per layer (8192 of E4B's 16384 neurons) and fewer
 # layers. Google also describes "mix-n-match" sizes in between, choosing a width per layer.
 #
-# gemma_lab does not extract E2B from E4B in code: transformers ships no code for it and documents no
-# recipe saying exactly which layers are dropped and which neurons kept, so a re-implementation could not be
-# checked against the published E2B checkpoint (which is released separately anyway). (A checkpoint with
-# different MLP widths per layer, as mix-n-match produces, is refused with an error naming
-# `intermediate_size`.)
+# Google publishes the recipe that cuts a sub-model out of E4B: the *MatFormer Lab* notebook in the
+# gemma-cookbook repository (`Gemma/[Gemma_3n]MatFormer_Lab.ipynb`), with tested configurations in the
+# Hugging Face dataset `google/gemma3n-slicing-configs`. Official E2B: skip layers 20-24 (E4B's first five
+# KV-shared layers, one block of four local and one global) and keep the first 8192 neurons of every MLP.
+# Each kept layer's `gate_proj` and `up_proj` keep their first rows, `down_proj` its first columns; the
+# per-layer embedding table and its projection, which hold one `d_per_layer` slice per layer, lose the
+# skipped layers' slices; the config loses the skipped layers' entries (KV-shared count, layer types,
+# activation sparsity) and lists one MLP width per layer. `gemma_lab.matformer.slice_gemma3n` does this in
+# memory (`preset="e2b"` on a real E4B); its tests compare it with transformers on weights sliced by hand.
+# The layers whose keys and values the KV-shared layers read cannot be skipped, and the function says so.
+#
+# Below, the same recipe in small on this lesson's model: skip the first KV-shared layer and halve every MLP.
+
+# %%
+from gemma_lab.matformer import PUBLISHED_SLICES, slice_gemma3n
+
+e2b = PUBLISHED_SLICES["e2b"]
+print(f"published E2B: skip layers {list(e2b.layers_to_skip)} of {e2b.n_layers}, MLP widths {sorted(set(e2b.ffn_dims))}")
+first_shared = cfg.n_layers - cfg.n_kv_shared_layers
+kept = [layer for layer in range(cfg.n_layers) if layer != first_shared]
+small = slice_gemma3n(model, layers_to_skip=[first_shared], ffn_dims=[cfg.d_mlp_for(layer) // 2 for layer in kept])
+print(f"layers {cfg.n_layers} -> {small.cfg.n_layers}, MLP widths {cfg.d_mlp_for(0)} -> {small.cfg.d_mlp_for(0)}, "
+      f"KV-shared layers {cfg.n_kv_shared_layers} -> {small.cfg.n_kv_shared_layers}")
+print(f"parameters {model.n_params():,} -> {small.n_params():,}")
+small_logits = small(tokens)
+print("top next token, full vs sliced:", [tokenizer.decode([int(lg[0, -1].argmax())]) for lg in (logits, small_logits)])
+
+# %% [markdown]
+# On random weights the two answers need not agree: nothing trained this model's first neurons to work
+# alone. `gemma_lab.loading.save_pretrained(small, folder)` writes the sliced model as a transformers
+# checkpoint, as the notebook's last step does.
 #
 # **To think about.** The nested model uses each MLP's *first* neurons. In the widget, are the neurons
 # the sparsity keeps concentrated among the first ones? Why would they not be, on random weights?
