@@ -606,6 +606,60 @@ print(f"induction head at offset {seq_len - 1}: the induction pairs score {float
 # anything.) RoPE's rotations are periodic, so a head that likes offset 1 can also like some larger
 # offsets where its fast pairs come round again: look for the second bump in the left panel.
 #
+# **The induction head's full QK circuit, through the previous-token head.** K-composition (section
+# 7) said the induction head's keys read what an earlier head writes; `qk_scores_by_offset` can now
+# show it token by token. Make the query row a token's own embedding (the stream's direct path) and
+# the key row what an earlier head writes when it attends to a token: that token's embedding through
+# the head's OV circuit (section 7's `circuits.ov`). The score matrix `[query token A, token B]`, at
+# the induction offset `seq_len - 1`, is the full QK circuit of the path "the previous-token head
+# moved B one step on, and the induction head's query A meets it". If the path is induction, each
+# query token scores highest where B is itself: a diagonal, measured with your `ov_copying_score`
+# (the fraction of rows whose largest entry is on the diagonal), for every earlier head.
+
+# %%
+n_pairs = min(256, n_sample)
+token_rows = model.embed.weight[sample[:n_pairs]].float() * cfg.embed_scale  # [token, d_model]
+through = torch.zeros(max(ind_layer, 1), cfg.n_heads)  # [earlier layer, head]: diagonal fraction
+if ind_layer > 0:
+    with torch.no_grad():
+        for earlier in range(ind_layer):
+            for head in range(cfg.n_heads):
+                written = token_rows @ circuits.ov[earlier, head]  # what the head writes, per attended token
+                qk_path = interp.qk_scores_by_offset(model, ind_layer, ind_head, token_rows, written, [seq_len - 1])[0]
+                through[earlier, head] = ov_copying_score(qk_path)
+        direct_path = interp.qk_scores_by_offset(model, ind_layer, ind_head, token_rows, token_rows, [seq_len - 1])[0]
+        via_prev = interp.qk_scores_by_offset(model, ind_layer, ind_head, token_rows,
+                                              token_rows @ circuits.ov[prev_layer, prev_head], [seq_len - 1])[0]
+    print(f"L{ind_layer} H{ind_head}'s queries on {n_pairs} tokens (chance {1 / n_pairs:.3f}): diagonal fraction through "
+          f"the previous-token head L{prev_layer} H{prev_head}: {float(ov_copying_score(via_prev)):.3f}; "
+          f"best earlier head L{int(through.argmax()) // cfg.n_heads} H{int(through.argmax()) % cfg.n_heads} "
+          f"({float(through.max()):.3f}); the key token's own embedding (no head in between): "
+          f"{float(ov_copying_score(direct_path)):.3f}")
+    with plt.ioff():
+        fig, (ax_heads, ax_tokens) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    plt.close(fig)
+    image = ax_heads.imshow(through, cmap="Greens", vmin=0, vmax=1)
+    ax_heads.set(xlabel="head", ylabel="earlier layer", xticks=range(cfg.n_heads), yticks=range(ind_layer),
+                 title=f"keys written by each earlier head: L{ind_layer} H{ind_head} finds its own token")
+    fig.colorbar(image, ax=ax_heads, label="fraction of query tokens whose top key is their own token")
+    shown = via_prev[:32, :32]
+    image = ax_tokens.imshow(shown, cmap="RdBu_r", vmin=-float(shown.abs().max()), vmax=float(shown.abs().max()))
+    ax_tokens.set(xlabel="token B, moved one step on by the previous-token head", ylabel="query token A",
+                  title=f"through L{prev_layer} H{prev_head}, first 32 sampled tokens")
+    fig.colorbar(image, ax=ax_tokens, label="score")
+    display(fig)
+else:
+    print("the strongest induction-scoring head is in layer 0: no earlier head can write its keys")
+
+# %% [markdown]
+# On the tiny model the diagonal is nearly complete through the previous-token head, and absent
+# when the key row is the token's own embedding: the induction head does not look for *its own
+# token*, it looks for a key whose *previous token* was its own token, and that information exists
+# only because an earlier head moved it there. Read the other heads' fractions too: a head whose
+# OV also moves the previous token into the next position feeds the same path. Like the
+# composition scores, this ignores the rest of the key's stream (the key token's own embedding, the
+# other heads), so it is a map of the path, which patching (lesson 11) then tests on real inputs.
+#
 # ## Summary
 #
 # * A pattern `[q_pos, k_pos]` is where each token reads from; heads that do one job show it as a
@@ -614,7 +668,8 @@ print(f"induction head at offset {seq_len - 1}: the induction pairs score {float
 #   model has induction heads.
 # * `interp.head_scores` scores every head at once.
 # * In the weights: a head's QK circuit says where it looks, its OV circuit what it moves; the
-#   induction head's full OV circuit copies tokens, and its keys K-compose with the previous-token heads.
+#   induction head's full OV circuit copies tokens, and its keys K-compose with the previous-token heads;
+#   its full QK circuit through the previous-token head is a diagonal: it looks for its own token one step back.
 # * Under RoPE the QK circuit is one matrix per offset (`interp.qk_scores_by_offset`, exact to the
 #   model's scores): averaged over tokens it shows a head's positional preference, its spread the content.
 # * Heads with nothing to do rest on `<bos>` (the attention sink): a softmax must put its weight
