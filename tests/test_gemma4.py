@@ -465,7 +465,7 @@ def test_kv_cache_bytes_count_shared_layers_as_nothing():
     assert e2b.kv_numbers_per_token() == 2 * (256 * len(local) + 512 * len(global_))
 
 
-@pytest.mark.parametrize("variant", ["kv-shared-double-wide", "moe"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_greedy_generation_equals_transformers(tmp_path, variant):
     hf = hf_model(4, seed=11, **VARIANTS[variant])
     with torch.no_grad():
