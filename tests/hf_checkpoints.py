@@ -29,6 +29,13 @@ GEMMA4_SMALL = dict(SMALL, num_hidden_layers=6, global_head_dim=32, sliding_wind
                     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
                     hidden_size_per_layer_input=0)
 
+# Gemma 4 layouts on top of GEMMA4_SMALL (tests/test_gemma4.py runs all of them; the notebook tests run
+# lesson 16 on the mixture of experts): K=V global layers with one kv head, and the mixture of experts
+# (4 experts, 2 per token, with K=V and the final softcap).
+GEMMA4_K_EQ_V = dict(attention_k_eq_v=True, num_global_key_value_heads=1)
+GEMMA4_MOE = dict(GEMMA4_K_EQ_V, enable_moe_block=True, num_experts=4, top_k_experts=2,
+                  moe_intermediate_size=32, final_logit_softcapping=30.0)
+
 # Gemma 3n: sliding window 8, one global layer in three, the last two layers KV-shared, per-layer inputs 8
 # wide from a table smaller than the vocabulary (ids 280-299 read row 0, as in the real 262400 / 262144),
 # LAuReL rank 8, and three sparse MLPs (95%, 95%, 50%).

@@ -20,7 +20,8 @@ import warnings
 import pytest
 import torch
 import transformers
-from hf_checkpoints import hf_config, hf_model, load_hf, perturb_gemma4, write_checkpoint
+from hf_checkpoints import (GEMMA4_K_EQ_V, GEMMA4_MOE, hf_config, hf_model, load_hf, perturb_gemma4,
+                            write_checkpoint)
 
 import gemma_lab
 from gemma_lab import generation, interp
@@ -34,12 +35,10 @@ EXACT = 1e-5  # same kernels as the reference: in practice 0
 FP32_RTOL = 1e-4  # across transformers' own eager / SDPA gap
 BF16_RTOL = 5e-2  # as tests/test_parity.py
 PLE = dict(hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB)
-K_EQ_V = dict(attention_k_eq_v=True, num_global_key_value_heads=1)
 VARIANTS = {
-    "dense-ple-k=v": dict(PLE, **K_EQ_V),
+    "dense-ple-k=v": dict(PLE, **GEMMA4_K_EQ_V),
     "kv-shared-double-wide": dict(PLE, num_kv_shared_layers=2, use_double_wide_mlp=True),
-    "moe": dict(K_EQ_V, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
-                final_logit_softcapping=30.0),
+    "moe": GEMMA4_MOE,
 }
 
 
@@ -465,7 +464,7 @@ def test_kv_cache_bytes_count_shared_layers_as_nothing():
     assert e2b.kv_numbers_per_token() == 2 * (256 * len(local) + 512 * len(global_))
 
 
-@pytest.mark.parametrize("variant", ["kv-shared-double-wide", "moe"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_greedy_generation_equals_transformers(tmp_path, variant):
     hf = hf_model(4, seed=11, **VARIANTS[variant])
     with torch.no_grad():

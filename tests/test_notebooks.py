@@ -13,7 +13,10 @@ Covers each ``notebooks/NN_*.ipynb`` (whoever wrote it), in three modes:
   Gemma generation and with sizes different from the tiny model's, so a notebook that assumes
   tiny's sizes, layer count or vocabulary fails here.
 
-Plus, without running anything: each ``.ipynb`` has its paired percent ``.py`` (in
+Plus two lesson paths that only a particular checkpoint reaches: lesson 15's Gemma Scope section
+(``GEMMA_LAB_SAE``) and lesson 16 on a Gemma 4 checkpoint.
+
+And, without running anything: each ``.ipynb`` has its paired percent ``.py`` (in
 ``notebooks/for_instructors/scripts/``) with the same cells and stores no outputs; students see one
 file per lesson in ``notebooks/``; each opens the standard way (a Colab badge to itself, time and learning
 goals, a set-up cell that acts only on Colab, a cell where ``GEMMA_LAB_MODEL`` can be set); every
@@ -381,6 +384,38 @@ def assert_stubs_not_attempted(notebook: Path, nb) -> None:
     assert results[PASSED] == 0, f"{notebook.name}: an exercise stub passed its check (the stub gives it away)"
     assert results[NOT_ATTEMPTED] == expected, (
         f"{notebook.name}: {expected} exercises but {results[NOT_ATTEMPTED]} 'not attempted' reports")
+
+
+def test_gemma4_lesson_runs_on_a_gemma4_checkpoint(tmp_path):
+    """Lesson 16 with GEMMA_LAB_MODEL naming a Gemma 4 checkpoint (the real-weights mode gives every lesson a
+    Gemma 1/2 one): a random mixture-of-experts Gemma 4 with K=V global layers, written by transformers, with
+    the tiny model's tokenizer. The sections its architecture has (K=V, experts, the router widget) run on
+    it; per-layer embeddings and KV sharing, which it lacks, fall back to the lesson's random Gemma 4."""
+    from hf_checkpoints import GEMMA4_MOE, write_checkpoint
+
+    from gemma_lab.bundled import tiny_model_dir
+    from gemma_lab.tokenizer import load_tokenizer
+
+    notebook = NOTEBOOK_DIR / "16_gemma4.ipynb"
+    tiny = tiny_model_dir()
+    folder = tmp_path / "random_gemma4_moe"
+    vocab_size = load_tokenizer(tiny / "tokenizer.model").vocab_size
+    write_checkpoint(folder, 4, seed=1, vocab_size=vocab_size, **GEMMA4_MOE)
+    shutil.copy(tiny / "tokenizer.model", folder / "tokenizer.model")
+    nb = execute_notebook(notebook, env=kernel_env(str(folder)), timeout=300, cwd=NOTEBOOK_DIR)
+    text = all_output_text(nb)
+    # describe(lesson_model), the lesson's first line: the checkpoint, not the bundled tiny model.
+    assert re.search(rf"Gemma 4 · 6 layers · d_model 64 · .* · from {re.escape(str(folder))}$", text, re.MULTILINE)
+    assert "K=V global layers: shown on the lesson model" in text
+    assert "experts: shown on the lesson model" in text
+    assert ("per-layer embeddings: shown on the random Gemma 4 (the lesson model has no per-layer embeddings)"
+            in text)
+    assert "KV sharing: shown on the random Gemma 4 (the lesson model has no KV sharing)" in text
+    assert "4 experts, top 2:" in text  # the router printout is the checkpoint's, not the random model's 8
+    # The router widget's load line: on the checkpoint, not "(random weights: not a trained router)".
+    assert re.search(r"layer 1: expert load \[[^\]]*\] \((?!random weights)", text)
+    assert count_displayed_widgets(nb) + figures_in(nb) >= 1
+    assert_stubs_not_attempted(notebook, nb)
 
 
 def test_sae_lesson_runs_a_gemma_scope_folder_on_real_weights(random_checkpoint, tmp_path):
