@@ -594,8 +594,10 @@ for prompt in ("The capital of France is", "Repeat after me: red fox blue sky. r
 #    current one, so a previous-token head pays off on its own and forms early; on repeated spans
 #    alone, neither head of the circuit lowers the loss until the other exists.
 #
-# Try it: rerun section 7 with `damp_block_outputs(..., 1.0)`, or with `train.batches(...,
-# alternations=0.0)`, and compare the step at which the heads form (if they do).
+# Try it: rerun section 7 with `damp_block_outputs(..., 1.0)`, or with `circuit_rows` built by
+# `train.batches(..., alternations=0.0)`, and compare the step at which the heads form (if they
+# do). Section 7 names two more settings this small run depends on: the order of the rows and the
+# peak learning rate.
 
 # %%
 fresh = {}
@@ -620,9 +622,10 @@ for gain in (0.1, 1.0):
 # * AdamW with linear warm-up and cosine decay is the standard recipe; weight decay is decoupled
 #   from the gradient.
 # * Head scores and the in-context loss measured during training show the previous-token head
-#   forming within a few hundred steps; the induction head and its phase change (a sudden drop of
-#   the loss on repeated tokens) need a longer run than two CPU minutes. A high score is only
-#   evidence when the head's layer and a second test length agree.
+#   forming in about a hundred steps, then, after a plateau, the induction head in layer 1 and its
+#   phase change: the loss on the second copy of repeated tokens drops within a few dozen steps.
+#   What the model is fed, and in which order, decides whether the circuit forms at all in a short
+#   run. A high score is only evidence when the head's layer and a second test length agree.
 #
 # **Next:** notebook 19 reads the trained bundled model's activations with linear probes and
 # function vectors.
